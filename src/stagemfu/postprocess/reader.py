@@ -1,0 +1,315 @@
+"""Read an Nsight Systems SQLite export into polars frames. The only module that touches SQLite.
+
+Schemas differ across nsys versions (2022.1 to 2026.x): tables and columns are looked up by name,
+optional ones are probed, and whatever is missing becomes a typed null column or an empty frame.
+The file is opened read-only and immutable, so its bytes never change, even in a read-only
+directory.
+
+Bulk columns (kernels, runtime calls, NVTX events) come through the ADBC SQLite driver, which
+hands Arrow columns to polars without building a Python object per row; the few small tables
+(metadata, GPUs, strings of one kind) use the standard library's ``sqlite3``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from stagemfu.errors import TraceError
+
+# NVTX event types (nsys ENUM_NSYS_EVENT_TYPE): ranges we measure, and domain creation.
+NVTX_PUSHPOP_RANGE = 59
+NVTX_STARTEND_RANGE = 60
+NVTXT_PUSHPOP_RANGE = 70
+NVTXT_STARTEND_RANGE = 71
+NVTX_DOMAIN_CREATE = 75
+RANGE_EVENT_TYPES = (NVTX_PUSHPOP_RANGE, NVTX_STARTEND_RANGE, NVTXT_PUSHPOP_RANGE, NVTXT_STARTEND_RANGE)
+PUSHPOP_EVENT_TYPES = (NVTX_PUSHPOP_RANGE, NVTXT_PUSHPOP_RANGE)
+
+KERNEL_TABLE = "CUPTI_ACTIVITY_KIND_KERNEL"
+MEMCPY_TABLE = "CUPTI_ACTIVITY_KIND_MEMCPY"
+MEMSET_TABLE = "CUPTI_ACTIVITY_KIND_MEMSET"
+GRAPH_TABLE = "CUPTI_ACTIVITY_KIND_GRAPH_TRACE"
+RUNTIME_TABLE = "CUPTI_ACTIVITY_KIND_RUNTIME"
+
+# Tables without which no stage time can be computed, and what to tell the user.
+REQUIRED_TABLES = {
+    "NVTX_EVENTS": "has no NVTX data (table NVTX_EVENTS); profile with `nsys profile --trace=cuda,nvtx` "
+    "and put NVTX ranges around the stages",
+    RUNTIME_TABLE: "has no CUDA API data (table CUPTI_ACTIVITY_KIND_RUNTIME), so GPU work cannot be tied "
+    "to NVTX ranges; profile with `nsys profile --trace=cuda,nvtx`",
+    "StringIds": "has no StringIds table, so kernel and range names cannot be read; re-export it with "
+    "`nsys export --type sqlite`",
+}
+GPU_OP_TABLES = (KERNEL_TABLE, MEMCPY_TABLE, MEMSET_TABLE, GRAPH_TABLE)
+
+# Standard CUDA memcpy kinds (ENUM_CUDA_MEMCPY_OPER), for exports that predate the enum tables.
+MEMCPY_KINDS = {
+    0: "Unknown", 1: "Host-to-Device", 2: "Device-to-Host", 3: "Host-to-Array", 4: "Array-to-Host",
+    5: "Array-to-Array", 6: "Array-to-Device", 7: "Device-to-Array", 8: "Device-to-Device",
+    9: "Host-to-Host", 10: "Peer-to-Peer", 11: "Unified Host-to-Device", 12: "Unified Device-to-Host",
+    13: "Unified Device-to-Device",
+}
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+OPS_SCHEMA = {
+    "kind": pl.Utf8, "start": pl.Int64, "end": pl.Int64, "device": pl.Int64, "stream": pl.Int64,
+    "correlation_id": pl.Int64, "global_pid": pl.Int64, "name": pl.Utf8,
+}
+
+
+@dataclass(frozen=True)
+class Trace:
+    """Everything stagemfu needs from one export, as polars frames (times in ns, ints).
+
+    Attributes
+    ----------
+    path
+        The file that was read.
+    nsys_version, schema_version
+        From the export's metadata table ("unknown" when absent).
+    ranges
+        One row per NVTX range event: ``range_id`` (the event's rowid), ``domain``, ``name``,
+        ``style`` ("PushPop" or "StartEnd"), ``start``, ``end`` (null when never ended),
+        ``global_tid``, ``end_global_tid`` (null unless ended on another thread).
+    ops
+        One row per GPU operation: ``kind`` (kernel, memcpy, memset, graph), ``start``, ``end``,
+        ``device``, ``stream``, ``correlation_id``, ``global_pid``, ``name``.
+    calls
+        CUDA runtime API calls: ``start``, ``end``, ``global_tid``, ``correlation_id``.
+    gpus
+        ``id``, ``name``, ``sms``, ``clock_hz`` (the maximum clock nsys records).
+    notes
+        What the reader noticed and the user should know.
+    """
+
+    path: Path
+    nsys_version: str
+    schema_version: str
+    ranges: pl.DataFrame
+    ops: pl.DataFrame
+    calls: pl.DataFrame
+    gpus: pl.DataFrame
+    notes: tuple[str, ...] = field(default=())
+
+
+def read_trace(path: str | Path) -> Trace:
+    """Read an nsys SQLite export read-only.
+
+    Parameters
+    ----------
+    path
+        An ``nsys export --type sqlite`` file.
+
+    Returns
+    -------
+    Trace
+        Frames of NVTX ranges, GPU operations, runtime calls and GPUs.
+
+    Raises
+    ------
+    TraceError
+        The file is missing, not SQLite, damaged, or lacks a table the numbers need; the message
+        names the file and says what to do.
+    """
+    path = Path(path)
+    _check_file(path)
+    with _open(path) as db:
+        tables = _tables(db, path)
+        missing = [t for t in REQUIRED_TABLES if t not in tables]
+        if missing:
+            raise TraceError(f"{path}: {REQUIRED_TABLES[missing[0]]}")
+        op_tables = [t for t in GPU_OP_TABLES if t in tables]
+        if not op_tables:
+            raise TraceError(
+                f"{path}: has no GPU activity (no kernel, memcpy, memset or CUDA graph table); "
+                "profile with `nsys profile --trace=cuda,nvtx` and make sure the program uses the GPU"
+            )
+        columns = {t: _columns(db, t) for t in (*op_tables, RUNTIME_TABLE, "NVTX_EVENTS")}
+        nsys_version, schema_version = _versions(db, tables)
+        gpus = _gpus(db, tables)
+        memcpy_names = _memcpy_names(db, tables)
+    uri = _uri(path)
+    ranges = _read_ranges(uri, path, columns["NVTX_EVENTS"])
+    ops = pl.concat(
+        [_read_ops(uri, path, t, columns[t], memcpy_names) for t in op_tables], how="vertical"
+    )
+    calls = _fetch(
+        uri, path,
+        f"SELECT start, end, globalTid AS global_tid, correlationId AS correlation_id FROM {RUNTIME_TABLE}",
+    )
+    notes = []
+    if gpus.is_empty():
+        notes.append("the trace has no TARGET_INFO_GPU table: GPU names and SM counts are unknown")
+    return Trace(path, nsys_version, schema_version, ranges, ops, calls, gpus, tuple(notes))
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise TraceError(f"{path}: no such file")
+    if path.is_dir():
+        raise TraceError(f"{path}: is a directory; give the path of an nsys SQLite export")
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(len(SQLITE_MAGIC))
+    except OSError as err:
+        raise TraceError(f"{path}: cannot be read ({err.strerror})") from err
+    if not head:
+        raise TraceError(f"{path}: is empty; re-export the report with `nsys export --type sqlite`")
+    if head != SQLITE_MAGIC:
+        raise TraceError(
+            f"{path}: is not an SQLite file; export an nsys report with "
+            "`nsys export --type sqlite REPORT.nsys-rep`"
+        )
+
+
+def _uri(path: Path) -> str:
+    # immutable=1: no locks, no journal, so read-only directories and files work and nothing is written.
+    return f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro&immutable=1"
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(_uri(path), uri=True)
+
+
+def _tables(db: sqlite3.Connection, path: Path) -> set[str]:
+    try:
+        return {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")}
+    except sqlite3.DatabaseError as err:
+        raise TraceError(f"{path}: is damaged or truncated ({err}); export the report again") from err
+
+
+def _columns(db: sqlite3.Connection, table: str) -> set[str]:
+    return {r[1] for r in db.execute(f'PRAGMA table_info("{table}")')}
+
+
+def _versions(db: sqlite3.Connection, tables: set[str]) -> tuple[str, str]:
+    # 2022.x exports name the metadata table EXPORT_META_DATA; later ones META_DATA_EXPORT.
+    table = next((t for t in ("META_DATA_EXPORT", "EXPORT_META_DATA") if t in tables), None)
+    if table is None:
+        return "unknown", "unknown"
+    meta = dict(db.execute(f'SELECT name, value FROM "{table}"').fetchall())
+    return (
+        str(meta.get("EXPORT_PRODUCT_VERSION", "unknown")),
+        str(meta.get("EXPORT_SCHEMA_VERSION", "unknown")),
+    )
+
+
+def _gpus(db: sqlite3.Connection, tables: set[str]) -> pl.DataFrame:
+    schema = {"id": pl.Int64, "name": pl.Utf8, "sms": pl.Int64, "clock_hz": pl.Int64}
+    if "TARGET_INFO_GPU" not in tables:
+        return pl.DataFrame(schema=schema)
+    cols = _columns(db, "TARGET_INFO_GPU")
+    pick = {
+        "id": "id" if "id" in cols else "NULL",
+        "name": "name" if "name" in cols else "NULL",
+        "sms": "smCount" if "smCount" in cols else "NULL",
+        "clock_hz": "clockRate" if "clockRate" in cols else "NULL",
+    }
+    sql = ", ".join(f"{expr} AS {alias}" for alias, expr in pick.items())
+    rows = db.execute(f"SELECT DISTINCT {sql} FROM TARGET_INFO_GPU ORDER BY 1").fetchall()
+    return pl.DataFrame(rows, schema=schema, orient="row")
+
+
+def _memcpy_names(db: sqlite3.Connection, tables: set[str]) -> dict[int, str]:
+    names = dict(MEMCPY_KINDS)
+    if "ENUM_CUDA_MEMCPY_OPER" in tables:
+        names.update(db.execute("SELECT id, label FROM ENUM_CUDA_MEMCPY_OPER").fetchall())
+    return names
+
+
+def _col(columns: set[str], name: str, alias: str | None = None, default: str = "NULL") -> str:
+    return f"{name if name in columns else default} AS {alias or name}"
+
+
+def _read_ranges(uri: str, path: Path, cols: set[str]) -> pl.DataFrame:
+    """NVTX range events with their domain and text resolved.
+
+    Text is inline (``text``) or registered (``textId`` into StringIds). Domains are named by
+    their eventType-75 row, matched on domainId within the same process, as nsys does.
+    """
+    types = ", ".join(str(t) for t in (*RANGE_EVENT_TYPES, NVTX_DOMAIN_CREATE))
+    events = f"""
+        SELECT rowid AS rid, start, "end", eventType, text, globalTid,
+               {_col(cols, 'textId')}, {_col(cols, 'domainId', default='0')}, {_col(cols, 'endGlobalTid')}
+        FROM NVTX_EVENTS WHERE eventType IN ({types})
+    """
+    sql = f"""
+        WITH e AS ({events}),
+        named AS (
+            SELECT e.*, COALESCE(e.text, s.value, '') AS label
+            FROM e LEFT JOIN StringIds AS s ON s.id = e.textId
+        ),
+        domains AS (
+            SELECT domainId, globalTid >> 24 AS pid, MIN(label) AS name
+            FROM named WHERE eventType = {NVTX_DOMAIN_CREATE} GROUP BY 1, 2
+        )
+        SELECT n.rid AS range_id, COALESCE(d.name, '') AS domain, n.label AS name,
+               CASE WHEN n.eventType IN ({", ".join(map(str, PUSHPOP_EVENT_TYPES))}) THEN 'PushPop'
+                    ELSE 'StartEnd' END AS style,
+               n.start AS start, n."end" AS "end", n.globalTid AS global_tid,
+               n.endGlobalTid AS end_global_tid
+        FROM named AS n
+        LEFT JOIN domains AS d ON d.domainId = n.domainId AND d.pid = n.globalTid >> 24
+        WHERE n.eventType != {NVTX_DOMAIN_CREATE}
+        ORDER BY n.rid
+    """
+    return _fetch(uri, path, sql, schema={
+        "range_id": pl.Int64, "domain": pl.Utf8, "name": pl.Utf8, "style": pl.Utf8,
+        "start": pl.Int64, "end": pl.Int64, "global_tid": pl.Int64, "end_global_tid": pl.Int64,
+    })
+
+
+def _read_ops(uri: str, path: Path, table: str, cols: set[str], memcpy_names: dict[int, str]) -> pl.DataFrame:
+    """GPU operations of one activity table, with a display name per row."""
+    base = ", ".join([
+        "start", '"end"', _col(cols, "deviceId", "device"), _col(cols, "streamId", "stream"),
+        "correlationId AS correlation_id", _col(cols, "globalPid", "global_pid"),
+    ])
+    if table == KERNEL_TABLE:
+        name_col = next((c for c in ("demangledName", "shortName", "mangledName") if c in cols), None)
+        join = f"LEFT JOIN StringIds AS s ON s.id = k.{name_col}" if name_col else ""
+        name = "COALESCE(s.value, '')" if name_col else "''"
+        frame = _fetch(uri, path, f"SELECT {base}, {name} AS name FROM {table} AS k {join}")
+        return _typed(frame.with_columns(kind=pl.lit("kernel")))
+    if table == MEMCPY_TABLE:
+        kind = "copyKind" if "copyKind" in cols else "0"
+        frame = _fetch(uri, path, f"SELECT {base}, {kind} AS copy_kind FROM {table}")
+        names = pl.DataFrame({"copy_kind": list(memcpy_names), "name": [f"[CUDA memcpy {v}]" for v in memcpy_names.values()]})
+        frame = frame.join(names, on="copy_kind", how="left").drop("copy_kind")
+        return _typed(frame.with_columns(kind=pl.lit("memcpy"), name=pl.col("name").fill_null("[CUDA memcpy]")))
+    if table == MEMSET_TABLE:
+        frame = _fetch(uri, path, f"SELECT {base}, '[CUDA memset]' AS name FROM {table}")
+        return _typed(frame.with_columns(kind=pl.lit("memset")))
+    graph = "graphId" if "graphId" in cols else "NULL"
+    frame = _fetch(uri, path, f"SELECT {base}, '[CUDA graph ' || COALESCE({graph}, '?') || ']' AS name FROM {table}")
+    return _typed(frame.with_columns(kind=pl.lit("graph")))
+
+
+def _typed(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.select([pl.col(c).cast(t) for c, t in OPS_SCHEMA.items()])
+
+
+def _fetch(uri: str, path: Path, sql: str, schema: dict[str, pl.DataType] | None = None) -> pl.DataFrame:
+    """Run one query through ADBC and return the result as a polars frame.
+
+    ADBC infers a column's type from its first rows, so every text column in our queries is
+    COALESCEd to a string; integer columns that start with NULLs come back as Int64.
+    """
+    import adbc_driver_sqlite.dbapi as adbc  # deferred: import cost only when a trace is read
+
+    try:
+        with adbc.connect(uri) as conn, conn.cursor() as cur:
+            cur.execute(sql)
+            frame = pl.from_arrow(cur.fetch_arrow_table())
+    except Exception as err:  # the driver raises its own error classes and OSError for data errors
+        raise TraceError(f"{path}: could not be read ({str(err).splitlines()[0]}); export the report again") from err
+    assert isinstance(frame, pl.DataFrame)
+    if schema:
+        frame = frame.select([pl.col(c).cast(t) for c, t in schema.items()])
+    return frame
