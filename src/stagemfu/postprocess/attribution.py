@@ -16,12 +16,14 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from stagemfu.errors import TraceError
 from stagemfu.postprocess.intervals import DEFAULT_CHUNK_ROWS, containment_pairs, union_ns
-from stagemfu.postprocess.reader import Trace
+from stagemfu.postprocess.reader import OP_KIND_TYPE, Trace
 
 # nsys packs a process id and a thread id into globalTid: pid in bits 24-47, tid in bits 0-23,
 # with the VM id above; the process part of a thread's id (tid bits cleared) is its globalPid.
 TID_BITS = 1 << 24
+CORRELATION_LIMIT = 1 << 40
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,7 @@ class Attribution:
     ancestors
         ``outer``, ``inner``: every (enclosing range, enclosed range) pair of rids.
     memberships
-        Per chunk aggregates of (rid, op name): ``rid``, ``name``, ``kind``, ``count``,
+        Per chunk aggregates of (rid, op name): ``rid``, ``name_id``, ``kind``, ``count``,
         ``total_ns``.
     devices
         Per (rid, device): ``span_ns``, ``busy_ns``, ``kernel_ns``, ``gpu_ops``.
@@ -85,7 +87,7 @@ def attribute(trace: Trace, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Attribut
     innermost = np.full(launched.height, -1, dtype=np.int64)
     per_range, per_device, per_name = [], [], []
     multi_device = ops["device"].n_unique() > 1
-    op_cols = launched.select("start", "end", "device", "correlation_id", "kind", "name")
+    op_cols = launched.select("start", "end", "device", "correlation_id", "kind", "name_id")
     for outer, inner in containment_pairs(
         attributable["global_tid"].to_numpy(), attributable["start_ns"].to_numpy(), attributable["end_ns"].to_numpy(),
         launched["global_tid"].to_numpy(), launched["call_start"].to_numpy(), launched["call_end"].to_numpy(),
@@ -98,7 +100,7 @@ def attribute(trace: Trace, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Attribut
         if multi_device:
             per_device.append(_op_stats(pairs, ["rid", "device"]))
         per_name.append(
-            pairs.group_by("rid", "name", "kind").agg(
+            pairs.group_by("rid", "name_id", "kind").agg(
                 pl.len().cast(pl.Int64).alias("count"), (pl.col("end") - pl.col("start")).sum().alias("total_ns")
             )
         )
@@ -125,7 +127,7 @@ def attribute(trace: Trace, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Attribut
         devices = stats.with_columns(device=pl.lit(ops["device"].first(), pl.Int64))
     devices = devices.with_columns(span_ns=pl.col("gpu_end_ns") - pl.col("gpu_start_ns"))
     memberships = _concat(per_name, pl.DataFrame(schema={
-        "rid": pl.Int64, "name": pl.Utf8, "kind": pl.Utf8, "count": pl.Int64, "total_ns": pl.Int64}))
+        "rid": pl.Int64, "name_id": pl.Int64, "kind": OP_KIND_TYPE, "count": pl.Int64, "total_ns": pl.Int64}))
     return Attribution(instances, ancestors, memberships, devices, all_ops, tuple(notes))
 
 
@@ -191,20 +193,41 @@ def _with_tree(ranges: pl.DataFrame, ancestors: pl.DataFrame) -> pl.DataFrame:
 
 
 def _ops_with_calls(trace: Trace, notes: list[str]) -> pl.DataFrame:
-    """GPU operations joined to the runtime call that launched them (same process, same correlation id)."""
-    calls = (
-        trace.calls.with_columns(global_pid=pl.col("global_tid") - pl.col("global_tid") % TID_BITS)
-        .unique(subset=["global_pid", "correlation_id"], keep="first")
-        .rename({"start": "call_start", "end": "call_end"})
-    )
-    ops = trace.ops.join(calls, on=["global_pid", "correlation_id"], how="left")
-    orphans = ops.filter(pl.col("call_start").is_null()).height
+    """GPU operations with the runtime call that launched them: same process, same correlation id.
+
+    A sorted lookup (binary search of each operation's key in the sorted call keys) rather than a
+    hash join: same result, a fraction of the memory on traces with millions of kernels. A key
+    that appears twice among the calls resolves to the first call, as SQLite's join would.
+    """
+    calls, ops = trace.calls, trace.ops
+    call_pid = (calls["global_tid"] - calls["global_tid"] % TID_BITS).to_numpy()
+    pids = np.unique(np.concatenate([call_pid, ops["global_pid"].to_numpy()]))
+    call_key = _key(pids, call_pid, calls["correlation_id"].to_numpy())
+    op_key = _key(pids, ops["global_pid"].to_numpy(), ops["correlation_id"].to_numpy())
+    order = np.argsort(call_key, kind="stable")
+    sorted_keys = call_key[order]
+    pos = np.minimum(np.searchsorted(sorted_keys, op_key), max(len(sorted_keys) - 1, 0))
+    found = sorted_keys[pos] == op_key if len(sorted_keys) else np.zeros(len(op_key), dtype=bool)
+    row = pl.Series(np.where(found, order[pos] if len(order) else 0, 0))
+    hit = pl.Series(found)
+    picked = calls.select(
+        pl.col("start").alias("call_start"), pl.col("end").alias("call_end"), "global_tid"
+    )[row] if calls.height else pl.DataFrame(schema={"call_start": pl.Int64, "call_end": pl.Int64, "global_tid": pl.Int64}, data=[[0] * len(row)] * 3)
+    ops = ops.with_columns(picked.select(pl.when(hit).then(pl.col(c)).alias(c) for c in picked.columns))
+    orphans = int((~found).sum())
     if orphans:
         notes.append(
             f"{orphans} GPU operation(s) have no matching CUDA API call in the trace (launched before the "
             "capture window, or by an untraced API); they count as unattributed"
         )
     return ops
+
+
+def _key(pids: np.ndarray, global_pid: np.ndarray, correlation_id: np.ndarray) -> np.ndarray:
+    """One int64 per (process, correlation id): the process's rank in the high bits."""
+    if len(correlation_id) and (correlation_id.min() < 0 or correlation_id.max() >= CORRELATION_LIMIT):
+        raise TraceError("correlation ids outside [0, 2^40): the export looks damaged")
+    return np.searchsorted(pids, global_pid).astype(np.int64) * CORRELATION_LIMIT + correlation_id
 
 
 def _op_stats(pairs: pl.DataFrame, keys: list[str]) -> pl.DataFrame:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sqlite3
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,10 +57,17 @@ MEMCPY_KINDS = {
 }
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
+FETCH_BATCH_ROWS = 1 << 20
 
+OP_KIND = {KERNEL_TABLE: "kernel", MEMCPY_TABLE: "memcpy", MEMSET_TABLE: "memset", GRAPH_TABLE: "graph"}
+OP_KIND_TYPE = pl.Enum(list(OP_KIND.values()))
+KERNEL_NAME_COLUMNS = ("demangledName", "shortName", "mangledName")
+# Names of non-kernel operations get ids below zero, apart from StringIds' non-negative ids.
+MEMSET_NAME_ID = -100
+GRAPH_NAME_ID = -1000
 OPS_SCHEMA = {
-    "kind": pl.Utf8, "start": pl.Int64, "end": pl.Int64, "device": pl.Int64, "stream": pl.Int64,
-    "correlation_id": pl.Int64, "global_pid": pl.Int64, "name": pl.Utf8,
+    "kind": OP_KIND_TYPE, "start": pl.Int64, "end": pl.Int64, "device": pl.Int32, "stream": pl.Int32,
+    "correlation_id": pl.Int64, "global_pid": pl.Int64, "name_id": pl.Int64,
 }
 
 
@@ -79,7 +87,10 @@ class Trace:
         ``global_tid``, ``end_global_tid`` (null unless ended on another thread).
     ops
         One row per GPU operation: ``kind`` (kernel, memcpy, memset, graph), ``start``, ``end``,
-        ``device``, ``stream``, ``correlation_id``, ``global_pid``, ``name``.
+        ``device``, ``stream``, ``correlation_id``, ``global_pid``, ``name_id``.
+    names
+        ``name_id`` → ``name`` for every operation name (kernel names come from StringIds once,
+        not once per kernel; memcpy/memset/graph names are synthesised, as nsys prints them).
     calls
         CUDA runtime API calls: ``start``, ``end``, ``global_tid``, ``correlation_id``.
     gpus
@@ -93,6 +104,7 @@ class Trace:
     schema_version: str
     ranges: pl.DataFrame
     ops: pl.DataFrame
+    names: pl.DataFrame
     calls: pl.DataFrame
     gpus: pl.DataFrame
     notes: tuple[str, ...] = field(default=())
@@ -136,17 +148,20 @@ def read_trace(path: str | Path) -> Trace:
         memcpy_names = _memcpy_names(db, tables)
     uri = _uri(path)
     ranges = _read_ranges(uri, path, columns["NVTX_EVENTS"])
-    ops = pl.concat(
-        [_read_ops(uri, path, t, columns[t], memcpy_names) for t in op_tables], how="vertical"
-    )
+    ops = pl.concat([_read_ops(uri, path, t, columns[t]) for t in op_tables], how="vertical")
+    names = _op_names(uri, path, ops, op_tables, columns.get(KERNEL_TABLE, set()), memcpy_names)
+    # Most runtime calls launch nothing (synchronisation, allocation, queries): keep only those
+    # whose correlation id some GPU operation carries, batch by batch, so they never all sit in memory.
+    launches = ops.get_column("correlation_id").unique().implode()
     calls = _fetch(
         uri, path,
         f"SELECT start, end, globalTid AS global_tid, correlationId AS correlation_id FROM {RUNTIME_TABLE}",
+        keep=lambda batch: batch.filter(pl.col("correlation_id").is_in(launches)),
     )
     notes = []
     if gpus.is_empty():
         notes.append("the trace has no TARGET_INFO_GPU table: GPU names and SM counts are unknown")
-    return Trace(path, nsys_version, schema_version, ranges, ops, calls, gpus, tuple(notes))
+    return Trace(path, nsys_version, schema_version, ranges, ops, names, calls, gpus, tuple(notes))
 
 
 def _check_file(path: Path) -> None:
@@ -265,48 +280,74 @@ def _read_ranges(uri: str, path: Path, cols: set[str]) -> pl.DataFrame:
     })
 
 
-def _read_ops(uri: str, path: Path, table: str, cols: set[str], memcpy_names: dict[int, str]) -> pl.DataFrame:
-    """GPU operations of one activity table, with a display name per row."""
+def _read_ops(uri: str, path: Path, table: str, cols: set[str]) -> pl.DataFrame:
+    """GPU operations of one activity table, named by ``name_id`` (see :func:`_op_names`)."""
     base = ", ".join([
         "start", '"end"', _col(cols, "deviceId", "device"), _col(cols, "streamId", "stream"),
         "correlationId AS correlation_id", _col(cols, "globalPid", "global_pid"),
     ])
+    kind, name_id = OP_KIND[table], _name_id_sql(table, cols)
+    frame = _fetch(uri, path, f"SELECT {base}, {name_id} AS name_id FROM {table}")
+    return frame.with_columns(kind=pl.lit(kind, OP_KIND_TYPE)).select(
+        [pl.col(c).cast(t) for c, t in OPS_SCHEMA.items()]
+    )
+
+
+def _name_id_sql(table: str, cols: set[str]) -> str:
+    """Kernels are named by their StringIds id; other operations by negative ids of their own."""
     if table == KERNEL_TABLE:
-        name_col = next((c for c in ("demangledName", "shortName", "mangledName") if c in cols), None)
-        join = f"LEFT JOIN StringIds AS s ON s.id = k.{name_col}" if name_col else ""
-        name = "COALESCE(s.value, '')" if name_col else "''"
-        frame = _fetch(uri, path, f"SELECT {base}, {name} AS name FROM {table} AS k {join}")
-        return _typed(frame.with_columns(kind=pl.lit("kernel")))
+        return next((c for c in KERNEL_NAME_COLUMNS if c in cols), "NULL")
     if table == MEMCPY_TABLE:
-        kind = "copyKind" if "copyKind" in cols else "0"
-        frame = _fetch(uri, path, f"SELECT {base}, {kind} AS copy_kind FROM {table}")
-        names = pl.DataFrame({"copy_kind": list(memcpy_names), "name": [f"[CUDA memcpy {v}]" for v in memcpy_names.values()]})
-        frame = frame.join(names, on="copy_kind", how="left").drop("copy_kind")
-        return _typed(frame.with_columns(kind=pl.lit("memcpy"), name=pl.col("name").fill_null("[CUDA memcpy]")))
+        return f"-1 - {'copyKind' if 'copyKind' in cols else '0'}"
     if table == MEMSET_TABLE:
-        frame = _fetch(uri, path, f"SELECT {base}, '[CUDA memset]' AS name FROM {table}")
-        return _typed(frame.with_columns(kind=pl.lit("memset")))
-    graph = "graphId" if "graphId" in cols else "NULL"
-    frame = _fetch(uri, path, f"SELECT {base}, '[CUDA graph ' || COALESCE({graph}, '?') || ']' AS name FROM {table}")
-    return _typed(frame.with_columns(kind=pl.lit("graph")))
+        return str(MEMSET_NAME_ID)
+    return f"{GRAPH_NAME_ID} - COALESCE({'graphId' if 'graphId' in cols else 'NULL'}, 0)"
 
 
-def _typed(frame: pl.DataFrame) -> pl.DataFrame:
-    return frame.select([pl.col(c).cast(t) for c, t in OPS_SCHEMA.items()])
+def _op_names(uri: str, path: Path, ops: pl.DataFrame, tables: list[str], kernel_cols: set[str],
+              memcpy_names: dict[int, str]) -> pl.DataFrame:
+    """``name_id`` → ``name`` for the operations present; strings are loaded once, not per row."""
+    frames = []
+    name_col = next((c for c in KERNEL_NAME_COLUMNS if c in kernel_cols), None)
+    if KERNEL_TABLE in tables and name_col:
+        frames.append(_fetch(uri, path, f"""
+            SELECT id AS name_id, COALESCE(value, '') AS name FROM StringIds
+            WHERE id IN (SELECT DISTINCT {name_col} FROM {KERNEL_TABLE})
+        """, schema={"name_id": pl.Int64, "name": pl.Utf8}))
+    synthetic = {-1 - k: f"[CUDA memcpy {v}]" for k, v in memcpy_names.items()}
+    synthetic[MEMSET_NAME_ID] = "[CUDA memset]"
+    graph_ids = ops.filter(pl.col("kind") == "graph").get_column("name_id").unique().to_list()
+    synthetic.update({g: f"[CUDA graph {GRAPH_NAME_ID - g}]" for g in graph_ids})
+    frames.append(pl.DataFrame({"name_id": list(synthetic), "name": list(synthetic.values())},
+                               schema={"name_id": pl.Int64, "name": pl.Utf8}))
+    names = pl.concat(frames)
+    unnamed = ops.select("name_id").unique().join(names, on="name_id", how="anti")
+    return pl.concat([names, unnamed.with_columns(name=pl.lit("[unnamed kernel]"))]).unique("name_id")
 
 
-def _fetch(uri: str, path: Path, sql: str, schema: dict[str, pl.DataType] | None = None) -> pl.DataFrame:
+def _as_is(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame
+
+
+def _fetch(
+    uri: str, path: Path, sql: str, schema: dict[str, pl.DataType] | None = None,
+    keep: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
+) -> pl.DataFrame:
     """Run one query through ADBC and return the result as a polars frame.
 
     ADBC infers a column's type from its first rows, so every text column in our queries is
-    COALESCEd to a string; integer columns that start with NULLs come back as Int64.
+    COALESCEd to a string; integer columns that start with NULLs come back as Int64. ``keep``
+    filters each record batch as it arrives.
     """
     import adbc_driver_sqlite.dbapi as adbc  # deferred: import cost only when a trace is read
 
     try:
         with adbc.connect(uri) as conn, conn.cursor() as cur:
+            cur.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": str(FETCH_BATCH_ROWS)})
             cur.execute(sql)
-            frame = pl.from_arrow(cur.fetch_arrow_table())
+            reader = cur.fetch_record_batch()
+            parts = [(keep or _as_is)(pl.from_arrow(batch)) for batch in reader]
+            frame = pl.concat(parts) if parts else pl.from_arrow(reader.schema.empty_table())
     except Exception as err:  # the driver raises its own error classes and OSError for data errors
         raise TraceError(f"{path}: could not be read ({str(err).splitlines()[0]}); export the report again") from err
     assert isinstance(frame, pl.DataFrame)

@@ -1,0 +1,5 @@
+"""`python -m stagemfu` runs the command line."""
+
+from stagemfu.cli import main
+
+main()

@@ -1,0 +1,111 @@
+"""Turn an .nsys-rep/.qdrep report into an SQLite export with the user's nsys.
+
+The export goes to a cache directory (never next to the input, which may be read-only and must
+stay untouched), keyed by the report's path, size and modification time, so a second run on the
+same report reads the cached file.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from stagemfu.errors import ExportError
+
+REPORT_SUFFIXES = (".nsys-rep", ".qdrep")
+COMPRESSED_SUFFIXES = {".xz": "lzma", ".gz": "gzip", ".bz2": "bz2"}
+HOW_TO_EXPORT = "export it yourself with `nsys export --type sqlite REPORT` and pass the .sqlite file"
+
+
+def is_report(path: Path) -> bool:
+    """True for an Nsight Systems report container rather than an SQLite export."""
+    return path.suffix.lower() in REPORT_SUFFIXES
+
+
+def is_compressed(path: Path) -> bool:
+    """True for a compressed SQLite export (``trace.sqlite.xz``, ``.gz``, ``.bz2``)."""
+    return path.suffix.lower() in COMPRESSED_SUFFIXES
+
+
+def _cache_target(source: Path, suffix: str) -> Path:
+    stat = source.stat()
+    key = hashlib.sha256(f"{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:20]
+    return cache_dir() / f"{source.name}-{key}{suffix}"
+
+
+def decompress_cached(path: Path) -> Path:
+    """Decompress a compressed export once into the cache directory and return the copy's path."""
+    import importlib
+
+    if not path.is_file():
+        raise ExportError(f"{path}: no such file")
+    target = _cache_target(path, ".sqlite")
+    if target.is_file():
+        return target
+    module = importlib.import_module(COMPRESSED_SUFFIXES[path.suffix.lower()])
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as tmp:
+        try:
+            with module.open(path, "rb") as src:
+                shutil.copyfileobj(src, tmp, 1 << 20)
+        except (OSError, EOFError, ValueError) as err:
+            Path(tmp.name).unlink(missing_ok=True)
+            raise ExportError(f"{path}: cannot be decompressed ({err}); is it a complete {path.suffix} file?") from err
+    os.replace(tmp.name, target)
+    return target
+
+
+def find_nsys() -> str | None:
+    """The nsys executable: $NSYS, then PATH, then the newest /opt/nvidia/nsight-systems install."""
+    env = os.environ.get("NSYS")
+    if env:
+        return env if Path(env).is_file() else None
+    found = shutil.which("nsys")
+    if found:
+        return found
+    installs = sorted(glob.glob("/opt/nvidia/nsight-systems/*/bin/nsys"))
+    return installs[-1] if installs else None
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "stagemfu" / "exports"
+
+
+def export_sqlite(report: Path) -> Path:
+    """Export ``report`` to SQLite (or reuse a cached export) and return the SQLite path.
+
+    Raises
+    ------
+    ExportError
+        nsys is not found, or it failed to export this report.
+    """
+    if not report.is_file():
+        raise ExportError(f"{report}: no such file")
+    target = _cache_target(report, ".sqlite")
+    if target.is_file():
+        return target
+    nsys = find_nsys()
+    if nsys is None:
+        raise ExportError(
+            f"{report}: is an Nsight Systems report and nsys was not found (set NSYS=/path/to/nsys or put "
+            f"it on PATH), or {HOW_TO_EXPORT}"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        out = Path(tmp) / "export.sqlite"
+        cmd = [nsys, "export", "--type", "sqlite", "--force-overwrite", "true", "--output", str(out), str(report)]
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        except OSError as err:
+            raise ExportError(f"{report}: could not run {nsys} ({err.strerror}); {HOW_TO_EXPORT}") from err
+        if done.returncode != 0 or not out.is_file():
+            said = next((line.strip() for line in (done.stderr + done.stdout).splitlines() if line.strip()), "no message")
+            raise ExportError(f"{report}: `nsys export` failed ({said[:200]}); {HOW_TO_EXPORT}")
+        os.replace(out, target)
+    return target

@@ -1,0 +1,254 @@
+"""Per-stage times: aggregate range instances by (domain, name) and by path, with kernel breakdowns.
+
+Pure polars over the frames of :mod:`stagemfu.postprocess.attribution`; no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from stagemfu.errors import StagemfuError
+from stagemfu.postprocess.attribution import Attribution, attribute
+from stagemfu.postprocess.categories import category_expr, category_rules
+from stagemfu.postprocess.intervals import DEFAULT_CHUNK_ROWS, union_ns
+from stagemfu.postprocess.reader import Trace
+
+TIME_SUMS = ["wall_ns", "span_ns", "busy_ns", "exclusive_busy_ns", "kernel_ns"]
+STAT_METRICS = ["wall_ns", "span_ns", "busy_ns"]
+
+
+@dataclass(frozen=True)
+class StageTimes:
+    """Everything ``stagemfu postprocess`` reports for one trace.
+
+    Attributes
+    ----------
+    trace
+        The trace's metadata frames (path, versions, GPUs) as read.
+    instances
+        One row per range instance kept (see ``within``): ``range_id``, ``domain``, ``name``,
+        ``style``, ``pid``, ``tid``, ``path``, ``depth``, ``start_ns``, ``end_ns``, ``wall_ns``,
+        ``span_ns``, ``busy_ns``, ``exclusive_busy_ns``, ``kernel_ns``, ``gpu_ops``, ``kernels``,
+        ``idle_share``.
+    ranges
+        One row per (domain, name), in order of first appearance: ``instances``,
+        ``gpu_instances``, ``wall_ns``, ``span_ns``, ``busy_ns``, ``exclusive_busy_ns``,
+        ``kernel_ns``, ``gpu_ops``, ``kernels``, ``idle_share``.
+    paths
+        The same sums per path (``measured/prefill/vision``).
+    instance_stats
+        Per (domain, name, metric) for ``wall_ns``, ``span_ns``, ``busy_ns``: ``count``,
+        ``first_ns``, ``mean_ns``, ``p50_ns``, ``p90_ns``, ``p99_ns``, ``min_ns``, ``max_ns``.
+        Span and busy use the instances that launched GPU work.
+    devices
+        Per (domain, name, device): ``span_ns``, ``busy_ns``, ``kernel_ns``, ``gpu_ops``.
+    kernels
+        Per (domain, name, kernel): ``kind``, ``category``, ``count``, ``total_ns``,
+        ``busy_share`` (total over the stage's busy time), largest first.
+    categories
+        Per (domain, name, category): ``count``, ``total_ns``, ``busy_share``.
+    unattributed
+        One row: GPU work launched outside every range: ``gpu_ops``, ``kernels``,
+        ``kernel_ns``, ``busy_ns``.
+    totals
+        One row for all GPU work in the trace: ``gpu_ops``, ``kernels``, ``kernel_ns``,
+        ``busy_ns``, ``span_ns``.
+    within
+        The ``--within`` range name, if any.
+    notes
+        What the user should know about these numbers.
+    """
+
+    trace: Trace
+    instances: pl.DataFrame
+    ranges: pl.DataFrame
+    paths: pl.DataFrame
+    instance_stats: pl.DataFrame
+    devices: pl.DataFrame
+    kernels: pl.DataFrame
+    categories: pl.DataFrame
+    unattributed: pl.DataFrame
+    totals: pl.DataFrame
+    within: str | None = None
+    notes: tuple[str, ...] = field(default=())
+
+
+def stage_times(
+    trace: Trace,
+    *,
+    within: str | None = None,
+    ranges: tuple[str, ...] = (),
+    categories: str | Path | None = None,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+) -> StageTimes:
+    """Per-stage wall, span, busy and kernel time of a trace.
+
+    Parameters
+    ----------
+    trace
+        From :func:`stagemfu.postprocess.reader.read_trace`.
+    within
+        Keep only instances nested in a range of this name (``name`` or ``domain:name``), and
+        those ranges themselves; by default every instance.
+    ranges
+        Report only these range names (``name`` or ``domain:name``); by default all.
+    categories
+        A CSV of extra ``category,pattern`` rules tried before the built-in ones.
+    chunk_rows
+        Bound on (range, operation) pairs held in memory at once.
+
+    Returns
+    -------
+    StageTimes
+    """
+    rules = category_rules(categories)
+    att = attribute(trace, chunk_rows=chunk_rows)
+    notes = list(trace.notes) + list(att.notes)
+    keep = _selected(att, within, trace.path)
+    if ranges:
+        unknown = [r for r in ranges if not att.instances.filter(_matches(r)).height]
+        if unknown:
+            raise StagemfuError(f"{trace.path}: no NVTX range named {unknown[0]!r}; {_known_names(att.instances)}")
+        keep = keep.filter(pl.any_horizontal([_matches(r) for r in ranges]))
+    instances = keep.with_columns(idle_share=_idle_share()).select(
+        "range_id", "domain", "name", "style", "pid", "tid", "path", "depth", "start_ns", "end_ns",
+        *TIME_SUMS, "gpu_ops", "kernels", "idle_share", "rid",
+    )
+    stage_of = instances.select("rid", "domain", "name")
+    kernels = _kernels(att, trace.names, stage_of, instances, rules)
+    return StageTimes(
+        trace=trace,
+        instances=instances.drop("rid"),
+        ranges=_aggregate(instances, ["domain", "name"]),
+        paths=_aggregate(instances, ["path"]),
+        instance_stats=_instance_stats(instances),
+        devices=_devices(att, stage_of),
+        kernels=kernels,
+        categories=_categories(kernels, instances),
+        unattributed=_op_totals(att.ops.filter(pl.col("innermost_rid") < 0)).drop("span_ns"),
+        totals=_op_totals(att.ops),
+        within=within,
+        notes=tuple(notes),
+    )
+
+
+def _matches(query: str) -> pl.Expr:
+    """A range matches ``name`` in any domain, or ``domain:name`` exactly."""
+    qualified = pl.concat_str([pl.col("domain"), pl.lit(":"), pl.col("name")])
+    return (pl.col("name") == query) | (qualified == query)
+
+
+def _known_names(instances: pl.DataFrame) -> str:
+    names = instances.get_column("name").unique(maintain_order=True).head(8).to_list()
+    if not names:
+        return "the trace has no closed NVTX ranges"
+    shown = ", ".join(repr(n[:40]) for n in names)
+    return f"ranges in the trace include {shown}"
+
+
+def _selected(att: Attribution, within: str | None, path: Path) -> pl.DataFrame:
+    instances = att.instances
+    if within is None:
+        return instances
+    anchors = instances.filter(_matches(within)).get_column("rid")
+    if anchors.is_empty():
+        raise StagemfuError(f"{path}: --within {within!r}: no NVTX range of that name; {_known_names(instances)}")
+    nested = att.ancestors.filter(pl.col("outer").is_in(anchors.implode())).get_column("inner")
+    return instances.filter(pl.col("rid").is_in(pl.concat([anchors, nested]).implode()))
+
+
+def _idle_share() -> pl.Expr:
+    return pl.when(pl.col("span_ns") > 0).then(1 - pl.col("busy_ns") / pl.col("span_ns")).otherwise(None)
+
+
+def _aggregate(instances: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
+    """Sum instances per key, in order of first appearance (start time)."""
+    return (
+        instances.sort("start_ns")
+        .group_by(keys, maintain_order=True)
+        .agg(
+            pl.len().cast(pl.Int64).alias("instances"),
+            (pl.col("gpu_ops") > 0).sum().cast(pl.Int64).alias("gpu_instances"),
+            *[pl.col(c).sum() for c in TIME_SUMS],
+            pl.col("gpu_ops").sum(),
+            pl.col("kernels").sum(),
+        )
+        .with_columns(idle_share=_idle_share())
+    )
+
+
+def _instance_stats(instances: pl.DataFrame) -> pl.DataFrame:
+    """count/first/mean/p50/p90/p99/min/max per (domain, name) for wall, span and busy."""
+    frames = []
+    ordered = instances.sort("start_ns")
+    for metric in STAT_METRICS:
+        rows = ordered if metric == "wall_ns" else ordered.filter(pl.col("gpu_ops") > 0)
+        value = pl.col(metric)
+        frames.append(
+            rows.group_by("domain", "name", maintain_order=True).agg(
+                pl.lit(metric).alias("metric"),
+                pl.len().cast(pl.Int64).alias("count"),
+                value.first().alias("first_ns"),
+                value.mean().round(0).cast(pl.Int64).alias("mean_ns"),
+                *[value.quantile(q, interpolation="linear").round(0).cast(pl.Int64).alias(f"p{int(q * 100)}_ns")
+                  for q in (0.5, 0.9, 0.99)],
+                value.min().alias("min_ns"),
+                value.max().alias("max_ns"),
+            )
+        )
+    return pl.concat(frames)
+
+
+def _devices(att: Attribution, stage_of: pl.DataFrame) -> pl.DataFrame:
+    return (
+        att.devices.join(stage_of, on="rid", how="inner")
+        .group_by("domain", "name", "device", maintain_order=True)
+        .agg(pl.col("span_ns").sum(), pl.col("busy_ns").sum(), pl.col("kernel_ns").sum(), pl.col("gpu_ops").sum())
+        .sort("domain", "name", "device")
+    )
+
+
+def _kernels(att: Attribution, names: pl.DataFrame, stage_of: pl.DataFrame, instances: pl.DataFrame,
+             rules: list[tuple[str, str]]) -> pl.DataFrame:
+    busy = instances.group_by("domain", "name").agg(pl.col("busy_ns").sum().alias("_busy"))
+    return (
+        att.memberships.join(stage_of, on="rid", how="inner")
+        .group_by("domain", "name", "name_id", "kind")
+        .agg(pl.col("count").sum(), pl.col("total_ns").sum())
+        .join(names.rename({"name": "kernel"}), on="name_id", how="left")
+        .with_columns(category=category_expr(rules, "kernel"))
+        .join(busy, on=["domain", "name"], how="left")
+        .with_columns(busy_share=pl.when(pl.col("_busy") > 0).then(pl.col("total_ns") / pl.col("_busy")))
+        .drop("_busy")
+        .sort(["domain", "name", "total_ns", "kernel"], descending=[False, False, True, False])
+        .select("domain", "name", "kernel", "kind", "category", "count", "total_ns", "busy_share")
+    )
+
+
+def _categories(kernels: pl.DataFrame, instances: pl.DataFrame) -> pl.DataFrame:
+    busy = instances.group_by("domain", "name").agg(pl.col("busy_ns").sum().alias("_busy"))
+    return (
+        kernels.group_by("domain", "name", "category")
+        .agg(pl.col("count").sum(), pl.col("total_ns").sum())
+        .join(busy, on=["domain", "name"], how="left")
+        .with_columns(busy_share=pl.when(pl.col("_busy") > 0).then(pl.col("total_ns") / pl.col("_busy")))
+        .drop("_busy")
+        .sort(["domain", "name", "total_ns"], descending=[False, False, True])
+    )
+
+
+def _op_totals(ops: pl.DataFrame) -> pl.DataFrame:
+    """Counts, kernel time, busy (union) and span of a set of GPU operations, as one row."""
+    is_kernel = pl.col("kind").is_in(["kernel", "graph"])
+    sums = ops.select(
+        pl.struct("global_pid", "correlation_id").n_unique().cast(pl.Int64).alias("gpu_ops"),
+        is_kernel.sum().cast(pl.Int64).alias("kernels"),
+        pl.when(is_kernel).then(pl.col("end") - pl.col("start")).otherwise(0).sum().cast(pl.Int64).alias("kernel_ns"),
+        (pl.col("end").max() - pl.col("start").min()).fill_null(0).cast(pl.Int64).alias("span_ns"),
+    )
+    busy = union_ns(ops.with_columns(_all=pl.lit(0)), ["_all"])
+    busy_ns = int(busy["busy_ns"][0]) if busy.height else 0
+    return sums.with_columns(busy_ns=pl.lit(busy_ns, pl.Int64))

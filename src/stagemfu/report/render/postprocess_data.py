@@ -1,0 +1,43 @@
+"""Plain data (dicts and lists) for ``stagemfu postprocess``: the JSON contract and the CSV tables.
+
+``stagemfu.postprocess/1`` is a public contract: field names are fixed by ARCHITECTURE.md;
+fields may be added, never renamed. Times are integer nanoseconds.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from stagemfu.postprocess.stages import StageTimes
+
+SCHEMA = "stagemfu.postprocess/1"
+
+# Tables a user can pick for CSV output, in the order Markdown prints them.
+TABLES = ("ranges", "paths", "instance_stats", "kernels", "categories", "devices", "instances")
+
+
+def table(st: StageTimes, name: str, *, top: int | None = None) -> pl.DataFrame:
+    """One of the result tables, with kernels cut to the ``top`` largest per stage."""
+    frame: pl.DataFrame = getattr(st, name)
+    if name == "kernels" and top is not None:
+        frame = frame.filter(pl.int_range(pl.len()).over("domain", "name") < top)
+    return frame
+
+
+def postprocess_document(st: StageTimes, *, top: int | None = None, instances: bool = False) -> dict:
+    """The ``stagemfu.postprocess/1`` JSON document; per-instance rows only when asked for."""
+    trace = st.trace
+    return {
+        "schema": SCHEMA,
+        "trace": {
+            "path": str(trace.path),
+            "nsys_version": trace.nsys_version,
+            "schema_version": trace.schema_version,
+        },
+        "within": st.within,
+        "gpus": trace.gpus.to_dicts(),
+        **{name: table(st, name, top=top).to_dicts() for name in TABLES if instances or name != "instances"},
+        "unattributed": st.unattributed.to_dicts()[0],
+        "totals": st.totals.to_dicts()[0],
+        "notes": list(st.notes),
+    }

@@ -1,0 +1,177 @@
+"""Human-readable views of a :class:`StageTimes`: rich terminal tables and a Markdown document.
+
+Both views show the same sections in the same order; times print in milliseconds, shares in
+percent. Every trace string goes through :mod:`stagemfu.report.render.text` first.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from stagemfu.postprocess.stages import StageTimes
+from stagemfu.report.render.markdown import markdown_table
+from stagemfu.report.render.postprocess_data import table
+from stagemfu.report.render.text import markdown_cell, one_line, stage_label
+
+NAME_WIDTH = 48
+KERNEL_WIDTH = 70
+NS_PER_MS = 1e6
+
+
+def stage_rows(st: StageTimes) -> pl.DataFrame:
+    """The per-stage table as displayed: label, counts, times in ms, idle share in %."""
+    r = st.ranges
+    return pl.DataFrame({
+        "range": [stage_label(d, n) for d, n in zip(r["domain"], r["name"])],
+        "inst": r["instances"],
+        "gpu inst": r["gpu_instances"],
+        "wall ms": r["wall_ns"] / NS_PER_MS,
+        "span ms": r["span_ns"] / NS_PER_MS,
+        "busy ms": r["busy_ns"] / NS_PER_MS,
+        "kernel ms": r["kernel_ns"] / NS_PER_MS,
+        "idle %": r["idle_share"] * 100,
+        "gpu ops": r["gpu_ops"],
+        "kernels": r["kernels"],
+    })
+
+
+def path_rows(st: StageTimes) -> pl.DataFrame:
+    p = st.paths
+    return pl.DataFrame({
+        "path": p["path"],
+        "inst": p["instances"],
+        "wall ms": p["wall_ns"] / NS_PER_MS,
+        "span ms": p["span_ns"] / NS_PER_MS,
+        "busy ms": p["busy_ns"] / NS_PER_MS,
+        "excl ms": p["exclusive_busy_ns"] / NS_PER_MS,
+        "kernel ms": p["kernel_ns"] / NS_PER_MS,
+        "idle %": p["idle_share"] * 100,
+    })
+
+
+def repeated_rows(st: StageTimes) -> pl.DataFrame:
+    """Instance statistics for ranges that repeat (decode steps), in ms."""
+    s = st.instance_stats.filter(pl.col("count") > 1)
+    cols = ["first_ns", "mean_ns", "p50_ns", "p90_ns", "p99_ns", "min_ns", "max_ns"]
+    return pl.DataFrame({
+        "range": [stage_label(d, n) for d, n in zip(s["domain"], s["name"])],
+        "time": s["metric"].str.replace("_ns", ""),
+        "count": s["count"],
+        **{c.replace("_ns", " ms"): s[c] / NS_PER_MS for c in cols},
+    })
+
+
+def category_rows(st: StageTimes) -> pl.DataFrame:
+    """Share of each stage's busy time per kernel category, one column per category."""
+    c = st.categories
+    if c.is_empty():
+        return pl.DataFrame({"range": []})
+    wide = (
+        c.with_columns(range=pl.concat_str([pl.col("domain"), pl.lit(":"), pl.col("name")]).str.strip_prefix(":"),
+                       pct=pl.col("busy_share") * 100)
+        .pivot(on="category", index="range", values="pct", aggregate_function="sum")
+        .fill_null(0.0)
+    )
+    order = [r for r in stage_rows(st)["range"].to_list() if r in set(wide["range"].to_list())]
+    return wide.join(pl.DataFrame({"range": order}).with_row_index("_o"), on="range").sort("_o").drop("_o")
+
+
+def kernel_rows(st: StageTimes, top: int) -> pl.DataFrame:
+    order = st.ranges.select("domain", "name").with_row_index("_o")
+    k = table(st, "kernels", top=top).join(order, on=["domain", "name"], how="left", maintain_order="left")
+    k = k.sort("_o", maintain_order=True)
+    return pl.DataFrame({
+        "range": [stage_label(d, n) for d, n in zip(k["domain"], k["name"])],
+        "kernel": k["kernel"],
+        "category": k["category"],
+        "count": k["count"],
+        "total ms": k["total_ns"] / NS_PER_MS,
+        "% of busy": k["busy_share"] * 100,
+    })
+
+
+def device_rows(st: StageTimes) -> pl.DataFrame:
+    d = st.devices
+    return pl.DataFrame({
+        "range": [stage_label(a, b) for a, b in zip(d["domain"], d["name"])],
+        "device": d["device"],
+        "span ms": d["span_ns"] / NS_PER_MS,
+        "busy ms": d["busy_ns"] / NS_PER_MS,
+        "kernel ms": d["kernel_ns"] / NS_PER_MS,
+        "gpu ops": d["gpu_ops"],
+    })
+
+
+def summary_lines(st: StageTimes) -> list[str]:
+    t, u = st.totals.row(0, named=True), st.unattributed.row(0, named=True)
+    gpus = ", ".join(f"{g['id']}: {g['name']}" for g in st.trace.gpus.iter_rows(named=True)) or "unknown"
+    lines = [
+        f"trace {st.trace.path} (nsys {st.trace.nsys_version}, export schema {st.trace.schema_version}); GPUs {gpus}",
+        f"all GPU work: {t['gpu_ops']:,} ops, {t['kernels']:,} kernels, busy {t['busy_ns'] / NS_PER_MS:.3f} ms, "
+        f"kernel {t['kernel_ns'] / NS_PER_MS:.3f} ms, span {t['span_ns'] / NS_PER_MS:.3f} ms",
+        f"unattributed (launched outside every range): {u['gpu_ops']:,} ops, busy {u['busy_ns'] / NS_PER_MS:.3f} ms, "
+        f"kernel {u['kernel_ns'] / NS_PER_MS:.3f} ms",
+    ]
+    if st.within:
+        lines.append(f"restricted to instances within range {one_line(st.within, NAME_WIDTH)!r}")
+    return lines
+
+
+def sections(st: StageTimes, top: int) -> list[tuple[str, pl.DataFrame]]:
+    """The titled tables both views print, empty ones left out."""
+    parts = [
+        ("Stages (per range name, all instances summed)", stage_rows(st)),
+        ("Paths (nesting; exclusive busy = GPU work of no child range)", path_rows(st)),
+        ("Repeated ranges: per-instance statistics", repeated_rows(st)),
+        ("Kernel categories (% of busy time)", category_rows(st)),
+        (f"Top {top} kernels per stage", kernel_rows(st, top)),
+    ]
+    if st.devices["device"].n_unique() > 1:
+        parts.append(("Per device", device_rows(st)))
+    return [(title, frame) for title, frame in parts if frame.height]
+
+
+def terminal_view(st: StageTimes, *, top: int = 5) -> RenderableType:
+    """Rich renderables for the terminal."""
+    items: list[RenderableType] = [Text(line, style="bold" if i == 0 else "") for i, line in enumerate(summary_lines(st))]
+    for title, frame in sections(st, top):
+        items.append(_rich_table(title, frame))
+    items.extend(Text(f"note: {one_line(n)}", style="yellow") for n in st.notes)
+    return Group(*items)
+
+
+def markdown_view(st: StageTimes, *, top: int = 5) -> str:
+    """The same content as a Markdown document."""
+    out = ["# stagemfu postprocess", ""]
+    out += [f"- {markdown_cell(line)}" for line in summary_lines(st)]
+    for title, frame in sections(st, top):
+        out += ["", f"## {title}", "", markdown_table(frame)]
+    if st.notes:
+        out += ["", "## Notes", ""] + [f"- {markdown_cell(n)}" for n in st.notes]
+    return "\n".join(out) + "\n"
+
+
+def _rich_table(title: str, frame: pl.DataFrame) -> Table:
+    tbl = Table(title=title, title_justify="left", title_style="bold")
+    for name, dtype in frame.schema.items():
+        numeric = dtype.is_numeric()
+        tbl.add_column(name, justify="right" if numeric else "left", no_wrap=numeric,
+                       overflow="ellipsis" if numeric else "fold", ratio=None if numeric else 1)
+    for row in frame.iter_rows():
+        tbl.add_row(*(_cell(v, frame.columns[i]) for i, v in enumerate(row)))
+    return tbl
+
+
+def _cell(value: object, column: str) -> Text:
+    # Text(...) never parses rich markup, so a range named "[red]x" prints as typed.
+    if value is None:
+        return Text("")
+    if isinstance(value, float):
+        return Text(f"{value:,.1f}" if column.endswith("%") or column.startswith("%") else f"{value:,.3f}")
+    if isinstance(value, int):
+        return Text(f"{value:,}")
+    width = KERNEL_WIDTH if column == "kernel" else NAME_WIDTH
+    return Text(one_line(str(value), width))

@@ -1,0 +1,30 @@
+"""Turning trace strings into safe display text.
+
+Range and kernel names come from the profiled program and are data: they may hold markup,
+quotes, control characters or be 100 kB long. Each output format escapes them its own way;
+these helpers are the shared part.
+"""
+
+from __future__ import annotations
+
+import html
+
+ELLIPSIS = "…"
+
+
+def one_line(text: str, width: int | None = None) -> str:
+    """Control characters shown as escapes (a newline as \\n), cut to ``width`` characters."""
+    shown = text.encode("unicode_escape").decode("ascii") if not text.isprintable() else text
+    if width is not None and len(shown) > width:
+        return shown[: max(width - 1, 0)] + ELLIPSIS
+    return shown
+
+
+def markdown_cell(text: str, width: int | None = None) -> str:
+    """A Markdown table cell: one line, HTML escaped, pipes and backslashes escaped."""
+    return html.escape(one_line(text, width)).replace("\\", "\\\\").replace("|", "\\|")
+
+
+def stage_label(domain: str, name: str) -> str:
+    """``name`` for the default domain, ``domain:name`` otherwise (nsys writes ``:name``)."""
+    return f"{domain}:{name}" if domain else name
