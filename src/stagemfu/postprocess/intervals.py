@@ -100,13 +100,15 @@ def union_ns(frame: pl.DataFrame, keys: list[str], *, out: str = "busy_ns") -> p
     Returns
     -------
     polars.DataFrame
-        ``keys`` plus ``out`` (Int64 ns).
+        ``keys`` plus ``out`` (Int64 ns); with no keys, one row for the whole frame.
     """
+    gain = (pl.col("end") - pl.max_horizontal("start", "_covered")).clip(lower_bound=0).sum().cast(pl.Int64).alias(out)
+    if not keys:  # one group: no window needed
+        swept = frame.select("start", "end").sort("start").with_columns(pl.col("end").cum_max().shift(1).alias("_covered"))
+        return swept.select(gain.fill_null(0))
     if frame.is_empty():
         return frame.select(keys).with_columns(pl.lit(0, pl.Int64).alias(out)).head(0)
     swept = frame.select([*keys, "start", "end"]).sort([*keys, "start"]).with_columns(
         pl.col("end").cum_max().shift(1).over(keys).alias("_covered")
     )
-    return swept.group_by(keys).agg(
-        (pl.col("end") - pl.max_horizontal("start", "_covered")).clip(lower_bound=0).sum().cast(pl.Int64).alias(out)
-    )
+    return swept.group_by(keys).agg(gain)

@@ -12,12 +12,15 @@ hands Arrow columns to polars without building a Python object per row; the few 
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import urllib.parse
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from stagemfu.errors import TraceError
@@ -57,7 +60,10 @@ MEMCPY_KINDS = {
 }
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
-FETCH_BATCH_ROWS = 1 << 20
+FETCH_BATCH_ROWS = 1 << 18
+READ_THREADS = min(8, os.cpu_count() or 1)
+MIN_SLICE_ROWS = 250_000
+CALLS_SCHEMA = {"start": pl.Int64, "end": pl.Int64, "global_tid": pl.Int64, "correlation_id": pl.Int64}
 
 OP_KIND = {KERNEL_TABLE: "kernel", MEMCPY_TABLE: "memcpy", MEMSET_TABLE: "memset", GRAPH_TABLE: "graph"}
 OP_KIND_TYPE = pl.Enum(list(OP_KIND.values()))
@@ -153,10 +159,9 @@ def read_trace(path: str | Path) -> Trace:
     # Most runtime calls launch nothing (synchronisation, allocation, queries): keep only those
     # whose correlation id some GPU operation carries, batch by batch, so they never all sit in memory.
     launches = ops.get_column("correlation_id").unique().implode()
-    calls = _fetch(
-        uri, path,
-        f"SELECT start, end, globalTid AS global_tid, correlationId AS correlation_id FROM {RUNTIME_TABLE}",
-        keep=lambda batch: batch.filter(pl.col("correlation_id").is_in(launches)),
+    calls = _fetch_rows(
+        uri, path, RUNTIME_TABLE, "start, end, globalTid AS global_tid, correlationId AS correlation_id",
+        schema=CALLS_SCHEMA, keep=lambda batch: batch.filter(pl.col("correlation_id").is_in(launches)),
     )
     notes = []
     if gpus.is_empty():
@@ -287,10 +292,9 @@ def _read_ops(uri: str, path: Path, table: str, cols: set[str]) -> pl.DataFrame:
         "correlationId AS correlation_id", _col(cols, "globalPid", "global_pid"),
     ])
     kind, name_id = OP_KIND[table], _name_id_sql(table, cols)
-    frame = _fetch(uri, path, f"SELECT {base}, {name_id} AS name_id FROM {table}")
-    return frame.with_columns(kind=pl.lit(kind, OP_KIND_TYPE)).select(
-        [pl.col(c).cast(t) for c, t in OPS_SCHEMA.items()]
-    )
+    schema = {c: t for c, t in OPS_SCHEMA.items() if c != "kind"}
+    frame = _fetch_rows(uri, path, table, f"{base}, {name_id} AS name_id", schema=schema)
+    return frame.with_columns(kind=pl.lit(kind, OP_KIND_TYPE)).select(list(OPS_SCHEMA))
 
 
 def _name_id_sql(table: str, cols: set[str]) -> str:
@@ -323,6 +327,27 @@ def _op_names(uri: str, path: Path, ops: pl.DataFrame, tables: list[str], kernel
     names = pl.concat(frames)
     unnamed = ops.select("name_id").unique().join(names, on="name_id", how="anti")
     return pl.concat([names, unnamed.with_columns(name=pl.lit("[unnamed kernel]"))]).unique("name_id")
+
+
+def _fetch_rows(
+    uri: str, path: Path, table: str, columns: str, *, schema: dict[str, pl.DataType],
+    keep: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
+) -> pl.DataFrame:
+    """``SELECT columns FROM table``, read as rowid slices by parallel connections.
+
+    SQLite serves concurrent readers of an immutable file independently and the driver releases
+    the GIL while it reads, so the big activity tables load on several cores.
+    """
+    with _open(path) as db:
+        lo, hi = db.execute(f'SELECT MIN(rowid), MAX(rowid) FROM "{table}"').fetchone()
+    if lo is None:
+        return pl.DataFrame(schema=schema)
+    parts = max(1, min(READ_THREADS, (hi - lo + 1) // MIN_SLICE_ROWS))
+    edges = np.linspace(lo, hi + 1, parts + 1).astype(np.int64)
+    queries = [f'SELECT {columns} FROM "{table}" WHERE rowid >= {a} AND rowid < {b}' for a, b in zip(edges[:-1], edges[1:])]
+    with ThreadPoolExecutor(parts) as pool:
+        frames = list(pool.map(lambda sql: _fetch(uri, path, sql, schema=schema, keep=keep), queries))
+    return pl.concat(frames)
 
 
 def _as_is(frame: pl.DataFrame) -> pl.DataFrame:

@@ -18,6 +18,8 @@ from stagemfu.postprocess.reader import Trace
 
 TIME_SUMS = ["wall_ns", "span_ns", "busy_ns", "exclusive_busy_ns", "kernel_ns"]
 STAT_METRICS = ["wall_ns", "span_ns", "busy_ns"]
+TOTAL_COLUMNS = ["gpu_ops", "kernels", "kernel_ns", "busy_ns", "span_ns"]
+UNATTRIBUTED_COLUMNS = ["gpu_ops", "kernels", "kernel_ns", "busy_ns"]
 
 
 @dataclass(frozen=True)
@@ -128,8 +130,8 @@ def stage_times(
         devices=_devices(att, stage_of),
         kernels=kernels,
         categories=_categories(kernels, instances),
-        unattributed=_op_totals(att.ops.filter(pl.col("innermost_rid") < 0)).drop("span_ns"),
-        totals=_op_totals(att.ops),
+        unattributed=_op_totals(att.ops.filter(pl.col("innermost_rid") < 0)).drop("span_ns").select(UNATTRIBUTED_COLUMNS),
+        totals=_op_totals(att.ops).select(TOTAL_COLUMNS),
         within=within,
         notes=tuple(notes),
     )
@@ -244,11 +246,11 @@ def _op_totals(ops: pl.DataFrame) -> pl.DataFrame:
     """Counts, kernel time, busy (union) and span of a set of GPU operations, as one row."""
     is_kernel = pl.col("kind").is_in(["kernel", "graph"])
     sums = ops.select(
-        pl.struct("global_pid", "correlation_id").n_unique().cast(pl.Int64).alias("gpu_ops"),
         is_kernel.sum().cast(pl.Int64).alias("kernels"),
         pl.when(is_kernel).then(pl.col("end") - pl.col("start")).otherwise(0).sum().cast(pl.Int64).alias("kernel_ns"),
         (pl.col("end").max() - pl.col("start").min()).fill_null(0).cast(pl.Int64).alias("span_ns"),
     )
-    busy = union_ns(ops.with_columns(_all=pl.lit(0)), ["_all"])
-    busy_ns = int(busy["busy_ns"][0]) if busy.height else 0
-    return sums.with_columns(busy_ns=pl.lit(busy_ns, pl.Int64))
+    # A GPU op is one launch: a correlation id within one process (a graph's kernels share one).
+    launches = ops.group_by("global_pid").agg(pl.col("correlation_id").n_unique()).get_column("correlation_id").sum()
+    busy = union_ns(ops, [])
+    return sums.with_columns(gpu_ops=pl.lit(int(launches or 0), pl.Int64), busy_ns=busy.get_column("busy_ns"))
