@@ -198,6 +198,12 @@ def test_unwritable_output_exits_2_with_one_line(trace_paths, tmp_path):
     assert_one_line_error(invoke("postprocess", trace_paths["tiny_vlm"], "--format", "json", "-o", target), str(target))
 
 
+def test_corrupt_xz_trace_exits_2_with_one_line(tmp_path):
+    path = tmp_path / "trace.sqlite.xz"
+    path.write_bytes(b"not xz at all")
+    assert_one_line_error(invoke("postprocess", path), str(path))
+
+
 def test_report_file_without_nsys_exits_2_with_one_line(tmp_path):
     report = tmp_path / "run.nsys-rep"
     report.write_bytes(b"not really a report")

@@ -306,6 +306,24 @@ def test_reading_never_changes_the_file_nor_writes_next_to_it(trace_paths, tmp_p
         path.parent.chmod(0o755)
 
 
+def test_compressed_file_that_is_not_an_export_is_reported_under_its_own_name(tmp_path):
+    import gzip
+
+    path = tmp_path / "profile.pt.trace.json.gz"
+    path.write_bytes(gzip.compress(b'{"traceEvents": []}'))
+    with pytest.raises(StagemfuError) as err:
+        postprocess.load(path)
+    assert str(err.value).startswith(f"{path}: "), str(err.value)
+
+
+def test_corrupt_compressed_file_raises_naming_it(tmp_path):
+    path = tmp_path / "trace.sqlite.xz"
+    path.write_bytes(b"not xz at all")
+    with pytest.raises(StagemfuError) as err:
+        postprocess.load(path)
+    assert str(err.value).startswith(f"{path}: ") and "\n" not in str(err.value)
+
+
 def test_compressed_export_is_read_like_the_plain_one(trace_paths, loaded):
     compressed = postprocess.load(FIXTURES / "named_domain.sqlite.xz")
     assert compressed.ranges.equals(loaded["named_domain"].ranges)

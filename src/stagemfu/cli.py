@@ -28,13 +28,31 @@ class UserInputError(click.ClickException):
 
 
 class StagemfuGroup(click.Group):
-    """Translates library errors into exit status 2, once, for every command."""
+    """Translates errors into one stderr line and an exit status, once, for every command.
+
+    Library errors (:class:`StagemfuError`) and click's usage errors (unknown option, bad
+    value) both exit 2 with a single ``Error: ...`` line; click would otherwise print a usage
+    block first.
+    """
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except StagemfuError as err:
-            raise UserInputError(str(err).replace("\n", " ")) from err
+            raise UserInputError(str(err)) from err
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            status = super().main(*args, **kwargs)
+        except click.ClickException as err:
+            message = " ".join(err.format_message().split())
+            click.echo(f"Error: {message}", err=True)
+            sys.exit(err.exit_code)
+        except click.exceptions.Abort:
+            click.echo("Aborted.", err=True)
+            sys.exit(1)
+        sys.exit(status if isinstance(status, int) else 0)
 
 
 def format_option(fn: Callable) -> Callable:

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import lzma
 import os
 import shutil
 import subprocess
 import tempfile
+import zlib
 from pathlib import Path
 
 from stagemfu.errors import ExportError
+from stagemfu.postprocess.reader import SQLITE_MAGIC, not_an_export
 
 REPORT_SUFFIXES = (".nsys-rep", ".qdrep")
 COMPRESSED_SUFFIXES = {".xz": "lzma", ".gz": "gzip", ".bz2": "bz2"}
@@ -53,9 +56,14 @@ def decompress_cached(path: Path) -> Path:
         try:
             with module.open(path, "rb") as src:
                 shutil.copyfileobj(src, tmp, 1 << 20)
-        except (OSError, EOFError, ValueError) as err:
+        except (OSError, EOFError, ValueError, lzma.LZMAError, zlib.error) as err:
             Path(tmp.name).unlink(missing_ok=True)
             raise ExportError(f"{path}: cannot be decompressed ({err}); is it a complete {path.suffix} file?") from err
+    with open(tmp.name, "rb") as fh:
+        head = fh.read(64)
+    if not head.startswith(SQLITE_MAGIC):
+        Path(tmp.name).unlink(missing_ok=True)
+        raise ExportError(f"{path}: {not_an_export(head)}")
     os.replace(tmp.name, target)
     return target
 

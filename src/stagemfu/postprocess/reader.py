@@ -176,16 +176,21 @@ def _check_file(path: Path) -> None:
         raise TraceError(f"{path}: is a directory; give the path of an nsys SQLite export")
     try:
         with path.open("rb") as fh:
-            head = fh.read(len(SQLITE_MAGIC))
+            head = fh.read(64)
     except OSError as err:
         raise TraceError(f"{path}: cannot be read ({err.strerror})") from err
     if not head:
         raise TraceError(f"{path}: is empty; re-export the report with `nsys export --type sqlite`")
-    if head != SQLITE_MAGIC:
-        raise TraceError(
-            f"{path}: is not an SQLite file; export an nsys report with "
-            "`nsys export --type sqlite REPORT.nsys-rep`"
-        )
+    if not head.startswith(SQLITE_MAGIC):
+        raise TraceError(f"{path}: {not_an_export(head)}")
+
+
+def not_an_export(head: bytes) -> str:
+    """Say what a file that is not an nsys SQLite export seems to be, and what to do."""
+    if head.lstrip()[:1] in (b"{", b"["):
+        return ("is JSON (a PyTorch/Kineto profiler trace?), not an nsys export; stagemfu reads Nsight Systems "
+                "traces: profile with `nsys profile --trace=cuda,nvtx` and pass the .nsys-rep or its SQLite export")
+    return "is not an SQLite file; export an nsys report with `nsys export --type sqlite REPORT.nsys-rep`"
 
 
 def _uri(path: Path) -> str:

@@ -1,0 +1,137 @@
+"""Every file of the shared corpus (other people's traces, ``../shared/traces``): a report or exit 2
+with one line, never a traceback, never a changed input; and the counts its README states.
+
+nsys is hidden for the whole session (conftest sets NSYS to a path that does not exist), so the
+.nsys-rep/.qdrep files take the "nsys not found" path on every machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import polars as pl
+import pytest
+from click.testing import CliRunner
+
+from conftest import corpus_dir
+from stagemfu import postprocess
+from stagemfu.cli import cli
+
+CORPUS = corpus_dir()
+FILES = sorted(p.name for p in CORPUS.iterdir()) if CORPUS.is_dir() else []
+
+
+def test_corpus_is_present():
+    assert CORPUS.is_dir(), f"{CORPUS} is missing: the corpus lives at ../shared/traces from the project root"
+    assert sum(name.endswith(".sqlite") for name in FILES) == 4
+    assert len(FILES) == 11  # ten traces and the README
+
+
+def test_nsys_is_hidden_during_tests():
+    from stagemfu.postprocess.export import find_nsys
+
+    assert find_nsys() is None
+
+
+def expected_exit(name: str) -> int:
+    return 0 if name.endswith(".sqlite") else 2
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory) -> dict[str, tuple[int, str, str]]:
+    """``stagemfu postprocess FILE --format json`` of every corpus file: exit code, stdout, stderr."""
+    out = {}
+    for name in FILES:
+        path = CORPUS / name
+        before = sha256(path)
+        result = CliRunner().invoke(cli, ["postprocess", str(path), "--format", "json"])
+        assert sha256(path) == before, f"{name} changed"
+        assert result.exception is None or isinstance(result.exception, SystemExit), (name, result.exc_info)
+        out[name] = (result.exit_code, result.stdout, result.stderr)
+    return out
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_corpus_file_gives_a_report_or_one_error_line(reports, name):
+    code, stdout, stderr = reports[name]
+    assert "Traceback" not in stdout + stderr
+    assert code == expected_exit(name), (name, code, stderr)
+    if code == 0:
+        assert json.loads(stdout)["schema"] == "stagemfu.postprocess/1"
+    else:
+        lines = stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("Error: "), stderr
+        assert stdout == ""
+
+
+@pytest.mark.parametrize("name", [n for n in FILES if expected_exit(n) == 2])
+def test_corpus_error_names_the_file_given(reports, name):
+    line = reports[name][2].strip()
+    assert line.startswith(f"Error: {CORPUS / name}:"), line
+
+
+@pytest.mark.parametrize("name", [n for n in FILES if n.endswith((".nsys-rep", ".qdrep"))])
+def test_report_container_without_nsys_says_how_to_export(reports, name):
+    line = reports[name][2]
+    assert "nsys export" in line and "NSYS" in line
+
+
+def doc(reports, name) -> dict:
+    code, stdout, _ = reports[name]
+    assert code == 0
+    return json.loads(stdout)
+
+
+def kernels_of(name: str) -> pl.DataFrame:
+    trace = postprocess.read(CORPUS / name)
+    return trace.ops.filter(pl.col("kind") == "kernel")
+
+
+def test_nsysai_two_gpus_kernel_counts(reports):
+    name = "nsysai_mfu_2gpu_h100_torchrun_nccl.sqlite"
+    assert doc(reports, name)["totals"]["kernels"] == 4010
+    per_device = kernels_of(name).group_by("device").len().sort("device").rows()
+    assert per_device == [(0, 1993), (1, 2017)]
+    assert doc(reports, name)["gpus"] == []  # the window has no TARGET_INFO_GPU table
+    assert any("TARGET_INFO_GPU" in note for note in doc(reports, name)["notes"])
+
+
+def test_nsysai_ranges_touching_both_gpus_report_each_device(reports):
+    devices = {row["device"] for row in doc(reports, "nsysai_mfu_2gpu_h100_torchrun_nccl.sqlite")["devices"]}
+    assert devices == {0, 1}
+
+
+def test_nvfuser_kernels_and_nvtx_events(reports):
+    d = doc(reports, "nvfuser_thunder_phi3_xent_h200.sqlite")
+    assert d["totals"]["kernels"] == 18
+    assert sum(r["instances"] for r in d["ranges"]) == 13_513
+
+
+def test_memfusion_tensorrt_domain(reports):
+    d = doc(reports, "memfusion_tensorrt_resnet_rtx3090_nsys2023.1.sqlite")
+    assert d["totals"]["kernels"] == 36
+    assert sum(r["instances"] for r in d["ranges"] if r["domain"] == "TensorRT") == 59
+    assert {r["domain"] for r in d["ranges"]} == {"TensorRT"}
+
+
+def test_dlprof_oldest_schema_two_streams(reports):
+    d = doc(reports, "dlprof_pytorch_cnn_rtx2070s_nsys2022.1.sqlite")
+    assert d["totals"]["kernels"] == 59
+    assert d["trace"]["nsys_version"] != "unknown"  # read from EXPORT_META_DATA
+    assert kernels_of("dlprof_pytorch_cnn_rtx2070s_nsys2022.1.sqlite")["stream"].n_unique() == 2
+
+
+@pytest.mark.parametrize("name", [n for n in FILES if n.endswith(".sqlite")])
+def test_corpus_numbers_are_consistent(reports, name):
+    d = doc(reports, name)
+    for row in d["ranges"]:
+        assert 0 <= row["busy_ns"] <= row["span_ns"]
+        assert row["exclusive_busy_ns"] <= row["busy_ns"]
+        assert row["gpu_instances"] <= row["instances"]
+    assert d["unattributed"]["gpu_ops"] <= d["totals"]["gpu_ops"]
+    assert d["totals"]["busy_ns"] <= d["totals"]["span_ns"]
