@@ -67,6 +67,17 @@ def machine() -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "polars": polars.__version__}
 
 
+def phases(trace: Path) -> dict[str, float]:
+    """Seconds spent reading the export and computing stage times, in a fresh process."""
+    code = (
+        "import json, time, sys; from stagemfu.postprocess import read, stage_times; t0 = time.perf_counter(); "
+        "tr = read(sys.argv[1]); t1 = time.perf_counter(); stage_times(tr); t2 = time.perf_counter(); "
+        "print(json.dumps({'read_s': t1 - t0, 'compute_s': t2 - t1}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(trace)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
 def totals_by_range(path: Path) -> dict[str, dict[str, int]]:
     st = postprocess.load(path)
     return {f"{r['domain']}:{r['name']}": {c: r[c] for c in CHECKED} for r in st.ranges.iter_rows(named=True)}
@@ -120,6 +131,7 @@ def main() -> None:
         got = {f"{r['domain']}:{r['name']}": {c: r[c] for c in CHECKED} for r in doc["ranges"]}
         want = {k: {c: v * copies for c, v in vals.items()} for k, vals in base_totals.items()}
         run["scaled_exactly"] = got == want
+        run["phases"] = phases(trace)
         if nsys:
             run["nsys_stats"], proj = nsys_proj(nsys, trace, work, args.timeout)
             if proj is not None:

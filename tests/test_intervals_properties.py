@@ -20,14 +20,14 @@ from hypothesis import strategies as st
 
 from conftest import gtid, make_trace
 from stagemfu import postprocess
-from stagemfu.postprocess.intervals import containment_pairs, union_ns
+from stagemfu.postprocess.intervals import containment_pairs, group_union, segment_union
 
 TIMELINE = 80  # GPU op coordinates stay below this, so a boolean array measures unions exactly
 PIPELINE = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 # --------------------------------------------------------------------------------------------
-# containment_pairs and union_ns
+# containment_pairs, segment_union and group_union
 
 
 @st.composite
@@ -88,19 +88,29 @@ def brute_union(intervals) -> int:
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 2), st.integers(0, 60), st.integers(0, 15)), max_size=25))
-def test_union_ns_equals_boolean_timeline(rows):
-    frame = pl.DataFrame(
-        {"k": [r[0] for r in rows], "start": [r[1] for r in rows], "end": [r[1] + r[2] for r in rows]},
-        schema={"k": pl.Int64, "start": pl.Int64, "end": pl.Int64},
-    )
-    got = dict(union_ns(frame, ["k"]).iter_rows())
+def test_group_union_equals_boolean_timeline(rows):
+    keys = np.array([r[0] for r in rows], dtype=np.int64)
+    start = np.array([r[1] for r in rows], dtype=np.int64)
+    end = start + np.array([r[2] for r in rows], dtype=np.int64)
+    got_keys, got = group_union(keys, start, end)
     expected = {k: brute_union([(s, s + d) for kk, s, d in rows if kk == k]) for k in {r[0] for r in rows}}
-    assert got == expected
+    assert dict(zip(got_keys.tolist(), got.tolist())) == expected
 
 
-def test_union_ns_removes_overlaps_and_gaps():
-    frame = pl.DataFrame({"k": [0, 0, 0, 0], "start": [0, 5, 2, 20], "end": [10, 8, 12, 25]})
-    assert union_ns(frame, ["k"], out="x").to_dicts() == [{"k": 0, "x": 17}]
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.tuples(st.integers(0, 60), st.integers(0, 15)), min_size=1, max_size=8), max_size=6))
+def test_segment_union_keeps_segments_apart(segments):
+    """Contiguous segments, each unsorted inside: one union per segment, none leaking into the next."""
+    bounds = np.cumsum([0] + [len(seg) for seg in segments[:-1]]).astype(np.int64) if segments else np.zeros(0, np.int64)
+    start = np.array([s for seg in segments for s, _ in seg], dtype=np.int64)
+    end = start + np.array([d for seg in segments for _, d in seg], dtype=np.int64)
+    got = segment_union(bounds, start, end).tolist()
+    assert got == [brute_union([(s, s + d) for s, d in seg]) for seg in segments]
+
+
+def test_group_union_removes_overlaps_and_gaps():
+    keys, busy = group_union(np.zeros(4, np.int64), np.array([0, 5, 2, 20]), np.array([10, 8, 12, 25]))
+    assert keys.tolist() == [0] and busy.tolist() == [17]
 
 
 # --------------------------------------------------------------------------------------------

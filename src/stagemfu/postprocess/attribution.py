@@ -5,8 +5,9 @@ that launched it lies inside the range on the same thread; operation and call ar
 correlation id within one process. An operation belongs to its range and to every range enclosing
 it. Ranges started and ended on different threads get no operations (nsys projects them neither).
 
-Everything here is columnar: one sort, binary searches per thread, and group-bys over the
-(range, operation) pairs, produced in bounded chunks.
+Everything here is columnar: operations are put in launch order once (per thread, by call start),
+so the operations of one range are a contiguous slice of that order; (range, operation) pairs
+are produced in bounded chunks and reduced per range with segmented numpy reductions.
 """
 
 from __future__ import annotations
@@ -17,56 +18,97 @@ import numpy as np
 import polars as pl
 
 from stagemfu.errors import TraceError
-from stagemfu.postprocess.intervals import DEFAULT_CHUNK_ROWS, containment_pairs, union_ns
+from stagemfu.postprocess.intervals import (
+    DEFAULT_CHUNK_ROWS, containment_pairs, group_union, segment_bounds, segment_union,
+)
 from stagemfu.postprocess.reader import OP_KIND_TYPE, Trace
 
 # nsys packs a process id and a thread id into globalTid: pid in bits 24-47, tid in bits 0-23,
 # with the VM id above; the process part of a thread's id (tid bits cleared) is its globalPid.
 TID_BITS = 1 << 24
 CORRELATION_LIMIT = 1 << 40
+KERNEL_KINDS = ("kernel", "graph")  # operations whose time counts as kernel time
+
+METRICS_SCHEMA = {
+    "gpu_start_ns": pl.Int64, "gpu_end_ns": pl.Int64, "busy_ns": pl.Int64, "kernel_ns": pl.Int64,
+    "kernels": pl.Int64, "gpu_ops": pl.Int64,
+}
+
+
+@dataclass(frozen=True)
+class RangeTree:
+    """Closed NVTX range instances with their nesting.
+
+    Attributes
+    ----------
+    ranges
+        One row per closed range, ordered by ``rid`` (thread, start, longest first): ``rid``,
+        ``range_id``, ``domain``, ``name``, ``style``, ``pid``, ``tid``, ``global_tid``,
+        ``start_ns``, ``end_ns``, ``wall_ns``, ``same_thread``, ``depth``, ``parent_rid``, ``path``.
+    ancestors
+        ``outer``, ``inner``: every (enclosing range, enclosed range) pair of rids.
+    notes
+        Unclosed and cross-thread ranges, for the user.
+    """
+
+    ranges: pl.DataFrame
+    ancestors: pl.DataFrame
+    notes: tuple[str, ...]
 
 
 @dataclass(frozen=True)
 class Attribution:
-    """Per-instance times and the per-operation facts the aggregates need.
+    """GPU times per range instance and what the per-stage tables need.
 
     Attributes
     ----------
     instances
-        One row per range instance (closed ranges only): ``rid`` (dense id), ``range_id``,
-        ``domain``, ``name``, ``style``, ``pid``, ``tid``, ``start_ns``, ``end_ns``, ``wall_ns``,
-        ``gpu_start_ns``, ``gpu_end_ns``, ``span_ns``, ``busy_ns``, ``exclusive_busy_ns``,
-        ``kernel_ns``, ``gpu_ops``, ``kernels``, ``depth``, ``parent_rid``, ``path``,
-        ``same_thread``.
-    ancestors
-        ``outer``, ``inner``: every (enclosing range, enclosed range) pair of rids.
-    memberships
-        Per chunk aggregates of (rid, op name): ``rid``, ``name_id``, ``kind``, ``count``,
-        ``total_ns``.
+        The tree's ranges plus ``gpu_start_ns``, ``gpu_end_ns``, ``span_ns``, ``busy_ns``,
+        ``exclusive_busy_ns``, ``kernel_ns``, ``gpu_ops``, ``kernels``.
     devices
         Per (rid, device): ``span_ns``, ``busy_ns``, ``kernel_ns``, ``gpu_ops``.
-    ops
-        Every GPU operation with ``innermost_rid`` (-1 when launched outside every range or
-        without a matching runtime call).
+    names
+        Per (stage, name_id, kind) for the rids given a stage: ``count``, ``total_ns``.
+    innermost
+        For every row of ``trace.ops``, the rid of the innermost range that launched it, or -1
+        (launched outside every range, or without a matching runtime call).
     notes
         Facts about the trace the user should know (unclosed ranges, orphan operations...).
     """
 
     instances: pl.DataFrame
-    ancestors: pl.DataFrame
-    memberships: pl.DataFrame
     devices: pl.DataFrame
-    ops: pl.DataFrame
+    names: pl.DataFrame
+    innermost: np.ndarray
     notes: tuple[str, ...]
 
 
-def attribute(trace: Trace, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Attribution:
+def range_tree(ranges: pl.DataFrame, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> RangeTree:
+    """Closed ranges in rid order with depth, parent and path (see :class:`RangeTree`)."""
+    notes: list[str] = []
+    closed = _closed_ranges(ranges, notes)
+    ancestors = _ancestors(closed, chunk_rows)
+    return RangeTree(_with_tree(closed, ancestors), ancestors, tuple(notes))
+
+
+def attribute(
+    trace: Trace,
+    tree: RangeTree | None = None,
+    *,
+    stage_of_rid: np.ndarray | None = None,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+) -> Attribution:
     """Attribute every GPU operation of ``trace`` to its NVTX range instances and time them.
 
     Parameters
     ----------
     trace
         Frames from :func:`stagemfu.postprocess.reader.read_trace`.
+    tree
+        From :func:`range_tree`; built here when not given.
+    stage_of_rid
+        For each rid, a stage number (or -1): operation names are totalled per stage for the
+        kernel tables. By default no name totals are made.
     chunk_rows
         Bound on the (range, operation) pairs held at once; smaller uses less memory.
 
@@ -74,61 +116,125 @@ def attribute(trace: Trace, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> Attribut
     -------
     Attribution
     """
-    notes: list[str] = []
-    ranges = _closed_ranges(trace.ranges, notes)
-    ancestors = _ancestors(ranges, chunk_rows)
-    ranges = _with_tree(ranges, ancestors)
-    ops = _ops_with_calls(trace, notes)
-
-    attributable = ranges.filter("same_thread")
-    launched = ops.filter(pl.col("call_start").is_not_null()).sort(
-        ["global_tid", "call_start", "correlation_id", "start"]
-    )
-    innermost = np.full(launched.height, -1, dtype=np.int64)
+    tree = tree or range_tree(trace.ranges, chunk_rows=chunk_rows)
+    notes = list(tree.notes)
+    ops = _launch_order(trace, notes)
+    ranges = tree.ranges.filter("same_thread")
+    rids = ranges["rid"].to_numpy()
+    innermost = np.full(len(ops.start), -1, dtype=np.int64)
     per_range, per_device, per_name = [], [], []
-    multi_device = ops["device"].n_unique() > 1
-    op_cols = launched.select("start", "end", "device", "correlation_id", "kind", "name_id")
     for outer, inner in containment_pairs(
-        attributable["global_tid"].to_numpy(), attributable["start_ns"].to_numpy(), attributable["end_ns"].to_numpy(),
-        launched["global_tid"].to_numpy(), launched["call_start"].to_numpy(), launched["call_end"].to_numpy(),
-        chunk_rows=chunk_rows,
+        ranges["global_tid"].to_numpy(), ranges["start_ns"].to_numpy(), ranges["end_ns"].to_numpy(),
+        ops.tid, ops.call_start, ops.call_end, chunk_rows=chunk_rows,
     ):
-        rid = attributable["rid"].to_numpy()[outer]
+        rid = rids[outer]
         np.maximum.at(innermost, inner, rid)
-        pairs = op_cols[inner].with_columns(rid=pl.Series(rid))
-        per_range.append(_op_stats(pairs, ["rid"]))
-        if multi_device:
-            per_device.append(_op_stats(pairs, ["rid", "device"]))
-        per_name.append(
-            pairs.group_by("rid", "name_id", "kind").agg(
-                pl.len().cast(pl.Int64).alias("count"), (pl.col("end") - pl.col("start")).sum().alias("total_ns")
-            )
-        )
+        bounds = segment_bounds(outer)
+        per_range.append(pl.DataFrame({"rid": rid[bounds], **ops.stats(bounds, inner)}, schema_overrides=METRICS_SCHEMA))
+        if ops.multi_device:
+            per_device.append(ops.device_stats(rid, inner))
+        if stage_of_rid is not None:
+            per_name.append(ops.name_totals(stage_of_rid[rid], inner))
 
-    stats = _concat(per_range, _op_stats(op_cols.head(0).with_columns(rid=pl.lit(0, pl.Int64)), ["rid"]))
-    exclusive = union_ns(
-        launched.with_columns(rid=pl.Series(innermost)).filter(pl.col("rid") >= 0), ["rid"], out="exclusive_busy_ns"
-    )
+    stats = pl.concat(per_range) if per_range else pl.DataFrame(schema={"rid": pl.Int64, **METRICS_SCHEMA})
+    launched = innermost >= 0
+    excl_rid, excl_busy = group_union(innermost[launched], ops.start[launched], ops.end[launched])
+    exclusive = pl.DataFrame({"rid": excl_rid, "exclusive_busy_ns": excl_busy}, schema={"rid": pl.Int64, "exclusive_busy_ns": pl.Int64})
     instances = (
-        ranges.join(stats, on="rid", how="left")
+        tree.ranges.join(stats, on="rid", how="left")
         .join(exclusive, on="rid", how="left")
-        .with_columns(
-            [pl.col(c).fill_null(0) for c in ("busy_ns", "exclusive_busy_ns", "kernel_ns", "gpu_ops", "kernels")]
-        )
+        .with_columns([pl.col(c).fill_null(0) for c in ("busy_ns", "exclusive_busy_ns", "kernel_ns", "gpu_ops", "kernels")])
         .with_columns(span_ns=(pl.col("gpu_end_ns") - pl.col("gpu_start_ns")).fill_null(0))
     )
-    all_ops = pl.concat([
-        launched.with_columns(innermost_rid=pl.Series(innermost)),
-        ops.filter(pl.col("call_start").is_null()).with_columns(innermost_rid=pl.lit(-1, pl.Int64)),
-    ])
-    if multi_device:
-        devices = _concat(per_device, _op_stats(op_cols.head(0).with_columns(rid=pl.lit(0, pl.Int64)), ["rid", "device"]))
+    if ops.multi_device:
+        devices = pl.concat(per_device) if per_device else pl.DataFrame(schema={"rid": pl.Int64, "device": pl.Int64, **METRICS_SCHEMA})
     else:
-        devices = stats.with_columns(device=pl.lit(ops["device"].first(), pl.Int64))
+        devices = stats.with_columns(device=pl.lit(int(ops.device[0]) if len(ops.device) else 0, pl.Int64))
     devices = devices.with_columns(span_ns=pl.col("gpu_end_ns") - pl.col("gpu_start_ns"))
-    memberships = _concat(per_name, pl.DataFrame(schema={
-        "rid": pl.Int64, "name_id": pl.Int64, "kind": OP_KIND_TYPE, "count": pl.Int64, "total_ns": pl.Int64}))
-    return Attribution(instances, ancestors, memberships, devices, all_ops, tuple(notes))
+    names = _sum_names(per_name)
+    by_row = np.full(trace.ops.height, -1, dtype=np.int64)
+    by_row[ops.row] = innermost
+    return Attribution(instances, devices, names, by_row, tuple(notes))
+
+
+class _LaunchOrder:
+    """The launched operations as numpy columns, sorted by (thread, call start, call, op start).
+
+    In that order the operations of one call are adjacent and those of one range contiguous.
+    """
+
+    def __init__(self, trace: Trace, call_row: np.ndarray) -> None:
+        ops, calls = trace.ops, trace.calls
+        launched = np.flatnonzero(call_row >= 0)
+        call = call_row[launched]
+        tid_all = calls["global_tid"].to_numpy()
+        tids, tid_rank = np.unique(tid_all[call], return_inverse=True)
+        start = ops["start"].to_numpy()[launched]
+        order = np.argsort(start, kind="stable")
+        order = order[np.argsort(call[order], kind="stable")]  # one call's ops stay together
+        call_start = calls["start"].to_numpy()[call]
+        order = order[np.argsort(call_start[order], kind="stable")]
+        order = order[np.argsort(tid_rank[order].astype(np.int32 if len(tids) > 1 << 15 else np.int16), kind="stable")]
+        self.row = launched[order]
+        self.call = call[order]
+        self.start = start[order]
+        self.end = ops["end"].to_numpy()[self.row]
+        self.call_start = call_start[order]
+        self.call_end = calls["end"].to_numpy()[self.call]
+        self.tid = tids[tid_rank[order]]
+        self.is_kernel = ops["kind"].is_in(KERNEL_KINDS).to_numpy()[self.row]
+        self.new_call = np.concatenate([[True], self.call[1:] != self.call[:-1]]) if len(self.call) else np.zeros(0, bool)
+        self.name_id = ops["name_id"].to_numpy()[self.row]
+        self.kind = ops["kind"].to_physical().to_numpy()[self.row]
+        devices, self.device_rank = np.unique(ops["device"].fill_null(-1).to_numpy()[self.row], return_inverse=True)
+        self.devices = devices.astype(np.int64)
+        self.device = self.devices[self.device_rank] if len(self.row) else np.zeros(0, np.int64)
+        self.multi_device = len(devices) > 1
+
+    def stats(self, bounds: np.ndarray, inner: np.ndarray) -> dict[str, np.ndarray]:
+        """Span ends, busy, kernel time and counts per segment of a chunk of pairs."""
+        s, e, k = self.start[inner], self.end[inner], self.is_kernel[inner]
+        return {
+            "gpu_start_ns": np.minimum.reduceat(s, bounds),
+            "gpu_end_ns": np.maximum.reduceat(e, bounds),
+            "busy_ns": segment_union(bounds, s, e),
+            "kernel_ns": np.add.reduceat(np.where(k, e - s, 0), bounds),
+            "kernels": np.add.reduceat(k.astype(np.int64), bounds),
+            # A GPU op is one launch: the first operation of each call (a graph's kernels share one).
+            "gpu_ops": np.add.reduceat(self.new_call[inner].astype(np.int64), bounds),
+        }
+
+    def device_stats(self, rid: np.ndarray, inner: np.ndarray) -> pl.DataFrame:
+        key = rid * len(self.devices) + self.device_rank[inner]
+        order = np.argsort(key, kind="stable")
+        key, inner = key[order], inner[order]
+        bounds = segment_bounds(key)
+        return pl.DataFrame(
+            {"rid": key[bounds] // len(self.devices), "device": self.devices[key[bounds] % len(self.devices)],
+             **self.stats(bounds, inner)},
+            schema_overrides=METRICS_SCHEMA,
+        )
+
+    def name_totals(self, stage: np.ndarray, inner: np.ndarray) -> pl.DataFrame:
+        keep = stage >= 0
+        inner = inner[keep]
+        return pl.DataFrame({
+            "stage": stage[keep], "name_id": self.name_id[inner], "kind": self.kind[inner],
+            "dur": self.end[inner] - self.start[inner],
+        }).group_by("stage", "name_id", "kind").agg(pl.len().cast(pl.Int64).alias("count"), pl.col("dur").sum().alias("total_ns"))
+
+
+def _sum_names(parts: list[pl.DataFrame]) -> pl.DataFrame:
+    schema = {"stage": pl.Int64, "name_id": pl.Int64, "kind": OP_KIND_TYPE, "count": pl.Int64, "total_ns": pl.Int64}
+    if not parts:
+        return pl.DataFrame(schema=schema)
+    summed = pl.concat(parts).group_by("stage", "name_id", "kind").agg(pl.col("count").sum(), pl.col("total_ns").sum())
+    kinds = pl.Series(OP_KIND_TYPE.categories)
+    return summed.with_columns(kind=kinds.gather(summed["kind"]).cast(OP_KIND_TYPE)).select(list(schema))
+
+
+def _launch_order(trace: Trace, notes: list[str]) -> _LaunchOrder:
+    return _LaunchOrder(trace, _call_rows(trace, notes))
 
 
 def _closed_ranges(ranges: pl.DataFrame, notes: list[str]) -> pl.DataFrame:
@@ -171,7 +277,7 @@ def _ancestors(ranges: pl.DataFrame, chunk_rows: int) -> pl.DataFrame:
     for outer, inner in containment_pairs(tid, start, end, tid, start, end, chunk_rows=chunk_rows):
         keep = outer < inner  # rid order: an enclosing range always comes first; drops self-pairs
         chunks.append(pl.DataFrame({"outer": outer[keep], "inner": inner[keep]}))
-    return _concat(chunks, pl.DataFrame(schema={"outer": pl.Int64, "inner": pl.Int64}))
+    return pl.concat(chunks) if chunks else pl.DataFrame(schema={"outer": pl.Int64, "inner": pl.Int64})
 
 
 def _with_tree(ranges: pl.DataFrame, ancestors: pl.DataFrame) -> pl.DataFrame:
@@ -192,35 +298,34 @@ def _with_tree(ranges: pl.DataFrame, ancestors: pl.DataFrame) -> pl.DataFrame:
     return ranges.with_columns(path=path)
 
 
-def _ops_with_calls(trace: Trace, notes: list[str]) -> pl.DataFrame:
-    """GPU operations with the runtime call that launched them: same process, same correlation id.
+def _call_rows(trace: Trace, notes: list[str]) -> np.ndarray:
+    """For each GPU operation, the row of the runtime call that launched it, or -1.
 
-    A sorted lookup (binary search of each operation's key in the sorted call keys) rather than a
-    hash join: same result, a fraction of the memory on traces with millions of kernels. A key
-    that appears twice among the calls resolves to the first call, as SQLite's join would.
+    Same process, same correlation id: a sorted lookup (binary search of each operation's key
+    among the sorted call keys) rather than a hash join, for a fraction of the memory. A key that
+    appears twice among the calls resolves to the first call.
     """
     calls, ops = trace.calls, trace.ops
-    call_pid = (calls["global_tid"] - calls["global_tid"] % TID_BITS).to_numpy()
-    pids = np.unique(np.concatenate([call_pid, ops["global_pid"].to_numpy()]))
+    call_tid = calls["global_tid"].to_numpy()
+    call_pid = call_tid - call_tid % TID_BITS
+    op_pid = ops["global_pid"].fill_null(-1).to_numpy()
+    pids = np.unique(np.concatenate([call_pid, op_pid]))
     call_key = _key(pids, call_pid, calls["correlation_id"].to_numpy())
-    op_key = _key(pids, ops["global_pid"].to_numpy(), ops["correlation_id"].to_numpy())
+    op_key = _key(pids, op_pid, ops["correlation_id"].to_numpy())
     order = np.argsort(call_key, kind="stable")
-    sorted_keys = call_key[order]
-    pos = np.minimum(np.searchsorted(sorted_keys, op_key), max(len(sorted_keys) - 1, 0))
-    found = sorted_keys[pos] == op_key if len(sorted_keys) else np.zeros(len(op_key), dtype=bool)
-    row = pl.Series(np.where(found, order[pos] if len(order) else 0, 0))
-    hit = pl.Series(found)
-    picked = calls.select(
-        pl.col("start").alias("call_start"), pl.col("end").alias("call_end"), "global_tid"
-    )[row] if calls.height else pl.DataFrame(schema={"call_start": pl.Int64, "call_end": pl.Int64, "global_tid": pl.Int64}, data=[[0] * len(row)] * 3)
-    ops = ops.with_columns(picked.select(pl.when(hit).then(pl.col(c)).alias(c) for c in picked.columns))
+    if len(order) == 0:
+        found = np.zeros(len(op_key), dtype=bool)
+        pos = np.zeros(len(op_key), dtype=np.int64)
+    else:
+        pos = np.minimum(np.searchsorted(call_key[order], op_key), len(order) - 1)
+        found = call_key[order][pos] == op_key
     orphans = int((~found).sum())
     if orphans:
         notes.append(
             f"{orphans} GPU operation(s) have no matching CUDA API call in the trace (launched before the "
             "capture window, or by an untraced API); they count as unattributed"
         )
-    return ops
+    return np.where(found, order[pos] if len(order) else -1, -1)
 
 
 def _key(pids: np.ndarray, global_pid: np.ndarray, correlation_id: np.ndarray) -> np.ndarray:
@@ -228,20 +333,3 @@ def _key(pids: np.ndarray, global_pid: np.ndarray, correlation_id: np.ndarray) -
     if len(correlation_id) and (correlation_id.min() < 0 or correlation_id.max() >= CORRELATION_LIMIT):
         raise TraceError("correlation ids outside [0, 2^40): the export looks damaged")
     return np.searchsorted(pids, global_pid).astype(np.int64) * CORRELATION_LIMIT + correlation_id
-
-
-def _op_stats(pairs: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
-    """Span ends, kernel time and counts, and busy time per group of (range, operation) pairs."""
-    is_kernel = pl.col("kind").is_in(["kernel", "graph"])
-    sums = pairs.group_by(keys).agg(
-        pl.col("start").min().alias("gpu_start_ns"),
-        pl.col("end").max().alias("gpu_end_ns"),
-        pl.when(is_kernel).then(pl.col("end") - pl.col("start")).otherwise(0).sum().cast(pl.Int64).alias("kernel_ns"),
-        is_kernel.sum().cast(pl.Int64).alias("kernels"),
-        pl.col("correlation_id").n_unique().cast(pl.Int64).alias("gpu_ops"),
-    )
-    return sums.join(union_ns(pairs, keys), on=keys, how="left")
-
-
-def _concat(frames: list[pl.DataFrame], empty: pl.DataFrame) -> pl.DataFrame:
-    return pl.concat(frames, how="vertical") if frames else empty

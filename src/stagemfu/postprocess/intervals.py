@@ -9,9 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import numpy as np
-import polars as pl
 
-DEFAULT_CHUNK_ROWS = 4_000_000
+DEFAULT_CHUNK_ROWS = 1_000_000
 
 
 def containment_pairs(
@@ -91,24 +90,57 @@ def _slices(
     return lo, np.maximum(hi, lo)
 
 
-def union_ns(frame: pl.DataFrame, keys: list[str], *, out: str = "busy_ns") -> pl.DataFrame:
-    """Length of the union of [start, end) intervals per group: overlaps and gaps removed.
+def segment_bounds(segment: np.ndarray) -> np.ndarray:
+    """Index of the first row of each run of equal values (rows grouped by segment)."""
+    if len(segment) == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.flatnonzero(np.concatenate([[True], segment[1:] != segment[:-1]]))
 
-    A sorted sweep: within a group ordered by start, each interval adds only the part that ends
-    after every earlier interval has ended.
+
+def segment_union(bounds: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """Length of the union of [start, end) intervals in each segment: overlaps and gaps removed.
+
+    Rows are grouped by segment, segment k starting at ``bounds[k]``. Each segment is shifted onto
+    its own stretch of one number line, so one stable sort (near-linear: rows usually come almost
+    in time order) and one running maximum serve every segment at once: an interval adds only the
+    part that ends after every earlier interval of its segment has ended.
 
     Returns
     -------
-    polars.DataFrame
-        ``keys`` plus ``out`` (Int64 ns); with no keys, one row for the whole frame.
+    numpy.ndarray
+        One int64 length (ns) per segment.
     """
-    gain = (pl.col("end") - pl.max_horizontal("start", "_covered")).clip(lower_bound=0).sum().cast(pl.Int64).alias(out)
-    if not keys:  # one group: no window needed
-        swept = frame.select("start", "end").sort("start").with_columns(pl.col("end").cum_max().shift(1).alias("_covered"))
-        return swept.select(gain.fill_null(0))
-    if frame.is_empty():
-        return frame.select(keys).with_columns(pl.lit(0, pl.Int64).alias(out)).head(0)
-    swept = frame.select([*keys, "start", "end"]).sort([*keys, "start"]).with_columns(
-        pl.col("end").cum_max().shift(1).over(keys).alias("_covered")
-    )
-    return swept.group_by(keys).agg(gain)
+    if len(bounds) == 0:
+        return np.zeros(0, dtype=np.int64)
+    lo = np.minimum.reduceat(start, bounds)
+    width = np.maximum.reduceat(end, bounds) - lo + 1
+    if float(width.sum(dtype=np.float64)) >= 2.0**62 and len(bounds) > 1:
+        half = len(bounds) // 2  # shifted coordinates would overflow int64: split the segments
+        cut = bounds[half]
+        return np.concatenate([
+            segment_union(bounds[:half], start[:cut], end[:cut]),
+            segment_union(bounds[half:] - cut, start[cut:], end[cut:]),
+        ])
+    shift = np.repeat(np.cumsum(width) - width - lo, np.diff(np.append(bounds, len(start))))
+    s, e = start + shift, end + shift
+    if len(s) > 1 and not bool(np.all(s[1:] >= s[:-1])):
+        order = np.argsort(s, kind="stable")
+        s, e = s[order], e[order]
+    covered = np.maximum.accumulate(e)
+    before = np.concatenate([[np.iinfo(np.int64).min], covered[:-1]])
+    gain = np.maximum(e - np.maximum(s, before), 0)
+    return np.add.reduceat(gain, bounds)
+
+
+def group_union(keys: np.ndarray, start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Union length of intervals per key, any row order.
+
+    Returns
+    -------
+    (keys, lengths)
+        The distinct keys in ascending order and the union length (ns) of each.
+    """
+    order = np.argsort(keys, kind="stable")
+    keys, start, end = keys[order], start[order], end[order]
+    bounds = segment_bounds(keys)
+    return keys[bounds], segment_union(bounds, start, end)

@@ -61,7 +61,7 @@ MEMCPY_KINDS = {
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 FETCH_BATCH_ROWS = 1 << 18
-READ_THREADS = min(8, os.cpu_count() or 1)
+READ_THREADS = min(16, os.cpu_count() or 1)
 MIN_SLICE_ROWS = 250_000
 CALLS_SCHEMA = {"start": pl.Int64, "end": pl.Int64, "global_tid": pl.Int64, "correlation_id": pl.Int64}
 

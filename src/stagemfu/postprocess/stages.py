@@ -8,12 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from stagemfu.errors import StagemfuError
-from stagemfu.postprocess.attribution import Attribution, attribute
+from stagemfu.postprocess.attribution import KERNEL_KINDS, Attribution, RangeTree, attribute, range_tree
 from stagemfu.postprocess.categories import category_expr, category_rules
-from stagemfu.postprocess.intervals import DEFAULT_CHUNK_ROWS, union_ns
+from stagemfu.postprocess.intervals import DEFAULT_CHUNK_ROWS, group_union
 from stagemfu.postprocess.reader import Trace
 
 TIME_SUMS = ["wall_ns", "span_ns", "busy_ns", "exclusive_busy_ns", "kernel_ns"]
@@ -107,20 +108,28 @@ def stage_times(
     StageTimes
     """
     rules = category_rules(categories)
-    att = attribute(trace, chunk_rows=chunk_rows)
-    notes = list(trace.notes) + list(att.notes)
-    keep = _selected(att, within, trace.path)
+    tree = range_tree(trace.ranges, chunk_rows=chunk_rows)
+    keep = _selected(tree, within, trace.path)
     if ranges:
-        unknown = [r for r in ranges if not att.instances.filter(_matches(r)).height]
+        unknown = [r for r in ranges if not tree.ranges.filter(_matches(r)).height]
         if unknown:
-            raise StagemfuError(f"{trace.path}: no NVTX range named {unknown[0]!r}; {_known_names(att.instances)}")
+            raise StagemfuError(f"{trace.path}: no NVTX range named {unknown[0]!r}; {_known_names(tree.ranges)}")
         keep = keep.filter(pl.any_horizontal([_matches(r) for r in ranges]))
-    instances = keep.with_columns(idle_share=_idle_share()).select(
-        "range_id", "domain", "name", "style", "pid", "tid", "path", "depth", "start_ns", "end_ns",
-        *TIME_SUMS, "gpu_ops", "kernels", "idle_share", "rid",
+    # Stage number per rid (-1: not reported), so kernel names are totalled per stage on the fly.
+    stage_of = keep.select("rid", "domain", "name").with_columns(
+        stage=pl.struct("domain", "name").rank("dense").cast(pl.Int64) - 1
     )
-    stage_of = instances.select("rid", "domain", "name")
+    stage_of_rid = np.full(tree.ranges.height, -1, dtype=np.int64)
+    stage_of_rid[stage_of["rid"].to_numpy()] = stage_of["stage"].to_numpy()
+    att = attribute(trace, tree, stage_of_rid=stage_of_rid, chunk_rows=chunk_rows)
+    instances = (
+        att.instances.join(keep.select("rid"), on="rid", how="semi")
+        .with_columns(idle_share=_idle_share())
+        .select("range_id", "domain", "name", "style", "pid", "tid", "path", "depth", "start_ns", "end_ns",
+                *TIME_SUMS, "gpu_ops", "kernels", "idle_share", "rid")
+    )
     kernels = _kernels(att, trace.names, stage_of, instances, rules)
+    outside = att.innermost < 0
     return StageTimes(
         trace=trace,
         instances=instances.drop("rid"),
@@ -130,10 +139,10 @@ def stage_times(
         devices=_devices(att, stage_of),
         kernels=kernels,
         categories=_categories(kernels, instances),
-        unattributed=_op_totals(att.ops.filter(pl.col("innermost_rid") < 0)).drop("span_ns").select(UNATTRIBUTED_COLUMNS),
-        totals=_op_totals(att.ops).select(TOTAL_COLUMNS),
+        unattributed=_op_totals(trace.ops.filter(pl.Series(outside))).select(UNATTRIBUTED_COLUMNS),
+        totals=_op_totals(trace.ops).select(TOTAL_COLUMNS),
         within=within,
-        notes=tuple(notes),
+        notes=tuple([*trace.notes, *att.notes]),
     )
 
 
@@ -151,14 +160,14 @@ def _known_names(instances: pl.DataFrame) -> str:
     return f"ranges in the trace include {shown}"
 
 
-def _selected(att: Attribution, within: str | None, path: Path) -> pl.DataFrame:
-    instances = att.instances
+def _selected(tree: RangeTree, within: str | None, path: Path) -> pl.DataFrame:
+    instances = tree.ranges
     if within is None:
         return instances
     anchors = instances.filter(_matches(within)).get_column("rid")
     if anchors.is_empty():
         raise StagemfuError(f"{path}: --within {within!r}: no NVTX range of that name; {_known_names(instances)}")
-    nested = att.ancestors.filter(pl.col("outer").is_in(anchors.implode())).get_column("inner")
+    nested = tree.ancestors.filter(pl.col("outer").is_in(anchors.implode())).get_column("inner")
     return instances.filter(pl.col("rid").is_in(pl.concat([anchors, nested]).implode()))
 
 
@@ -216,15 +225,13 @@ def _devices(att: Attribution, stage_of: pl.DataFrame) -> pl.DataFrame:
 def _kernels(att: Attribution, names: pl.DataFrame, stage_of: pl.DataFrame, instances: pl.DataFrame,
              rules: list[tuple[str, str]]) -> pl.DataFrame:
     busy = instances.group_by("domain", "name").agg(pl.col("busy_ns").sum().alias("_busy"))
+    stages = stage_of.select("stage", "domain", "name").unique("stage")
     return (
-        att.memberships.join(stage_of, on="rid", how="inner")
-        .group_by("domain", "name", "name_id", "kind")
-        .agg(pl.col("count").sum(), pl.col("total_ns").sum())
+        att.names.join(stages, on="stage", how="inner")
         .join(names.rename({"name": "kernel"}), on="name_id", how="left")
         .with_columns(category=category_expr(rules, "kernel"))
         .join(busy, on=["domain", "name"], how="left")
         .with_columns(busy_share=pl.when(pl.col("_busy") > 0).then(pl.col("total_ns") / pl.col("_busy")))
-        .drop("_busy")
         .sort(["domain", "name", "total_ns", "kernel"], descending=[False, False, True, False])
         .select("domain", "name", "kernel", "kind", "category", "count", "total_ns", "busy_share")
     )
@@ -244,7 +251,7 @@ def _categories(kernels: pl.DataFrame, instances: pl.DataFrame) -> pl.DataFrame:
 
 def _op_totals(ops: pl.DataFrame) -> pl.DataFrame:
     """Counts, kernel time, busy (union) and span of a set of GPU operations, as one row."""
-    is_kernel = pl.col("kind").is_in(["kernel", "graph"])
+    is_kernel = pl.col("kind").is_in(KERNEL_KINDS)
     sums = ops.select(
         is_kernel.sum().cast(pl.Int64).alias("kernels"),
         pl.when(is_kernel).then(pl.col("end") - pl.col("start")).otherwise(0).sum().cast(pl.Int64).alias("kernel_ns"),
@@ -252,5 +259,6 @@ def _op_totals(ops: pl.DataFrame) -> pl.DataFrame:
     )
     # A GPU op is one launch: a correlation id within one process (a graph's kernels share one).
     launches = ops.group_by("global_pid").agg(pl.col("correlation_id").n_unique()).get_column("correlation_id").sum()
-    busy = union_ns(ops, [])
-    return sums.with_columns(gpu_ops=pl.lit(int(launches or 0), pl.Int64), busy_ns=busy.get_column("busy_ns"))
+    start, end = ops["start"].to_numpy(), ops["end"].to_numpy()
+    _, busy = group_union(np.zeros(len(start), dtype=np.int64), start, end)
+    return sums.with_columns(gpu_ops=pl.lit(int(launches or 0), pl.Int64), busy_ns=pl.lit(int(busy.sum()), pl.Int64))
