@@ -12,6 +12,10 @@ are produced in bounded chunks and reduced per range with segmented numpy reduct
 
 from __future__ import annotations
 
+import os
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,7 +31,8 @@ from stagemfu.postprocess.reader import OP_KIND_TYPE, Trace
 # with the VM id above; the process part of a thread's id (tid bits cleared) is its globalPid.
 TID_BITS = 1 << 24
 CORRELATION_LIMIT = 1 << 40
-KERNEL_KINDS = ("kernel", "graph")  # operations whose time counts as kernel time
+KERNEL_KINDS = ("kernel", "graph")
+REDUCE_THREADS = min(4, os.cpu_count() or 1)  # operations whose time counts as kernel time
 
 METRICS_SCHEMA = {
     "gpu_start_ns": pl.Int64, "gpu_end_ns": pl.Int64, "busy_ns": pl.Int64, "kernel_ns": pl.Int64,
@@ -123,18 +128,31 @@ def attribute(
     rids = ranges["rid"].to_numpy()
     innermost = np.full(len(ops.start), -1, dtype=np.int64)
     per_range, per_device, per_name = [], [], []
-    for outer, inner in containment_pairs(
+
+    def reduce_chunk(pair: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, tuple]:
+        outer, inner = pair
+        rid = rids[outer]
+        bounds = segment_bounds(outer)
+        return rid, inner, (
+            pl.DataFrame({"rid": rid[bounds], **ops.stats(bounds, inner)}, schema_overrides=METRICS_SCHEMA),
+            ops.device_stats(rid, inner) if ops.multi_device else None,
+            ops.name_totals(stage_of_rid[rid], inner) if stage_of_rid is not None else None,
+        )
+
+    pairs = containment_pairs(
         ranges["global_tid"].to_numpy(), ranges["start_ns"].to_numpy(), ranges["end_ns"].to_numpy(),
         ops.tid, ops.call_start, ops.call_end, chunk_rows=chunk_rows,
-    ):
-        rid = rids[outer]
-        np.maximum.at(innermost, inner, rid)
-        bounds = segment_bounds(outer)
-        per_range.append(pl.DataFrame({"rid": rid[bounds], **ops.stats(bounds, inner)}, schema_overrides=METRICS_SCHEMA))
-        if ops.multi_device:
-            per_device.append(ops.device_stats(rid, inner))
-        if stage_of_rid is not None:
-            per_name.append(ops.name_totals(stage_of_rid[rid], inner))
+    )
+    # numpy releases the GIL in its loops, so chunks reduce in parallel threads; the pool's
+    # bounded queue keeps at most a few chunks of pairs in memory.
+    with ThreadPoolExecutor(REDUCE_THREADS) as pool:
+        for rid, inner, (stats, devices, names) in _bounded_map(pool, reduce_chunk, pairs, REDUCE_THREADS):
+            np.maximum.at(innermost, inner, rid)
+            per_range.append(stats)
+            if devices is not None:
+                per_device.append(devices)
+            if names is not None:
+                per_name.append(names)
 
     stats = pl.concat(per_range) if per_range else pl.DataFrame(schema={"rid": pl.Int64, **METRICS_SCHEMA})
     launched = innermost >= 0
@@ -149,7 +167,7 @@ def attribute(
     if ops.multi_device:
         devices = pl.concat(per_device) if per_device else pl.DataFrame(schema={"rid": pl.Int64, "device": pl.Int64, **METRICS_SCHEMA})
     else:
-        devices = stats.with_columns(device=pl.lit(int(ops.device[0]) if len(ops.device) else 0, pl.Int64))
+        devices = stats.with_columns(device=pl.lit(int(ops.devices[0]) if len(ops.devices) else 0, pl.Int64))
     devices = devices.with_columns(span_ns=pl.col("gpu_end_ns") - pl.col("gpu_start_ns"))
     names = _sum_names(per_name)
     by_row = np.full(trace.ops.height, -1, dtype=np.int64)
@@ -167,8 +185,7 @@ class _LaunchOrder:
         ops, calls = trace.ops, trace.calls
         launched = np.flatnonzero(call_row >= 0)
         call = call_row[launched]
-        tid_all = calls["global_tid"].to_numpy()
-        tids, tid_rank = np.unique(tid_all[call], return_inverse=True)
+        tids, tid_rank = _dense_rank(calls["global_tid"].to_numpy()[call])
         start = ops["start"].to_numpy()[launched]
         order = np.argsort(start, kind="stable")
         order = order[np.argsort(call[order], kind="stable")]  # one call's ops stay together
@@ -176,19 +193,18 @@ class _LaunchOrder:
         order = order[np.argsort(call_start[order], kind="stable")]
         order = order[np.argsort(tid_rank[order].astype(np.int32 if len(tids) > 1 << 15 else np.int16), kind="stable")]
         self.row = launched[order]
-        self.call = call[order]
+        call = call[order]
         self.start = start[order]
         self.end = ops["end"].to_numpy()[self.row]
         self.call_start = call_start[order]
-        self.call_end = calls["end"].to_numpy()[self.call]
+        self.call_end = calls["end"].to_numpy()[call]
         self.tid = tids[tid_rank[order]]
         self.is_kernel = ops["kind"].is_in(KERNEL_KINDS).to_numpy()[self.row]
-        self.new_call = np.concatenate([[True], self.call[1:] != self.call[:-1]]) if len(self.call) else np.zeros(0, bool)
+        self.new_call = np.concatenate([[True], call[1:] != call[:-1]]) if len(call) else np.zeros(0, bool)
         self.name_id = ops["name_id"].to_numpy()[self.row]
-        self.kind = ops["kind"].to_physical().to_numpy()[self.row]
-        devices, self.device_rank = np.unique(ops["device"].fill_null(-1).to_numpy()[self.row], return_inverse=True)
+        self.kind = ops["kind"].to_physical().to_numpy()[self.row].astype(np.uint8)
+        devices, self.device_rank = _dense_rank(ops["device"].fill_null(-1).to_numpy()[self.row])
         self.devices = devices.astype(np.int64)
-        self.device = self.devices[self.device_rank] if len(self.row) else np.zeros(0, np.int64)
         self.multi_device = len(devices) > 1
 
     def stats(self, bounds: np.ndarray, inner: np.ndarray) -> dict[str, np.ndarray]:
@@ -222,6 +238,27 @@ class _LaunchOrder:
             "stage": stage[keep], "name_id": self.name_id[inner], "kind": self.kind[inner],
             "dur": self.end[inner] - self.start[inner],
         }).group_by("stage", "name_id", "kind").agg(pl.len().cast(pl.Int64).alias("count"), pl.col("dur").sum().alias("total_ns"))
+
+
+def _bounded_map(pool: ThreadPoolExecutor, fn: Callable, items: Iterator, depth: int) -> Iterator:
+    """``pool.map`` that reads ahead at most ``depth`` items, so a generator is not drained at once."""
+    pending: deque = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= depth:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def _dense_rank(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The sorted distinct values (few: threads, devices, processes) and each value's rank among them.
+
+    A hash for the distinct values and a binary search per value: far cheaper than np.unique's
+    full sort when millions of rows hold a handful of distinct values.
+    """
+    distinct = np.sort(pl.Series(values).unique().to_numpy())
+    return distinct, np.searchsorted(distinct, values)
 
 
 def _sum_names(parts: list[pl.DataFrame]) -> pl.DataFrame:
@@ -309,7 +346,7 @@ def _call_rows(trace: Trace, notes: list[str]) -> np.ndarray:
     call_tid = calls["global_tid"].to_numpy()
     call_pid = call_tid - call_tid % TID_BITS
     op_pid = ops["global_pid"].fill_null(-1).to_numpy()
-    pids = np.unique(np.concatenate([call_pid, op_pid]))
+    pids = np.sort(pl.concat([pl.Series(call_pid), pl.Series(op_pid)]).unique().to_numpy())
     call_key = _key(pids, call_pid, calls["correlation_id"].to_numpy())
     op_key = _key(pids, op_pid, ops["correlation_id"].to_numpy())
     order = np.argsort(call_key, kind="stable")

@@ -61,6 +61,7 @@ MEMCPY_KINDS = {
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 FETCH_BATCH_ROWS = 1 << 18
+BITMAP_LIMIT = 1 << 28  # largest correlation id given a membership bitmap (256 MiB of bools)
 READ_THREADS = min(16, os.cpu_count() or 1)
 MIN_SLICE_ROWS = 250_000
 CALLS_SCHEMA = {"start": pl.Int64, "end": pl.Int64, "global_tid": pl.Int64, "correlation_id": pl.Int64}
@@ -158,10 +159,10 @@ def read_trace(path: str | Path) -> Trace:
     names = _op_names(uri, path, ops, op_tables, columns.get(KERNEL_TABLE, set()), memcpy_names)
     # Most runtime calls launch nothing (synchronisation, allocation, queries): keep only those
     # whose correlation id some GPU operation carries, batch by batch, so they never all sit in memory.
-    launches = ops.get_column("correlation_id").unique().implode()
+    launched = _membership(ops["correlation_id"].drop_nulls().to_numpy())
     calls = _fetch_rows(
         uri, path, RUNTIME_TABLE, "start, end, globalTid AS global_tid, correlationId AS correlation_id",
-        schema=CALLS_SCHEMA, keep=lambda batch: batch.filter(pl.col("correlation_id").is_in(launches)),
+        schema=CALLS_SCHEMA, keep=lambda batch: batch.filter(launched(batch["correlation_id"].fill_null(-1).to_numpy())),
     )
     notes = []
     if gpus.is_empty():
@@ -353,6 +354,32 @@ def _fetch_rows(
     with ThreadPoolExecutor(parts) as pool:
         frames = list(pool.map(lambda sql: _fetch(uri, path, sql, schema=schema, keep=keep), queries))
     return pl.concat(frames)
+
+
+def _membership(ids: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """A fast "is this id in ``ids``?" test for batches of ids.
+
+    Correlation ids are small per-process counters, so a bitmap indexed by id answers with one
+    gather; ids too large for a bitmap fall back to binary search in the sorted ids.
+    """
+    top = int(ids.max()) if len(ids) else -1
+    if 0 <= top < BITMAP_LIMIT and ids.min() >= 0:
+        bitmap = np.zeros(top + 2, dtype=bool)
+        bitmap[ids] = True
+
+        def in_bitmap(values: np.ndarray) -> np.ndarray:
+            return bitmap[np.clip(values, -1, top + 1)]  # -1 and > top land on False slots
+
+        return in_bitmap
+    ordered = np.unique(ids)
+
+    def in_sorted(values: np.ndarray) -> np.ndarray:
+        if len(ordered) == 0:
+            return np.zeros(len(values), dtype=bool)
+        pos = np.minimum(np.searchsorted(ordered, values), len(ordered) - 1)
+        return ordered[pos] == values
+
+    return in_sorted
 
 
 def _as_is(frame: pl.DataFrame) -> pl.DataFrame:
