@@ -21,16 +21,12 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from stagemfu.errors import TraceError
 from stagemfu.postprocess.intervals import (
     DEFAULT_CHUNK_ROWS, containment_pairs, group_union, segment_bounds, segment_union,
 )
+from stagemfu.postprocess.launches import TID_BITS
 from stagemfu.postprocess.reader import OP_KIND_TYPE, Trace
 
-# nsys packs a process id and a thread id into globalTid: pid in bits 24-47, tid in bits 0-23,
-# with the VM id above; the process part of a thread's id (tid bits cleared) is its globalPid.
-TID_BITS = 1 << 24
-CORRELATION_LIMIT = 1 << 40
 KERNEL_KINDS = ("kernel", "graph")
 REDUCE_THREADS = min(4, os.cpu_count() or 1)  # operations whose time counts as kernel time
 
@@ -176,31 +172,33 @@ def attribute(
 
 
 class _LaunchOrder:
-    """The launched operations as numpy columns, sorted by (thread, call start, call, op start).
-
-    In that order the operations of one call are adjacent and those of one range contiguous.
+    """The launched operations as numpy columns, sorted by (thread, call start, correlation id,
+    op start). In that order the operations of one call are adjacent and those of one range
+    contiguous.
     """
 
-    def __init__(self, trace: Trace, call_row: np.ndarray) -> None:
-        ops, calls = trace.ops, trace.calls
-        launched = np.flatnonzero(call_row >= 0)
-        call = call_row[launched]
-        tids, tid_rank = _dense_rank(calls["global_tid"].to_numpy()[call])
-        start = ops["start"].to_numpy()[launched]
-        order = np.argsort(start, kind="stable")
-        order = order[np.argsort(call[order], kind="stable")]  # one call's ops stay together
-        call_start = calls["start"].to_numpy()[call]
-        order = order[np.argsort(call_start[order], kind="stable")]
-        order = order[np.argsort(tid_rank[order].astype(np.int32 if len(tids) > 1 << 15 else np.int16), kind="stable")]
+    def __init__(self, ops: pl.DataFrame) -> None:
+        launched = np.flatnonzero(ops["call_start"].is_not_null().to_numpy())
+        tids, tid_rank = _dense_rank(ops["global_tid"].to_numpy()[launched])
+        corr = ops["correlation_id"].to_numpy()[launched]
+        call_start = ops["call_start"].to_numpy()[launched]
+        order = np.argsort(ops["start"].to_numpy()[launched], kind="stable")
+        # Stable sorts from the last key to the first; timsort is near-linear on these nearly
+        # ordered columns, and the thread rank (a small int) sorts by radix.
+        for key in (corr, call_start, tid_rank.astype(np.int32 if len(tids) > 1 << 15 else np.int16)):
+            order = order[np.argsort(key[order], kind="stable")]
         self.row = launched[order]
-        call = call[order]
-        self.start = start[order]
+        self.start = ops["start"].to_numpy()[self.row]
         self.end = ops["end"].to_numpy()[self.row]
         self.call_start = call_start[order]
-        self.call_end = calls["end"].to_numpy()[call]
+        self.call_end = ops["call_end"].to_numpy()[self.row]
         self.tid = tids[tid_rank[order]]
+        corr = corr[order]
+        self.new_call = (
+            np.concatenate([[True], (corr[1:] != corr[:-1]) | (self.tid[1:] != self.tid[:-1])])
+            if len(corr) else np.zeros(0, dtype=bool)
+        )
         self.is_kernel = ops["kind"].is_in(KERNEL_KINDS).to_numpy()[self.row]
-        self.new_call = np.concatenate([[True], call[1:] != call[:-1]]) if len(call) else np.zeros(0, bool)
         self.name_id = ops["name_id"].to_numpy()[self.row]
         self.kind = ops["kind"].to_physical().to_numpy()[self.row].astype(np.uint8)
         devices, self.device_rank = _dense_rank(ops["device"].fill_null(-1).to_numpy()[self.row])
@@ -271,7 +269,13 @@ def _sum_names(parts: list[pl.DataFrame]) -> pl.DataFrame:
 
 
 def _launch_order(trace: Trace, notes: list[str]) -> _LaunchOrder:
-    return _LaunchOrder(trace, _call_rows(trace, notes))
+    orphans = trace.ops.filter(pl.col("call_start").is_null()).height
+    if orphans:
+        notes.append(
+            f"{orphans} GPU operation(s) have no matching CUDA API call in the trace (launched before the "
+            "capture window, or by an untraced API); they count as unattributed"
+        )
+    return _LaunchOrder(trace.ops)
 
 
 def _closed_ranges(ranges: pl.DataFrame, notes: list[str]) -> pl.DataFrame:
@@ -333,40 +337,3 @@ def _with_tree(ranges: pl.DataFrame, ancestors: pl.DataFrame) -> pl.DataFrame:
         ).to_series()
         hop = pl.select(pl.when(hop.is_not_null()).then(parent.gather(hop.fill_null(0)))).to_series()
     return ranges.with_columns(path=path)
-
-
-def _call_rows(trace: Trace, notes: list[str]) -> np.ndarray:
-    """For each GPU operation, the row of the runtime call that launched it, or -1.
-
-    Same process, same correlation id: a sorted lookup (binary search of each operation's key
-    among the sorted call keys) rather than a hash join, for a fraction of the memory. A key that
-    appears twice among the calls resolves to the first call.
-    """
-    calls, ops = trace.calls, trace.ops
-    call_tid = calls["global_tid"].to_numpy()
-    call_pid = call_tid - call_tid % TID_BITS
-    op_pid = ops["global_pid"].fill_null(-1).to_numpy()
-    pids = np.sort(pl.concat([pl.Series(call_pid), pl.Series(op_pid)]).unique().to_numpy())
-    call_key = _key(pids, call_pid, calls["correlation_id"].to_numpy())
-    op_key = _key(pids, op_pid, ops["correlation_id"].to_numpy())
-    order = np.argsort(call_key, kind="stable")
-    if len(order) == 0:
-        found = np.zeros(len(op_key), dtype=bool)
-        pos = np.zeros(len(op_key), dtype=np.int64)
-    else:
-        pos = np.minimum(np.searchsorted(call_key[order], op_key), len(order) - 1)
-        found = call_key[order][pos] == op_key
-    orphans = int((~found).sum())
-    if orphans:
-        notes.append(
-            f"{orphans} GPU operation(s) have no matching CUDA API call in the trace (launched before the "
-            "capture window, or by an untraced API); they count as unattributed"
-        )
-    return np.where(found, order[pos] if len(order) else -1, -1)
-
-
-def _key(pids: np.ndarray, global_pid: np.ndarray, correlation_id: np.ndarray) -> np.ndarray:
-    """One int64 per (process, correlation id): the process's rank in the high bits."""
-    if len(correlation_id) and (correlation_id.min() < 0 or correlation_id.max() >= CORRELATION_LIMIT):
-        raise TraceError("correlation ids outside [0, 2^40): the export looks damaged")
-    return np.searchsorted(pids, global_pid).astype(np.int64) * CORRELATION_LIMIT + correlation_id

@@ -24,6 +24,7 @@ import numpy as np
 import polars as pl
 
 from stagemfu.errors import TraceError
+from stagemfu.postprocess.launches import match_calls, membership
 
 # NVTX event types (nsys ENUM_NSYS_EVENT_TYPE): ranges we measure, and domain creation.
 NVTX_PUSHPOP_RANGE = 59
@@ -61,7 +62,11 @@ MEMCPY_KINDS = {
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 FETCH_BATCH_ROWS = 1 << 18
-BITMAP_LIMIT = 1 << 28  # largest correlation id given a membership bitmap (256 MiB of bools)
+# CUDA API functions that can launch GPU work: kernel launches, graph launches, copies, fills.
+LAUNCHER_NAMES_SQL = """
+    SELECT id FROM StringIds WHERE value LIKE 'cu%' AND
+        (value LIKE '%Launch%' OR value LIKE '%Memcpy%' OR value LIKE '%Memset%')
+"""
 READ_THREADS = min(16, os.cpu_count() or 1)
 MIN_SLICE_ROWS = 250_000
 CALLS_SCHEMA = {"start": pl.Int64, "end": pl.Int64, "global_tid": pl.Int64, "correlation_id": pl.Int64}
@@ -94,12 +99,12 @@ class Trace:
         ``global_tid``, ``end_global_tid`` (null unless ended on another thread).
     ops
         One row per GPU operation: ``kind`` (kernel, memcpy, memset, graph), ``start``, ``end``,
-        ``device``, ``stream``, ``correlation_id``, ``global_pid``, ``name_id``.
+        ``device``, ``stream``, ``correlation_id``, ``global_pid``, ``name_id``, and the CUDA API
+        call that launched it: ``call_start``, ``call_end``, ``global_tid`` (null when the trace
+        holds no such call).
     names
         ``name_id`` → ``name`` for every operation name (kernel names come from StringIds once,
         not once per kernel; memcpy/memset/graph names are synthesised, as nsys prints them).
-    calls
-        CUDA runtime API calls: ``start``, ``end``, ``global_tid``, ``correlation_id``.
     gpus
         ``id``, ``name``, ``sms``, ``clock_hz`` (the maximum clock nsys records).
     notes
@@ -112,7 +117,6 @@ class Trace:
     ranges: pl.DataFrame
     ops: pl.DataFrame
     names: pl.DataFrame
-    calls: pl.DataFrame
     gpus: pl.DataFrame
     notes: tuple[str, ...] = field(default=())
 
@@ -128,7 +132,7 @@ def read_trace(path: str | Path) -> Trace:
     Returns
     -------
     Trace
-        Frames of NVTX ranges, GPU operations, runtime calls and GPUs.
+        Frames of NVTX ranges, GPU operations with their launching calls, and GPUs.
 
     Raises
     ------
@@ -153,21 +157,16 @@ def read_trace(path: str | Path) -> Trace:
         nsys_version, schema_version = _versions(db, tables)
         gpus = _gpus(db, tables)
         memcpy_names = _memcpy_names(db, tables)
+        launcher_ids = [r[0] for r in db.execute(LAUNCHER_NAMES_SQL)]
     uri = _uri(path)
     ranges = _read_ranges(uri, path, columns["NVTX_EVENTS"])
     ops = pl.concat([_read_ops(uri, path, t, columns[t]) for t in op_tables], how="vertical")
     names = _op_names(uri, path, ops, op_tables, columns.get(KERNEL_TABLE, set()), memcpy_names)
-    # Most runtime calls launch nothing (synchronisation, allocation, queries): keep only those
-    # whose correlation id some GPU operation carries, batch by batch, so they never all sit in memory.
-    launched = _membership(ops["correlation_id"].drop_nulls().to_numpy())
-    calls = _fetch_rows(
-        uri, path, RUNTIME_TABLE, "start, end, globalTid AS global_tid, correlationId AS correlation_id",
-        schema=CALLS_SCHEMA, keep=lambda batch: batch.filter(launched(batch["correlation_id"].fill_null(-1).to_numpy())),
-    )
+    ops = _with_calls(uri, path, ops, columns[RUNTIME_TABLE], launcher_ids)
     notes = []
     if gpus.is_empty():
         notes.append("the trace has no TARGET_INFO_GPU table: GPU names and SM counts are unknown")
-    return Trace(path, nsys_version, schema_version, ranges, ops, names, calls, gpus, tuple(notes))
+    return Trace(path, nsys_version, schema_version, ranges, ops, names, gpus, tuple(notes))
 
 
 def _check_file(path: Path) -> None:
@@ -337,9 +336,9 @@ def _op_names(uri: str, path: Path, ops: pl.DataFrame, tables: list[str], kernel
 
 def _fetch_rows(
     uri: str, path: Path, table: str, columns: str, *, schema: dict[str, pl.DataType],
-    keep: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
+    where: str = "1", keep: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
 ) -> pl.DataFrame:
-    """``SELECT columns FROM table``, read as rowid slices by parallel connections.
+    """``SELECT columns FROM table WHERE where``, read as rowid slices by parallel connections.
 
     SQLite serves concurrent readers of an immutable file independently and the driver releases
     the GIL while it reads, so the big activity tables load on several cores.
@@ -350,36 +349,49 @@ def _fetch_rows(
         return pl.DataFrame(schema=schema)
     parts = max(1, min(READ_THREADS, (hi - lo + 1) // MIN_SLICE_ROWS))
     edges = np.linspace(lo, hi + 1, parts + 1).astype(np.int64)
-    queries = [f'SELECT {columns} FROM "{table}" WHERE rowid >= {a} AND rowid < {b}' for a, b in zip(edges[:-1], edges[1:])]
+    queries = [f'SELECT {columns} FROM "{table}" WHERE rowid >= {a} AND rowid < {b} AND ({where})'
+               for a, b in zip(edges[:-1], edges[1:])]
     with ThreadPoolExecutor(parts) as pool:
         frames = list(pool.map(lambda sql: _fetch(uri, path, sql, schema=schema, keep=keep), queries))
     return pl.concat(frames)
 
 
-def _membership(ids: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
-    """A fast "is this id in ``ids``?" test for batches of ids.
+def _with_calls(uri: str, path: Path, ops: pl.DataFrame, runtime_cols: set[str], launcher_ids: list[int]) -> pl.DataFrame:
+    """Add to each operation the CUDA API call that launched it (same process, same correlation id).
 
-    Correlation ids are small per-process counters, so a bitmap indexed by id answers with one
-    gather; ids too large for a bitmap fall back to binary search in the sorted ids.
+    Most API calls launch nothing (queries, synchronisation, allocation), and the runtime table is
+    the largest in an export. So SQLite first returns only calls of launching APIs (by name) whose
+    correlation id some operation carries; only if an operation is left without its call are the
+    remaining API calls searched for it. Either way the result is exact.
     """
-    top = int(ids.max()) if len(ids) else -1
-    if 0 <= top < BITMAP_LIMIT and ids.min() >= 0:
-        bitmap = np.zeros(top + 2, dtype=bool)
-        bitmap[ids] = True
+    columns = "start, end, globalTid AS global_tid, correlationId AS correlation_id"
+    corr, pid = ops["correlation_id"].fill_null(-1).to_numpy(), ops["global_pid"].fill_null(-1).to_numpy()
 
-        def in_bitmap(values: np.ndarray) -> np.ndarray:
-            return bitmap[np.clip(values, -1, top + 1)]  # -1 and > top land on False slots
+    def read_calls(where: str, wanted: np.ndarray) -> pl.DataFrame:
+        test = membership(wanted)
+        return _fetch_rows(uri, path, RUNTIME_TABLE, columns, schema=CALLS_SCHEMA, where=where,
+                           keep=lambda b: b.filter(test(b["correlation_id"].fill_null(-1).to_numpy())))
 
-        return in_bitmap
-    ordered = np.unique(ids)
+    by_name = "nameId" in runtime_cols and launcher_ids
+    id_list = ", ".join(str(i) for i in launcher_ids)
+    calls = read_calls(f"nameId IN ({id_list})" if by_name else "1", corr[corr >= 0])
+    rows = _match(calls, pid, corr, path)
+    if by_name and (rows < 0).any():
+        rest = read_calls(f"nameId NOT IN ({id_list}) OR nameId IS NULL", corr[(rows < 0) & (corr >= 0)])
+        calls = pl.concat([calls, rest])
+        rows = _match(calls, pid, corr, path)
+    found = pl.Series(rows >= 0)
+    picked = calls.select(pl.col("start").alias("call_start"), pl.col("end").alias("call_end"), "global_tid")
+    picked = picked[np.maximum(rows, 0)] if calls.height else pl.DataFrame(
+        {c: pl.Series([None] * len(rows), dtype=pl.Int64) for c in picked.columns})
+    return ops.with_columns(picked.select(pl.when(found).then(pl.col(c)).alias(c) for c in picked.columns))
 
-    def in_sorted(values: np.ndarray) -> np.ndarray:
-        if len(ordered) == 0:
-            return np.zeros(len(values), dtype=bool)
-        pos = np.minimum(np.searchsorted(ordered, values), len(ordered) - 1)
-        return ordered[pos] == values
 
-    return in_sorted
+def _match(calls: pl.DataFrame, pid: np.ndarray, corr: np.ndarray, path: Path) -> np.ndarray:
+    try:
+        return match_calls(pid, corr, calls["global_tid"].to_numpy(), calls["correlation_id"].to_numpy())
+    except ValueError as err:
+        raise TraceError(f"{path}: {err}: the export looks damaged; export the report again") from err
 
 
 def _as_is(frame: pl.DataFrame) -> pl.DataFrame:
