@@ -11,8 +11,10 @@ Notebook use::
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
+from stagemfu.errors import TraceError
 from stagemfu.postprocess.export import decompress_cached, export_sqlite, is_compressed, is_report
 from stagemfu.postprocess.intervals import DEFAULT_CHUNK_ROWS
 from stagemfu.postprocess.reader import Trace, read_trace
@@ -25,11 +27,14 @@ def read(path: str | Path) -> Trace:
     """Read a trace: an nsys SQLite export (optionally .xz/.gz/.bz2 compressed), or an
     .nsys-rep/.qdrep report, exported first with the nsys found on this machine."""
     path = Path(path)
-    if is_report(path):
-        return read_trace(export_sqlite(path))
-    if is_compressed(path):
-        return read_trace(decompress_cached(path))
-    return read_trace(path)
+    if not (is_report(path) or is_compressed(path)):
+        return read_trace(path)
+    sqlite = export_sqlite(path) if is_report(path) else decompress_cached(path)
+    try:
+        trace = read_trace(sqlite)
+    except TraceError as err:  # speak of the file the user gave, not of our cached copy
+        raise TraceError(str(err).replace(str(sqlite), str(path))) from err
+    return dataclasses.replace(trace, path=path)
 
 
 def load(

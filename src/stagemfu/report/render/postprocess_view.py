@@ -14,7 +14,7 @@ from rich.text import Text
 from stagemfu.postprocess.stages import StageTimes
 from stagemfu.report.render.markdown import markdown_table
 from stagemfu.report.render.postprocess_data import table
-from stagemfu.report.render.text import markdown_cell, one_line, stage_label
+from stagemfu.report.render.text import markdown_cell, number, one_line, stage_label
 
 NAME_WIDTH = 48
 KERNEL_WIDTH = 70
@@ -71,7 +71,7 @@ def category_rows(st: StageTimes) -> pl.DataFrame:
         return pl.DataFrame({"range": []})
     wide = (
         c.with_columns(range=pl.concat_str([pl.col("domain"), pl.lit(":"), pl.col("name")]).str.strip_prefix(":"),
-                       pct=pl.col("busy_share") * 100)
+                       pct=pl.col("busy_share") * 100, category=pl.col("category") + " %")
         .pivot(on="category", index="range", values="pct", aggregate_function="sum")
         .fill_null(0.0)
     )
@@ -169,9 +169,7 @@ def _cell(value: object, column: str) -> Text:
     # Text(...) never parses rich markup, so a range named "[red]x" prints as typed.
     if value is None:
         return Text("")
-    if isinstance(value, float):
-        return Text(f"{value:,.1f}" if column.endswith("%") or column.startswith("%") else f"{value:,.3f}")
-    if isinstance(value, int):
-        return Text(f"{value:,}")
+    if isinstance(value, (int, float)):
+        return Text(number(value, column))
     width = KERNEL_WIDTH if column == "kernel" else NAME_WIDTH
     return Text(one_line(str(value), width))

@@ -28,3 +28,12 @@ def markdown_cell(text: str, width: int | None = None) -> str:
 def stage_label(domain: str, name: str) -> str:
     """``name`` for the default domain, ``domain:name`` otherwise (nsys writes ``:name``)."""
     return f"{domain}:{name}" if domain else name
+
+
+def number(value: float | int, column: str) -> str:
+    """A number as the tables show it: counts with separators, percents to 0.1, times to 0.001."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:,.1f}" if "%" in column else f"{value:,.3f}"
