@@ -76,24 +76,18 @@ def assert_columns_equal(frame: pl.DataFrame, ours: str, theirs: str) -> None:
 # nvtx_gpu_proj_sum
 
 
-def test_span_matches_nsys_projected_time(loaded, nsys_stats, name):
+@pytest.mark.parametrize(
+    ("ours", "theirs"),
+    [
+        ("span_ns", "Total Proj Time (ns)"),  # span = nsys projected time
+        ("gpu_instances", "Range Instances"),
+        ("gpu_ops", "Total GPU Ops"),
+        ("gpu_wall_ns", "Total Range Time (ns)"),
+    ],
+)
+def test_projection_sums_match_nsys(loaded, nsys_stats, name, ours, theirs):
     joined = joined_projection(loaded[name], nsys_stats, name)
-    assert_columns_equal(joined, "span_ns", "Total Proj Time (ns)")
-
-
-def test_gpu_instances_match_nsys_range_instances(loaded, nsys_stats, name):
-    joined = joined_projection(loaded[name], nsys_stats, name)
-    assert_columns_equal(joined, "gpu_instances", "Range Instances")
-
-
-def test_gpu_ops_match_nsys_total_gpu_ops(loaded, nsys_stats, name):
-    joined = joined_projection(loaded[name], nsys_stats, name)
-    assert_columns_equal(joined, "gpu_ops", "Total GPU Ops")
-
-
-def test_wall_of_gpu_instances_matches_nsys_total_range_time(loaded, nsys_stats, name):
-    joined = joined_projection(loaded[name], nsys_stats, name)
-    assert_columns_equal(joined, "gpu_wall_ns", "Total Range Time (ns)")
+    assert_columns_equal(joined, ours, theirs)
 
 
 def test_ranges_table_agrees_with_nsys_projection(loaded, nsys_stats, name):

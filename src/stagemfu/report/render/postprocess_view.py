@@ -21,34 +21,31 @@ KERNEL_WIDTH = 70
 NS_PER_MS = 1e6
 
 
+def _display(frame: pl.DataFrame, label: tuple[str, pl.Series], columns: dict[str, str]) -> pl.DataFrame:
+    """A displayed table: the label column, then each column renamed; *_ns in ms, shares in %."""
+    def shown(column: str) -> pl.Series:
+        if column.endswith("_ns"):
+            return frame[column] / NS_PER_MS
+        return frame[column] * 100 if column.endswith("_share") else frame[column]
+
+    return pl.DataFrame({label[0]: label[1], **{title: shown(col) for title, col in columns.items()}})
+
+
 def stage_rows(st: StageTimes) -> pl.DataFrame:
     """The per-stage table as displayed: label, counts, times in ms, idle share in %."""
     r = st.ranges
-    return pl.DataFrame({
-        "range": [stage_label(d, n) for d, n in zip(r["domain"], r["name"])],
-        "inst": r["instances"],
-        "gpu inst": r["gpu_instances"],
-        "wall ms": r["wall_ns"] / NS_PER_MS,
-        "span ms": r["span_ns"] / NS_PER_MS,
-        "busy ms": r["busy_ns"] / NS_PER_MS,
-        "kernel ms": r["kernel_ns"] / NS_PER_MS,
-        "idle %": r["idle_share"] * 100,
-        "gpu ops": r["gpu_ops"],
-        "kernels": r["kernels"],
+    labels = pl.Series([stage_label(d, n) for d, n in zip(r["domain"], r["name"])], dtype=pl.Utf8)
+    return _display(r, ("range", labels), {
+        "inst": "instances", "gpu inst": "gpu_instances", "wall ms": "wall_ns", "span ms": "span_ns",
+        "busy ms": "busy_ns", "kernel ms": "kernel_ns", "idle %": "idle_share", "gpu ops": "gpu_ops",
+        "kernels": "kernels",
     })
 
 
 def path_rows(st: StageTimes) -> pl.DataFrame:
-    p = st.paths
-    return pl.DataFrame({
-        "path": p["path"],
-        "inst": p["instances"],
-        "wall ms": p["wall_ns"] / NS_PER_MS,
-        "span ms": p["span_ns"] / NS_PER_MS,
-        "busy ms": p["busy_ns"] / NS_PER_MS,
-        "excl ms": p["exclusive_busy_ns"] / NS_PER_MS,
-        "kernel ms": p["kernel_ns"] / NS_PER_MS,
-        "idle %": p["idle_share"] * 100,
+    return _display(st.paths, ("path", st.paths["path"]), {
+        "inst": "instances", "wall ms": "wall_ns", "span ms": "span_ns", "busy ms": "busy_ns",
+        "excl ms": "exclusive_busy_ns", "kernel ms": "kernel_ns", "idle %": "idle_share",
     })
 
 
