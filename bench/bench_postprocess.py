@@ -51,18 +51,22 @@ def timed(cmd: list[str], *, timeout: float) -> dict:
         time.sleep(0.02)
     seconds = time.perf_counter() - start
     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    return {"seconds": seconds, "rss_mib": usage.ru_maxrss / 1024, "status": os.waitstatus_to_exitcode(status),
-            "stderr_tail": err[-300:]}
+    return {
+        "seconds": seconds,
+        "rss_mib": usage.ru_maxrss / 1024,
+        "status": os.waitstatus_to_exitcode(status),
+        "stderr_tail": err[-300:],
+    }
 
 
 def machine() -> dict:
-    cpu = "unknown"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     import polars
+
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown")
 
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "polars": polars.__version__}
 
@@ -85,7 +89,18 @@ def totals_by_range(path: Path) -> dict[str, dict[str, int]]:
 
 def nsys_proj(nsys: str, trace: Path, workdir: Path, timeout: float) -> tuple[dict, dict[str, int] | None]:
     prefix = workdir / f"{trace.stem}-nsys"
-    cmd = [nsys, "stats", "--force-export=false", "--format", "csv", "-r", "nvtx_gpu_proj_sum", "-o", str(prefix), str(trace)]
+    cmd = [
+        nsys,
+        "stats",
+        "--force-export=false",
+        "--format",
+        "csv",
+        "-r",
+        "nvtx_gpu_proj_sum",
+        "-o",
+        str(prefix),
+        str(trace),
+    ]
     run = timed(cmd, timeout=timeout)
     csv_path = Path(f"{prefix}_nvtx_gpu_proj_sum.csv")
     if run.get("seconds") is None or not csv_path.is_file():
@@ -125,8 +140,9 @@ def main() -> None:
             subprocess.run([sys.executable, str(args.inflate), str(base), str(trace), str(copies)], check=True)
         run = {"copies": copies, "kernels": base_kernels * copies, "file_mib": trace.stat().st_size / 2**20}
         out_json = args.out / f"postprocess-x{copies}.json"
-        run["stagemfu"] = timed([*stagemfu_cmd, "postprocess", str(trace), "--format", "json", "-o", str(out_json)],
-                                timeout=args.timeout)
+        run["stagemfu"] = timed(
+            [*stagemfu_cmd, "postprocess", str(trace), "--format", "json", "-o", str(out_json)], timeout=args.timeout
+        )
         doc = json.loads(out_json.read_text())
         got = {f"{r['domain']}:{r['name']}": {c: r[c] for c in CHECKED} for r in doc["ranges"]}
         want = {k: {c: v * copies for c, v in vals.items()} for k, vals in base_totals.items()}
@@ -148,9 +164,11 @@ def main() -> None:
         s, n = r["stagemfu"], r.get("nsys_stats") or {}
         ratio = f"{n['seconds'] / s['seconds']:.1f}x" if n.get("seconds") and s.get("seconds") else "-"
         fmt = lambda v: f"{v:.1f}" if isinstance(v, float) else "-"  # noqa: E731
-        print(f"| {r['kernels']:,} | {r['file_mib']:.0f} | {fmt(s.get('seconds'))} | {s['rss_mib']:.0f} | "
-              f"{fmt(n.get('seconds'))} | {fmt(n.get('rss_mib'))} | {ratio} | "
-              f"{r['scaled_exactly']}{'' if 'span_equals_nsys' not in r else ', nsys ' + str(r['span_equals_nsys'])} |")
+        print(
+            f"| {r['kernels']:,} | {r['file_mib']:.0f} | {fmt(s.get('seconds'))} | {s['rss_mib']:.0f} | "
+            f"{fmt(n.get('seconds'))} | {fmt(n.get('rss_mib'))} | {ratio} | "
+            f"{r['scaled_exactly']}{'' if 'span_equals_nsys' not in r else ', nsys ' + str(r['span_equals_nsys'])} |"
+        )
     if args.workdir is None:
         shutil.rmtree(work, ignore_errors=True)
 

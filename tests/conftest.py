@@ -24,8 +24,12 @@ ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "traces"
 TRACE_NAMES = ("tiny_vlm", "named_domain", "cuda_graph_node", "cuda_graph_graph")
 STATS_REPORTS = (
-    "nvtx_gpu_proj_sum", "nvtx_gpu_proj_trace", "nvtx_kern_sum", "nvtx_sum",
-    "cuda_gpu_kern_sum", "cuda_gpu_mem_time_sum",
+    "nvtx_gpu_proj_sum",
+    "nvtx_gpu_proj_trace",
+    "nvtx_kern_sum",
+    "nvtx_sum",
+    "cuda_gpu_kern_sum",
+    "cuda_gpu_mem_time_sum",
 )
 
 TID_BITS = 24
@@ -129,10 +133,7 @@ def read_nsys_csv(path: Path) -> pl.DataFrame:
     name_col = next(header.index(c) for c in ("NVTX Range", "Range", "Name", "Operation") if c in header)
     rows: list[list[str]] = []
     for record in body:
-        if name_col == 0 and rows and len(rows[-1]) < width:
-            prev = rows.pop()
-            record = prev[:-1] + [prev[-1] + "\n" + record[0]] + record[1:]
-        elif name_col == width - 1 and rows and len(record) < width:
+        if name_col == 0 and rows and len(rows[-1]) < width or name_col == width - 1 and rows and len(record) < width:
             prev = rows.pop()
             record = prev[:-1] + [prev[-1] + "\n" + record[0]] + record[1:]
         rows.append(record)
@@ -257,8 +258,16 @@ def make_trace(
         _thread(row)
         runtime.append(row)
 
-    nvtx_cols = {"start": int, "end": int, "eventType": int, "text": str, "textId": int, "domainId": int,
-                 "globalTid": int, "endGlobalTid": int}
+    nvtx_cols = {
+        "start": int,
+        "end": int,
+        "eventType": int,
+        "text": str,
+        "textId": int,
+        "domainId": int,
+        "globalTid": int,
+        "endGlobalTid": int,
+    }
     op_cols = {"start": int, "end": int, "deviceId": int, "streamId": int, "correlationId": int, "globalPid": int}
     tables: dict[str, tuple[dict[str, type], list[dict[str, Any]]]] = {
         "NVTX_EVENTS": (nvtx_cols, nvtx),
@@ -272,9 +281,7 @@ def make_trace(
     if graphs is not None:
         tables["CUPTI_ACTIVITY_KIND_GRAPH_TRACE"] = ({**op_cols, "graphId": int}, graph_rows)
     if gpus is not None:
-        tables["TARGET_INFO_GPU"] = (
-            {"id": int, "name": str, "smCount": int, "clockRate": int}, _rows(gpus)
-        )
+        tables["TARGET_INFO_GPU"] = ({"id": int, "name": str, "smCount": int, "clockRate": int}, _rows(gpus))
     for table, (columns, rows) in tables.items():
         if table in omit:
             continue
@@ -297,12 +304,26 @@ def make_trace_fixture() -> Any:
 
 
 def launch(
-    corr: int, call: tuple[int, int], gpu: tuple[int, int], *, pid: int = DEFAULT_PID, tid: int = DEFAULT_TID,
-    name: str = "kernel", stream: int = 7, device: int = 0,
+    corr: int,
+    call: tuple[int, int],
+    gpu: tuple[int, int],
+    *,
+    pid: int = DEFAULT_PID,
+    tid: int = DEFAULT_TID,
+    name: str = "kernel",
+    stream: int = 7,
+    device: int = 0,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """One runtime call and the kernel it launched: ``(call_row, kernel_row)``."""
     return (
         {"start": call[0], "end": call[1], "correlationId": corr, "pid": pid, "tid": tid},
-        {"start": gpu[0], "end": gpu[1], "correlationId": corr, "pid": pid, "name": name,
-         "streamId": stream, "deviceId": device},
+        {
+            "start": gpu[0],
+            "end": gpu[1],
+            "correlationId": corr,
+            "pid": pid,
+            "name": name,
+            "streamId": stream,
+            "deviceId": device,
+        },
     )

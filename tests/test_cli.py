@@ -12,8 +12,8 @@ import click
 import polars as pl
 import pytest
 from click.testing import CliRunner
-
 from conftest import launch
+
 from stagemfu import __version__, postprocess
 from stagemfu.cli import cli
 
@@ -40,8 +40,12 @@ def assert_one_line_error(result, *words: str) -> str:
 @pytest.fixture
 def hostile_trace(make_trace, tmp_path):
     call, kernel = launch(1, (2, 3), (100, 110), name="void gemm<float, 4>(" + HOSTILE[:40] + ")")
-    return make_trace(tmp_path, calls=[call], kernels=[kernel],
-                      ranges=[{"start": 0, "end": 10, "text": HOSTILE}, {"start": 1, "end": 5, "text": "inner|x"}])
+    return make_trace(
+        tmp_path,
+        calls=[call],
+        kernels=[kernel],
+        ranges=[{"start": 0, "end": 10, "text": HOSTILE}, {"start": 1, "end": 5, "text": "inner|x"}],
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -82,16 +86,44 @@ def test_json_carries_the_schema_and_the_contract_fields(trace_paths):
     assert doc["schema"] == "stagemfu.postprocess/1"
     assert set(doc["trace"]) >= {"path", "nsys_version", "schema_version"}
     assert doc["trace"]["nsys_version"].startswith("2025.3")
-    assert {"gpus", "ranges", "paths", "instance_stats", "kernels", "categories", "devices",
-            "unattributed", "totals", "notes"} <= set(doc)
+    assert {
+        "gpus",
+        "ranges",
+        "paths",
+        "instance_stats",
+        "kernels",
+        "categories",
+        "devices",
+        "unattributed",
+        "totals",
+        "notes",
+    } <= set(doc)
     assert doc["gpus"][0]["name"].startswith("NVIDIA H100")
     assert {"id", "name", "sms", "clock_hz"} <= set(doc["gpus"][0])
     for row in doc["ranges"]:
-        assert {"domain", "name", "instances", "gpu_instances", "wall_ns", "span_ns", "busy_ns",
-                "kernel_ns", "gpu_ops", "kernels"} <= set(row)
+        assert {
+            "domain",
+            "name",
+            "instances",
+            "gpu_instances",
+            "wall_ns",
+            "span_ns",
+            "busy_ns",
+            "kernel_ns",
+            "gpu_ops",
+            "kernels",
+        } <= set(row)
     for row in doc["paths"]:
-        assert {"path", "instances", "wall_ns", "span_ns", "busy_ns", "exclusive_busy_ns", "kernel_ns",
-                "gpu_ops"} <= set(row)
+        assert {
+            "path",
+            "instances",
+            "wall_ns",
+            "span_ns",
+            "busy_ns",
+            "exclusive_busy_ns",
+            "kernel_ns",
+            "gpu_ops",
+        } <= set(row)
     for key in ("wall_ns", "span_ns", "busy_ns", "kernel_ns", "gpu_ops"):
         assert all(isinstance(row[key], int) for row in doc["ranges"])
     assert isinstance(doc["notes"], list)
@@ -116,8 +148,9 @@ def test_within_option_restricts_the_report(trace_paths):
 
 
 def test_range_option_repeats(trace_paths):
-    doc = json.loads(invoke("postprocess", trace_paths["tiny_vlm"], "--range", "decode", "--range", "sam",
-                            "--format", "json").stdout)
+    doc = json.loads(
+        invoke("postprocess", trace_paths["tiny_vlm"], "--range", "decode", "--range", "sam", "--format", "json").stdout
+    )
     assert sorted(r["name"] for r in doc["ranges"]) == ["decode", "sam"]
 
 
@@ -210,15 +243,27 @@ def test_report_file_without_nsys_exits_2_with_one_line(tmp_path):
     assert_one_line_error(invoke("postprocess", report), str(report), "nsys")
 
 
-@pytest.mark.parametrize("args", [
-    ["postprocess", "{trace}", "--format", "xml"],
-    ["postprocess", "{trace}", "--top", "0"],
-    ["postprocess", "{trace}", "--top", "many"],
-    ["postprocess", "{trace}", "--bogus"],
-    ["postprocess"],
-    ["nosuchcommand"],
-    ["postprocess", "{trace}", "-o", "{dir}"],
-], ids=["bad-format", "top-zero", "top-not-int", "unknown-option", "missing-trace", "unknown-command", "output-is-dir"])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["postprocess", "{trace}", "--format", "xml"],
+        ["postprocess", "{trace}", "--top", "0"],
+        ["postprocess", "{trace}", "--top", "many"],
+        ["postprocess", "{trace}", "--bogus"],
+        ["postprocess"],
+        ["nosuchcommand"],
+        ["postprocess", "{trace}", "-o", "{dir}"],
+    ],
+    ids=[
+        "bad-format",
+        "top-zero",
+        "top-not-int",
+        "unknown-option",
+        "missing-trace",
+        "unknown-command",
+        "output-is-dir",
+    ],
+)
 def test_usage_mistakes_exit_2_with_one_line(trace_paths, tmp_path, args):
     argv = [a.format(trace=trace_paths["tiny_vlm"], dir=tmp_path) for a in args]
     assert_one_line_error(invoke(*argv))
@@ -259,7 +304,7 @@ def test_markdown_escapes_pipes_markup_and_newlines(hostile_trace):
     for i, line in enumerate(lines):
         if line.startswith("|---") or line.startswith("|:--"):
             width = len(UNESCAPED_PIPE.findall(lines[i - 1]))
-            for row in lines[i + 1:]:
+            for row in lines[i + 1 :]:
                 if not row.startswith("|"):
                     break
                 assert len(UNESCAPED_PIPE.findall(row)) == width, row[:200]

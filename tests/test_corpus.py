@@ -13,8 +13,8 @@ import json
 import polars as pl
 import pytest
 from click.testing import CliRunner
-
 from conftest import corpus_dir
+
 from stagemfu import postprocess
 from stagemfu.cli import cli
 

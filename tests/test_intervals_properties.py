@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+from conftest import gtid, make_trace
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import gtid, make_trace
 from stagemfu import postprocess
 from stagemfu.postprocess.intervals import containment_pairs, group_union, segment_union
 
@@ -101,7 +101,9 @@ def test_group_union_equals_boolean_timeline(rows):
 @given(st.lists(st.lists(st.tuples(st.integers(0, 60), st.integers(0, 15)), min_size=1, max_size=8), max_size=6))
 def test_segment_union_keeps_segments_apart(segments):
     """Contiguous segments, each unsorted inside: one union per segment, none leaking into the next."""
-    bounds = np.cumsum([0] + [len(seg) for seg in segments[:-1]]).astype(np.int64) if segments else np.zeros(0, np.int64)
+    bounds = (
+        np.cumsum([0] + [len(seg) for seg in segments[:-1]]).astype(np.int64) if segments else np.zeros(0, np.int64)
+    )
     start = np.array([s for seg in segments for s, _ in seg], dtype=np.int64)
     end = start + np.array([d for seg in segments for _, d in seg], dtype=np.int64)
     got = segment_union(bounds, start, end).tolist()
@@ -157,7 +159,9 @@ def workloads(draw, *, serial: bool = False):
     for tid in range(1, draw(st.integers(1, 3)) + 1):
         t = 0
         stack: list[Range] = []
-        for action in draw(st.lists(st.sampled_from(["push", "push", "pop", "launch", "launch"]), min_size=3, max_size=14)):
+        for action in draw(
+            st.lists(st.sampled_from(["push", "push", "pop", "launch", "launch"]), min_size=3, max_size=14)
+        ):
             if action == "push":
                 t += draw(st.integers(1, 3))
                 rng = Range(len(syn.ranges) + 1, tid, draw(st.sampled_from("abc")), t)
@@ -210,7 +214,9 @@ def _key(r: Range):
 
 
 def encloses(outer: Range, inner: Range) -> bool:
-    return outer.tid == inner.tid and outer.start <= inner.start and inner.end <= outer.end and _key(outer) < _key(inner)
+    return (
+        outer.tid == inner.tid and outer.start <= inner.start and inner.end <= outer.end and _key(outer) < _key(inner)
+    )
 
 
 def contains_call(r: Range, o: Op) -> bool:
@@ -268,8 +274,10 @@ def test_ranges_and_paths_sum_their_instances(syn):
     result = run(syn)
     expected = brute_force(syn)
     names = {r.id: r.name for r in syn.ranges}
-    for key, table, label in [("name", result.ranges, lambda rid: names[rid]),
-                              ("path", result.paths, lambda rid: expected[rid]["path"])]:
+    for key, table, label in [
+        ("name", result.ranges, lambda rid: names[rid]),
+        ("path", result.paths, lambda rid: expected[rid]["path"]),
+    ]:
         for row in table.iter_rows(named=True):
             members = [rid for rid in expected if label(rid) == row[key]]
             assert row["instances"] == len(members)
@@ -327,7 +335,9 @@ def test_serial_ops_split_parent_busy_among_children(syn):
         subtree = [s for s in syn.ranges if s.id != r.id and encloses(r, s)]
         children = [s for s in subtree if not any(encloses(m, s) for m in subtree)]
         assert sum(rows[c.id]["exclusive_busy_ns"] for c in children) <= rows[r.id]["busy_ns"]
-        assert rows[r.id]["busy_ns"] == rows[r.id]["exclusive_busy_ns"] + sum(rows[s.id]["exclusive_busy_ns"] for s in subtree)
+        assert rows[r.id]["busy_ns"] == rows[r.id]["exclusive_busy_ns"] + sum(
+            rows[s.id]["exclusive_busy_ns"] for s in subtree
+        )
 
 
 @PIPELINE
@@ -352,10 +362,15 @@ def test_overlapping_children_can_each_be_busy_for_the_whole_parent(make_trace, 
     the full 10 ns, the parent's inclusive busy is 10 ns too, so children's exclusive times do
     not have to add up to at most the parent's busy when streams overlap."""
     calls = [{"start": 2, "end": 3, "correlationId": 1}, {"start": 6, "end": 7, "correlationId": 2}]
-    kernels = [{"start": 100, "end": 110, "correlationId": 1, "streamId": 7},
-               {"start": 100, "end": 110, "correlationId": 2, "streamId": 8}]
-    ranges = [{"start": 0, "end": 10, "text": "parent"}, {"start": 1, "end": 4, "text": "a"},
-              {"start": 5, "end": 8, "text": "b"}]
+    kernels = [
+        {"start": 100, "end": 110, "correlationId": 1, "streamId": 7},
+        {"start": 100, "end": 110, "correlationId": 2, "streamId": 8},
+    ]
+    ranges = [
+        {"start": 0, "end": 10, "text": "parent"},
+        {"start": 1, "end": 4, "text": "a"},
+        {"start": 5, "end": 8, "text": "b"},
+    ]
     st_ = postprocess.load(make_trace(tmp_path, ranges=ranges, kernels=kernels, calls=calls))
     busy = dict(st_.instances.select("name", "busy_ns").iter_rows())
     excl = dict(st_.instances.select("name", "exclusive_busy_ns").iter_rows())

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import polars as pl
 import pytest
-
 from conftest import TRACE_NAMES, read_nsys_csv
+
 from stagemfu import postprocess
 from stagemfu.postprocess.attribution import attribute
 
@@ -94,8 +94,10 @@ def test_ranges_table_agrees_with_nsys_projection(loaded, nsys_stats, name):
     """The published per-(domain, name) table, not only the instances, carries nsys's numbers."""
     st = loaded[name]
     ranges = st.ranges.with_columns(KEY).filter(~pl.col("key").is_in(graph_keys(st)), pl.col("gpu_instances") > 0)
-    theirs = proj_sum(nsys_stats, name).group_by("key").agg(
-        pl.col("Total Proj Time (ns)").sum(), pl.col("Range Instances").sum(), pl.col("Total GPU Ops").sum()
+    theirs = (
+        proj_sum(nsys_stats, name)
+        .group_by("key")
+        .agg(pl.col("Total Proj Time (ns)").sum(), pl.col("Range Instances").sum(), pl.col("Total GPU Ops").sum())
     )
     joined = ranges.join(theirs, on="key", how="full", coalesce=True).filter(~pl.col("key").is_in(graph_keys(st)))
     assert joined.null_count().select("span_ns", "Total Proj Time (ns)").row(0) == (0, 0), joined
@@ -199,12 +201,16 @@ def kern_sum(nsys_stats, name) -> pl.DataFrame:
 def test_kernel_time_per_range_matches_nvtx_kern_sum(loaded, nsys_stats, name):
     st = loaded[name]
     theirs = (
-        kern_sum(nsys_stats, name).filter(pl.col("key") != "")
-        .group_by("key").agg(pl.col("Kern Inst").sum(), pl.col("Total Time (ns)").sum())
+        kern_sum(nsys_stats, name)
+        .filter(pl.col("key") != "")
+        .group_by("key")
+        .agg(pl.col("Kern Inst").sum(), pl.col("Total Time (ns)").sum())
     )
     kernel_only = (
-        st.kernels.filter(pl.col("kind") == "kernel").with_columns(KEY)
-        .group_by("key").agg(pl.col("count").sum(), pl.col("total_ns").sum())
+        st.kernels.filter(pl.col("kind") == "kernel")
+        .with_columns(KEY)
+        .group_by("key")
+        .agg(pl.col("count").sum(), pl.col("total_ns").sum())
     )
     joined = kernel_only.join(theirs, on="key", how="full", coalesce=True)
     assert joined.null_count().select("count", "Kern Inst").row(0) == (0, 0), joined
@@ -220,9 +226,15 @@ def test_kernel_time_per_range_matches_nvtx_kern_sum(loaded, nsys_stats, name):
 def test_kernel_breakdown_per_range_matches_nvtx_kern_sum(loaded, nsys_stats, name):
     st = loaded[name]
     theirs = (
-        kern_sum(nsys_stats, name).filter(pl.col("key") != "")
-        .group_by("key", "kernel").agg(pl.col("Kern Inst").sum(), pl.col("Total Time (ns)").sum(),
-                                       pl.col("Min (ns)").min(), pl.col("Max (ns)").max())
+        kern_sum(nsys_stats, name)
+        .filter(pl.col("key") != "")
+        .group_by("key", "kernel")
+        .agg(
+            pl.col("Kern Inst").sum(),
+            pl.col("Total Time (ns)").sum(),
+            pl.col("Min (ns)").min(),
+            pl.col("Max (ns)").max(),
+        )
     )
     ours = st.kernels.filter(pl.col("kind") == "kernel").with_columns(KEY).select("key", "kernel", "count", "total_ns")
     joined = ours.join(theirs, on=["key", "kernel"], how="full", coalesce=True)
@@ -244,11 +256,10 @@ def test_kernels_outside_ranges_match_nvtx_kern_sum_unranged_rows(loaded, nsys_s
 def test_range_instances_in_nvtx_kern_sum_match(loaded, nsys_stats, name):
     """nvtx_kern_sum's "NVTX Inst" counts the range's instances (on that thread) that ran kernels."""
     st = loaded[name]
-    theirs = kern_sum(nsys_stats, name).filter(pl.col("key") != "").group_by("key", "TID").agg(pl.col("NVTX Inst").first())
-    ours = (
-        st.instances.filter(pl.col("kernels") > 0).with_columns(KEY)
-        .group_by("key", "tid").agg(pl.len().alias("n"))
+    theirs = (
+        kern_sum(nsys_stats, name).filter(pl.col("key") != "").group_by("key", "TID").agg(pl.col("NVTX Inst").first())
     )
+    ours = st.instances.filter(pl.col("kernels") > 0).with_columns(KEY).group_by("key", "tid").agg(pl.len().alias("n"))
     # A range whose only ops are graph-level replays (cuda_graph_graph) has no kernel row in nsys.
     with_kernels = set(st.kernels.filter(pl.col("kind") == "kernel").select(KEY).to_series())
     ours = ours.filter(pl.col("key").is_in(with_kernels))
@@ -262,14 +273,26 @@ def test_range_instances_in_nvtx_kern_sum_match(loaded, nsys_stats, name):
 
 def test_kernel_totals_per_name_match_cuda_gpu_kern_sum(loaded, nsys_stats, name):
     ops = named_ops(loaded[name].trace)
-    ours = ops.filter(pl.col("kind") == "kernel").group_by("name").agg(
-        pl.len().alias("count"), (pl.col("end") - pl.col("start")).sum().alias("total_ns"),
-        (pl.col("end") - pl.col("start")).min().alias("min_ns"), (pl.col("end") - pl.col("start")).max().alias("max_ns"),
-    ).rename({"name": "key"})
+    ours = (
+        ops.filter(pl.col("kind") == "kernel")
+        .group_by("name")
+        .agg(
+            pl.len().alias("count"),
+            (pl.col("end") - pl.col("start")).sum().alias("total_ns"),
+            (pl.col("end") - pl.col("start")).min().alias("min_ns"),
+            (pl.col("end") - pl.col("start")).max().alias("max_ns"),
+        )
+        .rename({"name": "key"})
+    )
     theirs = nsys_stats[name]["cuda_gpu_kern_sum"].rename({"Name": "key"})
     joined = ours.join(theirs, on="key", how="full", coalesce=True)
     assert joined.height == theirs.height == ours.height
-    for a, b in [("count", "Instances"), ("total_ns", "Total Time (ns)"), ("min_ns", "Min (ns)"), ("max_ns", "Max (ns)")]:
+    for a, b in [
+        ("count", "Instances"),
+        ("total_ns", "Total Time (ns)"),
+        ("min_ns", "Min (ns)"),
+        ("max_ns", "Max (ns)"),
+    ]:
         assert_columns_equal(joined, a, b)
 
 
@@ -288,9 +311,11 @@ def test_memcpy_and_memset_totals_match_cuda_gpu_mem_time_sum(loaded, nsys_stats
     if theirs.is_empty():
         assert ops.is_empty()
         return
-    ours = ops.group_by("name").agg(
-        pl.len().alias("count"), (pl.col("end") - pl.col("start")).sum().alias("total_ns")
-    ).rename({"name": "key"})
+    ours = (
+        ops.group_by("name")
+        .agg(pl.len().alias("count"), (pl.col("end") - pl.col("start")).sum().alias("total_ns"))
+        .rename({"name": "key"})
+    )
     joined = ours.join(theirs.rename({"Operation": "key"}), on="key", how="full", coalesce=True)
     assert joined.height == theirs.height == ours.height, joined
     assert_columns_equal(joined, "count", "Count")

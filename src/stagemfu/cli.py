@@ -57,7 +57,11 @@ class StagemfuGroup(click.Group):
 
 def format_option(fn: Callable) -> Callable:
     return click.option(
-        "--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
+        "--format",
+        "fmt",
+        type=click.Choice(FORMATS),
+        default="table",
+        show_default=True,
         help="table: rich terminal tables; json: the stagemfu.postprocess/1 document; "
         "csv: one table (see --table); md: every table as Markdown.",
     )(fn)
@@ -65,7 +69,10 @@ def format_option(fn: Callable) -> Callable:
 
 def output_option(fn: Callable) -> Callable:
     return click.option(
-        "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+        "-o",
+        "--output",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
         help="Write to this file instead of standard output.",
     )(fn)
 
@@ -83,25 +90,49 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("trace", type=click.Path(path_type=Path))
-@click.option("--within", metavar="NAME", default=None,
-              help="Keep only range instances nested in a range called NAME (e.g. measured, to leave "
-              "out the warm-up), plus those NAME ranges. NAME or DOMAIN:NAME.")
-@click.option("--range", "range_names", metavar="NAME", multiple=True,
-              help="Report only ranges called NAME (repeatable). NAME or DOMAIN:NAME.")
-@click.option("--top", type=click.IntRange(min=1), default=5, show_default=True,
-              help="Kernels listed per stage.")
-@click.option("--categories", type=click.Path(path_type=Path), default=None,
-              help="CSV of extra kernel category rules (header category,pattern; pattern is a "
-              "case-insensitive regular expression), tried before the built-in table.")
-@click.option("--table", "table_name", type=click.Choice(["ranges", "paths", "instance_stats", "kernels",
-              "categories", "devices", "instances"]), default="ranges", show_default=True,
-              help="Which table --format csv writes.")
+@click.option(
+    "--within",
+    metavar="NAME",
+    default=None,
+    help="Keep only range instances nested in a range called NAME (e.g. measured, to leave "
+    "out the warm-up), plus those NAME ranges. NAME or DOMAIN:NAME.",
+)
+@click.option(
+    "--range",
+    "range_names",
+    metavar="NAME",
+    multiple=True,
+    help="Report only ranges called NAME (repeatable). NAME or DOMAIN:NAME.",
+)
+@click.option("--top", type=click.IntRange(min=1), default=5, show_default=True, help="Kernels listed per stage.")
+@click.option(
+    "--categories",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="CSV of extra kernel category rules (header category,pattern; pattern is a "
+    "case-insensitive regular expression), tried before the built-in table.",
+)
+@click.option(
+    "--table",
+    "table_name",
+    type=click.Choice(["ranges", "paths", "instance_stats", "kernels", "categories", "devices", "instances"]),
+    default="ranges",
+    show_default=True,
+    help="Which table --format csv writes.",
+)
 @click.option("--instances", is_flag=True, help="Include one row per range instance in the JSON output.")
 @format_option
 @output_option
 def postprocess(
-    trace: Path, within: str | None, range_names: tuple[str, ...], top: int, categories: Path | None,
-    table_name: str, instances: bool, fmt: str, output: Path | None,
+    trace: Path,
+    within: str | None,
+    range_names: tuple[str, ...],
+    top: int,
+    categories: Path | None,
+    table_name: str,
+    instances: bool,
+    fmt: str,
+    output: Path | None,
 ) -> None:
     """Per-stage GPU times of an nsys trace (SQLite export, or .nsys-rep/.qdrep with nsys installed).
 

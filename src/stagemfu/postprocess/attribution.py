@@ -22,7 +22,11 @@ import numpy as np
 import polars as pl
 
 from stagemfu.postprocess.intervals import (
-    DEFAULT_CHUNK_ROWS, containment_pairs, group_union, segment_bounds, segment_union,
+    DEFAULT_CHUNK_ROWS,
+    containment_pairs,
+    group_union,
+    segment_bounds,
+    segment_union,
 )
 from stagemfu.postprocess.launches import TID_BITS
 from stagemfu.postprocess.reader import OP_KIND_TYPE, Trace
@@ -31,8 +35,12 @@ KERNEL_KINDS = ("kernel", "graph")
 REDUCE_THREADS = min(4, os.cpu_count() or 1)  # operations whose time counts as kernel time
 
 METRICS_SCHEMA = {
-    "gpu_start_ns": pl.Int64, "gpu_end_ns": pl.Int64, "busy_ns": pl.Int64, "kernel_ns": pl.Int64,
-    "kernels": pl.Int64, "gpu_ops": pl.Int64,
+    "gpu_start_ns": pl.Int64,
+    "gpu_end_ns": pl.Int64,
+    "busy_ns": pl.Int64,
+    "kernel_ns": pl.Int64,
+    "kernels": pl.Int64,
+    "gpu_ops": pl.Int64,
 }
 
 
@@ -129,15 +137,24 @@ def attribute(
         outer, inner = pair
         rid = rids[outer]
         bounds = segment_bounds(outer)
-        return rid, inner, (
-            pl.DataFrame({"rid": rid[bounds], **ops.stats(bounds, inner)}, schema_overrides=METRICS_SCHEMA),
-            ops.device_stats(rid, inner) if ops.multi_device else None,
-            ops.name_totals(stage_of_rid[rid], inner) if stage_of_rid is not None else None,
+        return (
+            rid,
+            inner,
+            (
+                pl.DataFrame({"rid": rid[bounds], **ops.stats(bounds, inner)}, schema_overrides=METRICS_SCHEMA),
+                ops.device_stats(rid, inner) if ops.multi_device else None,
+                ops.name_totals(stage_of_rid[rid], inner) if stage_of_rid is not None else None,
+            ),
         )
 
     pairs = containment_pairs(
-        ranges["global_tid"].to_numpy(), ranges["start_ns"].to_numpy(), ranges["end_ns"].to_numpy(),
-        ops.tid, ops.call_start, ops.call_end, chunk_rows=chunk_rows,
+        ranges["global_tid"].to_numpy(),
+        ranges["start_ns"].to_numpy(),
+        ranges["end_ns"].to_numpy(),
+        ops.tid,
+        ops.call_start,
+        ops.call_end,
+        chunk_rows=chunk_rows,
     )
     # numpy releases the GIL in its loops, so chunks reduce in parallel threads; the pool's
     # bounded queue keeps at most a few chunks of pairs in memory.
@@ -153,15 +170,23 @@ def attribute(
     stats = pl.concat(per_range) if per_range else pl.DataFrame(schema={"rid": pl.Int64, **METRICS_SCHEMA})
     launched = innermost >= 0
     excl_rid, excl_busy = group_union(innermost[launched], ops.start[launched], ops.end[launched])
-    exclusive = pl.DataFrame({"rid": excl_rid, "exclusive_busy_ns": excl_busy}, schema={"rid": pl.Int64, "exclusive_busy_ns": pl.Int64})
+    exclusive = pl.DataFrame(
+        {"rid": excl_rid, "exclusive_busy_ns": excl_busy}, schema={"rid": pl.Int64, "exclusive_busy_ns": pl.Int64}
+    )
     instances = (
         tree.ranges.join(stats, on="rid", how="left")
         .join(exclusive, on="rid", how="left")
-        .with_columns([pl.col(c).fill_null(0) for c in ("busy_ns", "exclusive_busy_ns", "kernel_ns", "gpu_ops", "kernels")])
+        .with_columns(
+            [pl.col(c).fill_null(0) for c in ("busy_ns", "exclusive_busy_ns", "kernel_ns", "gpu_ops", "kernels")]
+        )
         .with_columns(span_ns=(pl.col("gpu_end_ns") - pl.col("gpu_start_ns")).fill_null(0))
     )
     if ops.multi_device:
-        devices = pl.concat(per_device) if per_device else pl.DataFrame(schema={"rid": pl.Int64, "device": pl.Int64, **METRICS_SCHEMA})
+        devices = (
+            pl.concat(per_device)
+            if per_device
+            else pl.DataFrame(schema={"rid": pl.Int64, "device": pl.Int64, **METRICS_SCHEMA})
+        )
     else:
         devices = stats.with_columns(device=pl.lit(int(ops.devices[0]) if len(ops.devices) else 0, pl.Int64))
     devices = devices.with_columns(span_ns=pl.col("gpu_end_ns") - pl.col("gpu_start_ns"))
@@ -196,7 +221,8 @@ class _LaunchOrder:
         corr = corr[order]
         self.new_call = (
             np.concatenate([[True], (corr[1:] != corr[:-1]) | (self.tid[1:] != self.tid[:-1])])
-            if len(corr) else np.zeros(0, dtype=bool)
+            if len(corr)
+            else np.zeros(0, dtype=bool)
         )
         self.is_kernel = ops["kind"].is_in(KERNEL_KINDS).to_numpy()[self.row]
         self.name_id = ops["name_id"].to_numpy()[self.row]
@@ -224,18 +250,29 @@ class _LaunchOrder:
         key, inner = key[order], inner[order]
         bounds = segment_bounds(key)
         return pl.DataFrame(
-            {"rid": key[bounds] // len(self.devices), "device": self.devices[key[bounds] % len(self.devices)],
-             **self.stats(bounds, inner)},
+            {
+                "rid": key[bounds] // len(self.devices),
+                "device": self.devices[key[bounds] % len(self.devices)],
+                **self.stats(bounds, inner),
+            },
             schema_overrides=METRICS_SCHEMA,
         )
 
     def name_totals(self, stage: np.ndarray, inner: np.ndarray) -> pl.DataFrame:
         keep = stage >= 0
         inner = inner[keep]
-        return pl.DataFrame({
-            "stage": stage[keep], "name_id": self.name_id[inner], "kind": self.kind[inner],
-            "dur": self.end[inner] - self.start[inner],
-        }).group_by("stage", "name_id", "kind").agg(pl.len().cast(pl.Int64).alias("count"), pl.col("dur").sum().alias("total_ns"))
+        return (
+            pl.DataFrame(
+                {
+                    "stage": stage[keep],
+                    "name_id": self.name_id[inner],
+                    "kind": self.kind[inner],
+                    "dur": self.end[inner] - self.start[inner],
+                }
+            )
+            .group_by("stage", "name_id", "kind")
+            .agg(pl.len().cast(pl.Int64).alias("count"), pl.col("dur").sum().alias("total_ns"))
+        )
 
 
 def _bounded_map(pool: ThreadPoolExecutor, fn: Callable, items: Iterator, depth: int) -> Iterator:
@@ -300,13 +337,20 @@ def _closed_ranges(ranges: pl.DataFrame, notes: list[str]) -> pl.DataFrame:
         .sort(["global_tid", "start", "end", "range_id"], descending=[False, False, True, False])
         .with_row_index("rid")
         .select(
-            pl.col("rid").cast(pl.Int64), "range_id", "domain", "name", "style",
+            pl.col("rid").cast(pl.Int64),
+            "range_id",
+            "domain",
+            "name",
+            "style",
             ((pl.col("global_tid") // TID_BITS) % TID_BITS).alias("pid"),
             (pl.col("global_tid") % TID_BITS).alias("tid"),
             "global_tid",
-            pl.col("start").alias("start_ns"), pl.col("end").alias("end_ns"),
+            pl.col("start").alias("start_ns"),
+            pl.col("end").alias("end_ns"),
             (pl.col("end") - pl.col("start")).alias("wall_ns"),
-            (pl.col("end_global_tid").is_null() | (pl.col("end_global_tid") == pl.col("global_tid"))).alias("same_thread"),
+            (pl.col("end_global_tid").is_null() | (pl.col("end_global_tid") == pl.col("global_tid"))).alias(
+                "same_thread"
+            ),
         )
     )
 
@@ -323,17 +367,23 @@ def _ancestors(ranges: pl.DataFrame, chunk_rows: int) -> pl.DataFrame:
 
 def _with_tree(ranges: pl.DataFrame, ancestors: pl.DataFrame) -> pl.DataFrame:
     """Add ``depth``, ``parent_rid`` (innermost enclosing range) and ``path`` (names joined by /)."""
-    tree = ancestors.group_by("inner").agg(pl.len().cast(pl.Int64).alias("depth"), pl.col("outer").max().alias("parent_rid"))
-    ranges = ranges.join(tree, left_on="rid", right_on="inner", how="left").with_columns(
-        pl.col("depth").fill_null(0)
-    ).sort("rid")
+    tree = ancestors.group_by("inner").agg(
+        pl.len().cast(pl.Int64).alias("depth"), pl.col("outer").max().alias("parent_rid")
+    )
+    ranges = (
+        ranges.join(tree, left_on="rid", right_on="inner", how="left")
+        .with_columns(pl.col("depth").fill_null(0))
+        .sort("rid")
+    )
     names = ranges["name"]
     parent = ranges["parent_rid"]
     path = names
     hop = parent
     while hop.is_not_null().any():
         path = pl.select(
-            pl.when(hop.is_not_null()).then(pl.concat_str([names.gather(hop.fill_null(0)), pl.lit("/"), path])).otherwise(path)
+            pl.when(hop.is_not_null())
+            .then(pl.concat_str([names.gather(hop.fill_null(0)), pl.lit("/"), path]))
+            .otherwise(path)
         ).to_series()
         hop = pl.select(pl.when(hop.is_not_null()).then(parent.gather(hop.fill_null(0)))).to_series()
     return ranges.with_columns(path=path)

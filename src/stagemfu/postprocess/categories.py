@@ -46,7 +46,9 @@ def _parse(text: str, source: str) -> list[tuple[str, str]]:
         try:
             re.compile(pattern)
         except re.error as err:
-            raise CategoryTableError(f"{source}:{line}: pattern {pattern!r} is not a regular expression ({err})") from err
+            raise CategoryTableError(
+                f"{source}:{line}: pattern {pattern!r} is not a regular expression ({err})"
+            ) from err
         rules.append((category, pattern))
     return rules
 

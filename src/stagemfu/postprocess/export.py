@@ -113,7 +113,9 @@ def export_sqlite(report: Path) -> Path:
         except OSError as err:
             raise ExportError(f"{report}: could not run {nsys} ({err.strerror}); {HOW_TO_EXPORT}") from err
         if done.returncode != 0 or not out.is_file():
-            said = next((line.strip() for line in (done.stderr + done.stdout).splitlines() if line.strip()), "no message")
+            said = next(
+                (line.strip() for line in (done.stderr + done.stdout).splitlines() if line.strip()), "no message"
+            )
             raise ExportError(f"{report}: `nsys export` failed ({said[:200]}); {HOW_TO_EXPORT}")
         os.replace(out, target)
     return target

@@ -65,8 +65,11 @@ def containment_pairs(
 
 
 def _slices(
-    outer_tid: np.ndarray, outer_start: np.ndarray, outer_end: np.ndarray,
-    inner_tid: np.ndarray, inner_start: np.ndarray,
+    outer_tid: np.ndarray,
+    outer_start: np.ndarray,
+    outer_end: np.ndarray,
+    inner_tid: np.ndarray,
+    inner_start: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """For each outer, the slice [lo, hi) of inners on its thread that start inside it."""
     lo = np.zeros(len(outer_tid), dtype=np.int64)
@@ -82,9 +85,9 @@ def _slices(
     sorted_groups = group_clipped[order]
     # One pass per thread, vectorized over that thread's outers.
     for g in np.unique(group_clipped[present]):
-        rows = order[np.searchsorted(sorted_groups, g, "left"):np.searchsorted(sorted_groups, g, "right")]
+        rows = order[np.searchsorted(sorted_groups, g, "left") : np.searchsorted(sorted_groups, g, "right")]
         rows = rows[present[rows]]
-        starts = inner_start[first[g]:last[g]]
+        starts = inner_start[first[g] : last[g]]
         lo[rows] = first[g] + np.searchsorted(starts, outer_start[rows], side="left")
         hi[rows] = first[g] + np.searchsorted(starts, outer_end[rows], side="right")
     return lo, np.maximum(hi, lo)
@@ -117,10 +120,12 @@ def segment_union(bounds: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.
     if float(width.sum(dtype=np.float64)) >= 2.0**62 and len(bounds) > 1:
         half = len(bounds) // 2  # shifted coordinates would overflow int64: split the segments
         cut = bounds[half]
-        return np.concatenate([
-            segment_union(bounds[:half], start[:cut], end[:cut]),
-            segment_union(bounds[half:] - cut, start[cut:], end[cut:]),
-        ])
+        return np.concatenate(
+            [
+                segment_union(bounds[:half], start[:cut], end[:cut]),
+                segment_union(bounds[half:] - cut, start[cut:], end[cut:]),
+            ]
+        )
     shift = np.repeat(np.cumsum(width) - width - lo, np.diff(np.append(bounds, len(start))))
     s, e = start + shift, end + shift
     if len(s) > 1 and not bool(np.all(s[1:] >= s[:-1])):

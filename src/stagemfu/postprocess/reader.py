@@ -54,9 +54,19 @@ GPU_OP_TABLES = (KERNEL_TABLE, MEMCPY_TABLE, MEMSET_TABLE, GRAPH_TABLE)
 
 # Standard CUDA memcpy kinds (ENUM_CUDA_MEMCPY_OPER), for exports that predate the enum tables.
 MEMCPY_KINDS = {
-    0: "Unknown", 1: "Host-to-Device", 2: "Device-to-Host", 3: "Host-to-Array", 4: "Array-to-Host",
-    5: "Array-to-Array", 6: "Array-to-Device", 7: "Device-to-Array", 8: "Device-to-Device",
-    9: "Host-to-Host", 10: "Peer-to-Peer", 11: "Unified Host-to-Device", 12: "Unified Device-to-Host",
+    0: "Unknown",
+    1: "Host-to-Device",
+    2: "Device-to-Host",
+    3: "Host-to-Array",
+    4: "Array-to-Host",
+    5: "Array-to-Array",
+    6: "Array-to-Device",
+    7: "Device-to-Array",
+    8: "Device-to-Device",
+    9: "Host-to-Host",
+    10: "Peer-to-Peer",
+    11: "Unified Host-to-Device",
+    12: "Unified Device-to-Host",
     13: "Unified Device-to-Device",
 }
 
@@ -78,8 +88,14 @@ KERNEL_NAME_COLUMNS = ("demangledName", "shortName", "mangledName")
 MEMSET_NAME_ID = -100
 GRAPH_NAME_ID = -1000
 OPS_SCHEMA = {
-    "kind": OP_KIND_TYPE, "start": pl.Int64, "end": pl.Int64, "device": pl.Int32, "stream": pl.Int32,
-    "correlation_id": pl.Int64, "global_pid": pl.Int64, "name_id": pl.Int64,
+    "kind": OP_KIND_TYPE,
+    "start": pl.Int64,
+    "end": pl.Int64,
+    "device": pl.Int32,
+    "stream": pl.Int32,
+    "correlation_id": pl.Int64,
+    "global_pid": pl.Int64,
+    "name_id": pl.Int64,
 }
 
 
@@ -188,8 +204,10 @@ def _check_file(path: Path) -> None:
 def not_an_export(head: bytes) -> str:
     """Say what a file that is not an nsys SQLite export seems to be, and what to do."""
     if head.lstrip()[:1] in (b"{", b"["):
-        return ("is JSON (a PyTorch/Kineto profiler trace?), not an nsys export; stagemfu reads Nsight Systems "
-                "traces: profile with `nsys profile --trace=cuda,nvtx` and pass the .nsys-rep or its SQLite export")
+        return (
+            "is JSON (a PyTorch/Kineto profiler trace?), not an nsys export; stagemfu reads Nsight Systems "
+            "traces: profile with `nsys profile --trace=cuda,nvtx` and pass the .nsys-rep or its SQLite export"
+        )
     return "is not an SQLite file; export an nsys report with `nsys export --type sqlite REPORT.nsys-rep`"
 
 
@@ -261,7 +279,7 @@ def _read_ranges(uri: str, path: Path, cols: set[str]) -> pl.DataFrame:
     types = ", ".join(str(t) for t in (*RANGE_EVENT_TYPES, NVTX_DOMAIN_CREATE))
     events = f"""
         SELECT rowid AS rid, start, "end", eventType, text, globalTid,
-               {_col(cols, 'textId')}, {_col(cols, 'domainId', default='0')}, {_col(cols, 'endGlobalTid')}
+               {_col(cols, "textId")}, {_col(cols, "domainId", default="0")}, {_col(cols, "endGlobalTid")}
         FROM NVTX_EVENTS WHERE eventType IN ({types})
     """
     sql = f"""
@@ -284,18 +302,35 @@ def _read_ranges(uri: str, path: Path, cols: set[str]) -> pl.DataFrame:
         WHERE n.eventType != {NVTX_DOMAIN_CREATE}
         ORDER BY n.rid
     """
-    return _fetch(uri, path, sql, schema={
-        "range_id": pl.Int64, "domain": pl.Utf8, "name": pl.Utf8, "style": pl.Utf8,
-        "start": pl.Int64, "end": pl.Int64, "global_tid": pl.Int64, "end_global_tid": pl.Int64,
-    })
+    return _fetch(
+        uri,
+        path,
+        sql,
+        schema={
+            "range_id": pl.Int64,
+            "domain": pl.Utf8,
+            "name": pl.Utf8,
+            "style": pl.Utf8,
+            "start": pl.Int64,
+            "end": pl.Int64,
+            "global_tid": pl.Int64,
+            "end_global_tid": pl.Int64,
+        },
+    )
 
 
 def _read_ops(uri: str, path: Path, table: str, cols: set[str]) -> pl.DataFrame:
     """GPU operations of one activity table, named by ``name_id`` (see :func:`_op_names`)."""
-    base = ", ".join([
-        "start", '"end"', _col(cols, "deviceId", "device"), _col(cols, "streamId", "stream"),
-        "correlationId AS correlation_id", _col(cols, "globalPid", "global_pid"),
-    ])
+    base = ", ".join(
+        [
+            "start",
+            '"end"',
+            _col(cols, "deviceId", "device"),
+            _col(cols, "streamId", "stream"),
+            "correlationId AS correlation_id",
+            _col(cols, "globalPid", "global_pid"),
+        ]
+    )
     kind, name_id = OP_KIND[table], _name_id_sql(table, cols)
     schema = {c: t for c, t in OPS_SCHEMA.items() if c != "kind"}
     frame = _fetch_rows(uri, path, table, f"{base}, {name_id} AS name_id", schema=schema)
@@ -313,30 +348,48 @@ def _name_id_sql(table: str, cols: set[str]) -> str:
     return f"{GRAPH_NAME_ID} - COALESCE({'graphId' if 'graphId' in cols else 'NULL'}, 0)"
 
 
-def _op_names(uri: str, path: Path, ops: pl.DataFrame, tables: list[str], kernel_cols: set[str],
-              memcpy_names: dict[int, str]) -> pl.DataFrame:
+def _op_names(
+    uri: str, path: Path, ops: pl.DataFrame, tables: list[str], kernel_cols: set[str], memcpy_names: dict[int, str]
+) -> pl.DataFrame:
     """``name_id`` → ``name`` for the operations present; strings are loaded once, not per row."""
     frames = []
     name_col = next((c for c in KERNEL_NAME_COLUMNS if c in kernel_cols), None)
     if KERNEL_TABLE in tables and name_col:
-        frames.append(_fetch(uri, path, f"""
+        frames.append(
+            _fetch(
+                uri,
+                path,
+                f"""
             SELECT id AS name_id, COALESCE(value, '') AS name FROM StringIds
             WHERE id IN (SELECT DISTINCT {name_col} FROM {KERNEL_TABLE})
-        """, schema={"name_id": pl.Int64, "name": pl.Utf8}))
+        """,
+                schema={"name_id": pl.Int64, "name": pl.Utf8},
+            )
+        )
     synthetic = {-1 - k: f"[CUDA memcpy {v}]" for k, v in memcpy_names.items()}
     synthetic[MEMSET_NAME_ID] = "[CUDA memset]"
     graph_ids = ops.filter(pl.col("kind") == "graph").get_column("name_id").unique().to_list()
     synthetic.update({g: f"[CUDA graph {GRAPH_NAME_ID - g}]" for g in graph_ids})
-    frames.append(pl.DataFrame({"name_id": list(synthetic), "name": list(synthetic.values())},
-                               schema={"name_id": pl.Int64, "name": pl.Utf8}))
+    frames.append(
+        pl.DataFrame(
+            {"name_id": list(synthetic), "name": list(synthetic.values())},
+            schema={"name_id": pl.Int64, "name": pl.Utf8},
+        )
+    )
     names = pl.concat(frames)
     unnamed = ops.select("name_id").unique().join(names, on="name_id", how="anti")
     return pl.concat([names, unnamed.with_columns(name=pl.lit("[unnamed kernel]"))]).unique("name_id")
 
 
 def _fetch_rows(
-    uri: str, path: Path, table: str, columns: str, *, schema: dict[str, pl.DataType],
-    where: str = "1", keep: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
+    uri: str,
+    path: Path,
+    table: str,
+    columns: str,
+    *,
+    schema: dict[str, pl.DataType],
+    where: str = "1",
+    keep: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
 ) -> pl.DataFrame:
     """``SELECT columns FROM table WHERE where``, read as rowid slices by parallel connections.
 
@@ -349,14 +402,18 @@ def _fetch_rows(
         return pl.DataFrame(schema=schema)
     parts = max(1, min(READ_THREADS, (hi - lo + 1) // MIN_SLICE_ROWS))
     edges = np.linspace(lo, hi + 1, parts + 1).astype(np.int64)
-    queries = [f'SELECT {columns} FROM "{table}" WHERE rowid >= {a} AND rowid < {b} AND ({where})'
-               for a, b in zip(edges[:-1], edges[1:])]
+    queries = [
+        f'SELECT {columns} FROM "{table}" WHERE rowid >= {a} AND rowid < {b} AND ({where})'
+        for a, b in zip(edges[:-1], edges[1:])
+    ]
     with ThreadPoolExecutor(parts) as pool:
         frames = list(pool.map(lambda sql: _fetch(uri, path, sql, schema=schema, keep=keep), queries))
     return pl.concat(frames)
 
 
-def _with_calls(uri: str, path: Path, ops: pl.DataFrame, runtime_cols: set[str], launcher_ids: list[int]) -> pl.DataFrame:
+def _with_calls(
+    uri: str, path: Path, ops: pl.DataFrame, runtime_cols: set[str], launcher_ids: list[int]
+) -> pl.DataFrame:
     """Add to each operation the CUDA API call that launched it (same process, same correlation id).
 
     Most API calls launch nothing (queries, synchronisation, allocation), and the runtime table is
@@ -369,8 +426,15 @@ def _with_calls(uri: str, path: Path, ops: pl.DataFrame, runtime_cols: set[str],
 
     def read_calls(where: str, wanted: np.ndarray) -> pl.DataFrame:
         test = membership(wanted)
-        return _fetch_rows(uri, path, RUNTIME_TABLE, columns, schema=CALLS_SCHEMA, where=where,
-                           keep=lambda b: b.filter(test(b["correlation_id"].fill_null(-1).to_numpy())))
+        return _fetch_rows(
+            uri,
+            path,
+            RUNTIME_TABLE,
+            columns,
+            schema=CALLS_SCHEMA,
+            where=where,
+            keep=lambda b: b.filter(test(b["correlation_id"].fill_null(-1).to_numpy())),
+        )
 
     by_name = "nameId" in runtime_cols and launcher_ids
     id_list = ", ".join(str(i) for i in launcher_ids)
@@ -382,8 +446,11 @@ def _with_calls(uri: str, path: Path, ops: pl.DataFrame, runtime_cols: set[str],
         rows = _match(calls, pid, corr, path)
     found = pl.Series(rows >= 0)
     picked = calls.select(pl.col("start").alias("call_start"), pl.col("end").alias("call_end"), "global_tid")
-    picked = picked[np.maximum(rows, 0)] if calls.height else pl.DataFrame(
-        {c: pl.Series([None] * len(rows), dtype=pl.Int64) for c in picked.columns})
+    picked = (
+        picked[np.maximum(rows, 0)]
+        if calls.height
+        else pl.DataFrame({c: pl.Series([None] * len(rows), dtype=pl.Int64) for c in picked.columns})
+    )
     return ops.with_columns(picked.select(pl.when(found).then(pl.col(c)).alias(c) for c in picked.columns))
 
 
@@ -399,7 +466,10 @@ def _as_is(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def _fetch(
-    uri: str, path: Path, sql: str, schema: dict[str, pl.DataType] | None = None,
+    uri: str,
+    path: Path,
+    sql: str,
+    schema: dict[str, pl.DataType] | None = None,
     keep: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
 ) -> pl.DataFrame:
     """Run one query through ADBC and return the result as a polars frame.

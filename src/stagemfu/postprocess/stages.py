@@ -125,8 +125,23 @@ def stage_times(
     instances = (
         att.instances.join(keep.select("rid"), on="rid", how="semi")
         .with_columns(idle_share=_idle_share())
-        .select("range_id", "domain", "name", "style", "pid", "tid", "path", "depth", "start_ns", "end_ns",
-                *TIME_SUMS, "gpu_ops", "kernels", "idle_share", "rid")
+        .select(
+            "range_id",
+            "domain",
+            "name",
+            "style",
+            "pid",
+            "tid",
+            "path",
+            "depth",
+            "start_ns",
+            "end_ns",
+            *TIME_SUMS,
+            "gpu_ops",
+            "kernels",
+            "idle_share",
+            "rid",
+        )
     )
     kernels = _kernels(att, trace.names, stage_of, instances, rules)
     outside = att.innermost < 0
@@ -204,8 +219,10 @@ def _instance_stats(instances: pl.DataFrame) -> pl.DataFrame:
                 pl.len().cast(pl.Int64).alias("count"),
                 value.first().alias("first_ns"),
                 value.mean().round(0).cast(pl.Int64).alias("mean_ns"),
-                *[value.quantile(q, interpolation="linear").round(0).cast(pl.Int64).alias(f"p{int(q * 100)}_ns")
-                  for q in (0.5, 0.9, 0.99)],
+                *[
+                    value.quantile(q, interpolation="linear").round(0).cast(pl.Int64).alias(f"p{int(q * 100)}_ns")
+                    for q in (0.5, 0.9, 0.99)
+                ],
                 value.min().alias("min_ns"),
                 value.max().alias("max_ns"),
             )
@@ -222,8 +239,9 @@ def _devices(att: Attribution, stage_of: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _kernels(att: Attribution, names: pl.DataFrame, stage_of: pl.DataFrame, instances: pl.DataFrame,
-             rules: list[tuple[str, str]]) -> pl.DataFrame:
+def _kernels(
+    att: Attribution, names: pl.DataFrame, stage_of: pl.DataFrame, instances: pl.DataFrame, rules: list[tuple[str, str]]
+) -> pl.DataFrame:
     busy = instances.group_by("domain", "name").agg(pl.col("busy_ns").sum().alias("_busy"))
     stages = stage_of.select("stage", "domain", "name").unique("stage")
     return (

@@ -23,6 +23,7 @@ NS_PER_MS = 1e6
 
 def _display(frame: pl.DataFrame, label: tuple[str, pl.Series], columns: dict[str, str]) -> pl.DataFrame:
     """A displayed table: the label column, then each column renamed; *_ns in ms, shares in %."""
+
     def shown(column: str) -> pl.Series:
         if column.endswith("_ns"):
             return frame[column] / NS_PER_MS
@@ -35,30 +36,51 @@ def stage_rows(st: StageTimes) -> pl.DataFrame:
     """The per-stage table as displayed: label, counts, times in ms, idle share in %."""
     r = st.ranges
     labels = pl.Series([stage_label(d, n) for d, n in zip(r["domain"], r["name"])], dtype=pl.Utf8)
-    return _display(r, ("range", labels), {
-        "inst": "instances", "gpu inst": "gpu_instances", "wall ms": "wall_ns", "span ms": "span_ns",
-        "busy ms": "busy_ns", "kernel ms": "kernel_ns", "idle %": "idle_share", "gpu ops": "gpu_ops",
-        "kernels": "kernels",
-    })
+    return _display(
+        r,
+        ("range", labels),
+        {
+            "inst": "instances",
+            "gpu inst": "gpu_instances",
+            "wall ms": "wall_ns",
+            "span ms": "span_ns",
+            "busy ms": "busy_ns",
+            "kernel ms": "kernel_ns",
+            "idle %": "idle_share",
+            "gpu ops": "gpu_ops",
+            "kernels": "kernels",
+        },
+    )
 
 
 def path_rows(st: StageTimes) -> pl.DataFrame:
-    return _display(st.paths, ("path", st.paths["path"]), {
-        "inst": "instances", "wall ms": "wall_ns", "span ms": "span_ns", "busy ms": "busy_ns",
-        "excl ms": "exclusive_busy_ns", "kernel ms": "kernel_ns", "idle %": "idle_share",
-    })
+    return _display(
+        st.paths,
+        ("path", st.paths["path"]),
+        {
+            "inst": "instances",
+            "wall ms": "wall_ns",
+            "span ms": "span_ns",
+            "busy ms": "busy_ns",
+            "excl ms": "exclusive_busy_ns",
+            "kernel ms": "kernel_ns",
+            "idle %": "idle_share",
+        },
+    )
 
 
 def repeated_rows(st: StageTimes) -> pl.DataFrame:
     """Instance statistics for ranges that repeat (decode steps), in ms."""
     s = st.instance_stats.filter(pl.col("count") > 1)
     cols = ["first_ns", "mean_ns", "p50_ns", "p90_ns", "p99_ns", "min_ns", "max_ns"]
-    return pl.DataFrame({
-        "range": [stage_label(d, n) for d, n in zip(s["domain"], s["name"])],
-        "time": s["metric"].str.replace("_ns", ""),
-        "count": s["count"],
-        **{c.replace("_ns", " ms"): s[c] / NS_PER_MS for c in cols},
-    })
+    return pl.DataFrame(
+        {
+            "range": [stage_label(d, n) for d, n in zip(s["domain"], s["name"])],
+            "time": s["metric"].str.replace("_ns", ""),
+            "count": s["count"],
+            **{c.replace("_ns", " ms"): s[c] / NS_PER_MS for c in cols},
+        }
+    )
 
 
 def category_rows(st: StageTimes) -> pl.DataFrame:
@@ -67,8 +89,11 @@ def category_rows(st: StageTimes) -> pl.DataFrame:
     if c.is_empty():
         return pl.DataFrame({"range": []})
     wide = (
-        c.with_columns(range=pl.concat_str([pl.col("domain"), pl.lit(":"), pl.col("name")]).str.strip_prefix(":"),
-                       pct=pl.col("busy_share") * 100, category=pl.col("category") + " %")
+        c.with_columns(
+            range=pl.concat_str([pl.col("domain"), pl.lit(":"), pl.col("name")]).str.strip_prefix(":"),
+            pct=pl.col("busy_share") * 100,
+            category=pl.col("category") + " %",
+        )
         .pivot(on="category", index="range", values="pct", aggregate_function="sum")
         .fill_null(0.0)
     )
@@ -80,26 +105,30 @@ def kernel_rows(st: StageTimes, top: int) -> pl.DataFrame:
     order = st.ranges.select("domain", "name").with_row_index("_o")
     k = table(st, "kernels", top=top).join(order, on=["domain", "name"], how="left", maintain_order="left")
     k = k.sort("_o", maintain_order=True)
-    return pl.DataFrame({
-        "range": [stage_label(d, n) for d, n in zip(k["domain"], k["name"])],
-        "kernel": k["kernel"],
-        "category": k["category"],
-        "count": k["count"],
-        "total ms": k["total_ns"] / NS_PER_MS,
-        "% of busy": k["busy_share"] * 100,
-    })
+    return pl.DataFrame(
+        {
+            "range": [stage_label(d, n) for d, n in zip(k["domain"], k["name"])],
+            "kernel": k["kernel"],
+            "category": k["category"],
+            "count": k["count"],
+            "total ms": k["total_ns"] / NS_PER_MS,
+            "% of busy": k["busy_share"] * 100,
+        }
+    )
 
 
 def device_rows(st: StageTimes) -> pl.DataFrame:
     d = st.devices
-    return pl.DataFrame({
-        "range": [stage_label(a, b) for a, b in zip(d["domain"], d["name"])],
-        "device": d["device"],
-        "span ms": d["span_ns"] / NS_PER_MS,
-        "busy ms": d["busy_ns"] / NS_PER_MS,
-        "kernel ms": d["kernel_ns"] / NS_PER_MS,
-        "gpu ops": d["gpu_ops"],
-    })
+    return pl.DataFrame(
+        {
+            "range": [stage_label(a, b) for a, b in zip(d["domain"], d["name"])],
+            "device": d["device"],
+            "span ms": d["span_ns"] / NS_PER_MS,
+            "busy ms": d["busy_ns"] / NS_PER_MS,
+            "kernel ms": d["kernel_ns"] / NS_PER_MS,
+            "gpu ops": d["gpu_ops"],
+        }
+    )
 
 
 def summary_lines(st: StageTimes) -> list[str]:
@@ -133,7 +162,9 @@ def sections(st: StageTimes, top: int) -> list[tuple[str, pl.DataFrame]]:
 
 def terminal_view(st: StageTimes, *, top: int = 5) -> RenderableType:
     """Rich renderables for the terminal."""
-    items: list[RenderableType] = [Text(line, style="bold" if i == 0 else "") for i, line in enumerate(summary_lines(st))]
+    items: list[RenderableType] = [
+        Text(line, style="bold" if i == 0 else "") for i, line in enumerate(summary_lines(st))
+    ]
     for title, frame in sections(st, top):
         items.append(_rich_table(title, frame))
     items.extend(Text(f"note: {one_line(n)}", style="yellow") for n in st.notes)
@@ -155,8 +186,13 @@ def _rich_table(title: str, frame: pl.DataFrame) -> Table:
     tbl = Table(title=title, title_justify="left", title_style="bold")
     for name, dtype in frame.schema.items():
         numeric = dtype.is_numeric()
-        tbl.add_column(name, justify="right" if numeric else "left", no_wrap=numeric,
-                       overflow="ellipsis" if numeric else "fold", ratio=None if numeric else 1)
+        tbl.add_column(
+            name,
+            justify="right" if numeric else "left",
+            no_wrap=numeric,
+            overflow="ellipsis" if numeric else "fold",
+            ratio=None if numeric else 1,
+        )
     for row in frame.iter_rows():
         tbl.add_row(*(_cell(v, frame.columns[i]) for i, v in enumerate(row)))
     return tbl
