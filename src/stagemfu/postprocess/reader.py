@@ -12,6 +12,7 @@ hands Arrow columns to polars without building a Python object per row; the few 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import urllib.parse
@@ -216,8 +217,9 @@ def _uri(path: Path) -> str:
     return f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro&immutable=1"
 
 
-def _open(path: Path) -> sqlite3.Connection:
-    return sqlite3.connect(_uri(path), uri=True)
+def _open(path: Path) -> contextlib.closing[sqlite3.Connection]:
+    """A read-only connection that ``with`` closes (sqlite3's own context manager only commits)."""
+    return contextlib.closing(sqlite3.connect(_uri(path), uri=True))
 
 
 def _tables(db: sqlite3.Connection, path: Path) -> set[str]:
@@ -444,14 +446,14 @@ def _with_calls(
         rest = read_calls(f"nameId NOT IN ({id_list}) OR nameId IS NULL", corr[(rows < 0) & (corr >= 0)])
         calls = pl.concat([calls, rest])
         rows = _match(calls, pid, corr, path)
-    found = pl.Series(rows >= 0)
-    picked = calls.select(pl.col("start").alias("call_start"), pl.col("end").alias("call_end"), "global_tid")
-    picked = (
-        picked[np.maximum(rows, 0)]
-        if calls.height
-        else pl.DataFrame({c: pl.Series([None] * len(rows), dtype=pl.Int64) for c in picked.columns})
+    index = pl.Series(rows).replace(-1, None)  # a null index gathers null: no launching call
+    return ops.with_columns(
+        calls.select(
+            pl.col("start").gather(index).alias("call_start"),
+            pl.col("end").gather(index).alias("call_end"),
+            pl.col("global_tid").gather(index),
+        )
     )
-    return ops.with_columns(picked.select(pl.when(found).then(pl.col(c)).alias(c) for c in picked.columns))
 
 
 def _match(calls: pl.DataFrame, pid: np.ndarray, corr: np.ndarray, path: Path) -> np.ndarray:
