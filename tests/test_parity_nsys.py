@@ -412,3 +412,20 @@ def test_nsys_csv_reader_rebuilds_unquoted_multiline_names(tmp_path):
     last = tmp_path / "last.csv"
     last.write_text("Total (ns),Style,Range\n5,PushPop,a name\nsecond line\n7,PushPop,b\n")
     assert read_nsys_csv(last).rows() == [(5, "PushPop", "a name\nsecond line"), (7, "PushPop", "b")]
+
+
+def test_every_op_names_an_enclosing_range_or_none(loaded, name):
+    """st.ops: an op's range_id is a range on its launching thread whose interval holds the call."""
+    st = loaded[name]
+    ranges = st.trace.ranges.select(
+        "range_id", pl.col("start").alias("r_start"), pl.col("end").alias("r_end"), pl.col("global_tid").alias("r_tid")
+    )
+    tied = st.ops.filter(pl.col("range_id").is_not_null()).join(ranges, on="range_id", how="left")
+    inside = tied.filter(
+        (pl.col("r_tid") == pl.col("global_tid"))
+        & (pl.col("r_start") <= pl.col("call_start"))
+        & (pl.col("call_end") <= pl.col("r_end"))
+    )
+    assert inside.height == tied.height > 0
+    outside = st.ops.filter(pl.col("range_id").is_null())
+    assert outside.filter(pl.col("kind").is_in(["kernel", "graph"])).height == st.unattributed["kernels"][0]

@@ -59,6 +59,10 @@ class StageTimes:
     totals
         One row for all GPU work in the trace: ``gpu_ops``, ``kernels``, ``kernel_ns``,
         ``busy_ns``, ``span_ns``.
+    ops
+        Every GPU operation (``trace.ops``: kind, start, end, device, stream, correlation id,
+        ``name_id`` — names in ``trace.names`` — and its launching call) plus ``range_id``, the
+        NVTX event id of the innermost range that launched it (null when none did).
     within
         The ``--within`` range name, if any.
     notes
@@ -75,6 +79,7 @@ class StageTimes:
     categories: pl.DataFrame
     unattributed: pl.DataFrame
     totals: pl.DataFrame
+    ops: pl.DataFrame
     within: str | None = None
     notes: tuple[str, ...] = field(default=())
 
@@ -156,9 +161,18 @@ def stage_times(
         categories=_categories(kernels, instances),
         unattributed=_op_totals(trace.ops.filter(pl.Series(outside))).select(UNATTRIBUTED_COLUMNS),
         totals=_op_totals(trace.ops).select(TOTAL_COLUMNS),
+        ops=trace.ops.with_columns(range_id=_range_ids(att)),
         within=within,
         notes=tuple([*trace.notes, *att.notes]),
     )
+
+
+def _range_ids(att: Attribution) -> pl.Series:
+    """The innermost range's NVTX event id for every operation, null outside every range."""
+    by_rid = att.instances.sort("rid").get_column("range_id").to_numpy()
+    inner = att.innermost
+    ids = pl.Series("range_id", by_rid[np.maximum(inner, 0)] if len(by_rid) else np.zeros(len(inner), np.int64))
+    return ids.set(pl.Series(inner < 0), None)
 
 
 def _matches(query: str) -> pl.Expr:
