@@ -19,6 +19,7 @@ from stagemfu import __version__
 from stagemfu.errors import StagemfuError
 
 FORMATS = ("table", "json", "csv", "md")
+PIPE_WIDTH = 160  # columns for tables written to a file or pipe
 
 
 class UserInputError(click.ClickException):
@@ -181,9 +182,12 @@ def _print_rich(renderable: Any, output: Path | None) -> None:
     from rich.console import Console
 
     if output is None:
-        Console(highlight=False).print(renderable)
+        console = Console(highlight=False)
+        if not console.is_terminal:  # a pipe or a log: no width to fit, print the tables whole
+            console = Console(highlight=False, width=PIPE_WIDTH)
+        console.print(renderable)
         return
-    console = Console(record=True, width=200, highlight=False, file=io.StringIO())
+    console = Console(record=True, width=PIPE_WIDTH, highlight=False, file=io.StringIO())
     console.print(renderable)
     _emit(console.export_text(), output)
 

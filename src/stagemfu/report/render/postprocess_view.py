@@ -17,6 +17,7 @@ from stagemfu.report.render.postprocess_data import table
 from stagemfu.report.render.text import markdown_cell, number, one_line, stage_label
 
 NAME_WIDTH = 48
+LABEL_MIN_WIDTH = 12  # a narrow terminal shrinks numbers' headers, never the stage names away
 KERNEL_WIDTH = 70
 NS_PER_MS = 1e6
 
@@ -188,10 +189,9 @@ def _rich_table(title: str, frame: pl.DataFrame) -> Table:
         numeric = dtype.is_numeric()
         tbl.add_column(
             name,
+            min_width=None if numeric else LABEL_MIN_WIDTH,
             justify="right" if numeric else "left",
-            no_wrap=numeric,
-            overflow="ellipsis" if numeric else "fold",
-            ratio=None if numeric else 1,
+            overflow="fold",  # a narrow terminal wraps digits, it never hides them
         )
     for row in frame.iter_rows():
         tbl.add_row(*(_cell(v, frame.columns[i]) for i, v in enumerate(row)))
