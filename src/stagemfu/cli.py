@@ -135,7 +135,10 @@ def postprocess(
     fmt: str,
     output: Path | None,
 ) -> None:
-    """Per-stage GPU times of an nsys trace (SQLite export, or .nsys-rep/.qdrep with nsys installed).
+    """Per-stage GPU times of an nsys trace.
+
+    TRACE is an nsys SQLite export (also .xz/.gz/.bz2 compressed), or an .nsys-rep/.qdrep report,
+    exported first with the nsys found in $NSYS, on PATH or under /opt/nvidia/nsight-systems.
 
     \b
     Per NVTX range (aggregated by name and by nesting path):
