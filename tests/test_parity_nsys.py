@@ -110,31 +110,46 @@ def stats_rows(st, metric: str) -> pl.DataFrame:
     return st.instance_stats.filter(pl.col("metric") == metric).with_columns(KEY)
 
 
+def assert_statistics_match(ours: pl.DataFrame, theirs: pl.DataFrame, columns: dict[str, str]) -> None:
+    """count/min/max exactly; mean and median to nsys's printed precision (one decimal)."""
+    joined = ours.join(theirs, on="key", how="inner")
+    assert joined.height == theirs.height
+    for mine in ("count", "min_ns", "max_ns"):
+        assert_columns_equal(joined, mine, columns[mine])
+    for mine in ("mean_ns", "p50_ns"):
+        bad = joined.filter((pl.col(mine) - pl.col(columns[mine])).abs() > 0.55)
+        assert bad.is_empty(), bad.select("key", mine, columns[mine])
+
+
 def test_span_statistics_match_nsys_projection_statistics(loaded, nsys_stats, name):
-    """min/max exactly; mean and median to nsys's printed precision (one decimal)."""
     st = loaded[name]
     theirs = proj_sum(nsys_stats, name).filter(~pl.col("key").is_in(graph_keys(st)))
-    joined = stats_rows(st, "span_ns").join(theirs, on="key", how="inner")
-    assert joined.height == theirs.height
-    assert_columns_equal(joined, "count", "Range Instances")
-    assert_columns_equal(joined, "min_ns", "Proj Min (ns)")
-    assert_columns_equal(joined, "max_ns", "Proj Max (ns)")
-    for ours, nsys in [("mean_ns", "Proj Avg (ns)"), ("p50_ns", "Proj Med (ns)")]:
-        bad = joined.filter((pl.col(ours) - pl.col(nsys)).abs() > 0.55)
-        assert bad.is_empty(), bad.select("key", ours, nsys)
+    assert_statistics_match(
+        stats_rows(st, "span_ns"),
+        theirs,
+        {
+            "count": "Range Instances",
+            "min_ns": "Proj Min (ns)",
+            "max_ns": "Proj Max (ns)",
+            "mean_ns": "Proj Avg (ns)",
+            "p50_ns": "Proj Med (ns)",
+        },
+    )
 
 
 def test_wall_statistics_match_nsys_nvtx_sum_statistics(loaded, nsys_stats, name):
-    st = loaded[name]
     theirs = nsys_stats[name]["nvtx_sum"].rename({"Range": "key"})
-    joined = stats_rows(st, "wall_ns").join(theirs, on="key", how="inner")
-    assert joined.height == theirs.height
-    assert_columns_equal(joined, "count", "Instances")
-    assert_columns_equal(joined, "min_ns", "Min (ns)")
-    assert_columns_equal(joined, "max_ns", "Max (ns)")
-    for ours, nsys in [("mean_ns", "Avg (ns)"), ("p50_ns", "Med (ns)")]:
-        bad = joined.filter((pl.col(ours) - pl.col(nsys)).abs() > 0.55)
-        assert bad.is_empty(), bad.select("key", ours, nsys)
+    assert_statistics_match(
+        stats_rows(loaded[name], "wall_ns"),
+        theirs,
+        {
+            "count": "Instances",
+            "min_ns": "Min (ns)",
+            "max_ns": "Max (ns)",
+            "mean_ns": "Avg (ns)",
+            "p50_ns": "Med (ns)",
+        },
+    )
 
 
 # --------------------------------------------------------------------------------------------
