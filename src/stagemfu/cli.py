@@ -17,6 +17,7 @@ import click
 
 from stagemfu import __version__
 from stagemfu.errors import StagemfuError
+from stagemfu.report.render.postprocess_data import TABLES
 
 FORMATS = ("table", "json", "csv", "md")
 PIPE_WIDTH = 160  # columns for tables written to a file or pipe
@@ -116,7 +117,7 @@ def cli() -> None:
 @click.option(
     "--table",
     "table_name",
-    type=click.Choice(["ranges", "paths", "instance_stats", "kernels", "categories", "devices", "instances"]),
+    type=click.Choice(TABLES),
     default="ranges",
     show_default=True,
     help="Which table --format csv writes.",

@@ -256,28 +256,31 @@ def _devices(att: Attribution, stage_of: pl.DataFrame) -> pl.DataFrame:
 def _kernels(
     att: Attribution, names: pl.DataFrame, stage_of: pl.DataFrame, instances: pl.DataFrame, rules: list[tuple[str, str]]
 ) -> pl.DataFrame:
-    busy = instances.group_by("domain", "name").agg(pl.col("busy_ns").sum().alias("_busy"))
     stages = stage_of.select("stage", "domain", "name").unique("stage")
-    return (
+    named = (
         att.names.join(stages, on="stage", how="inner")
         .join(names.rename({"name": "kernel"}), on="name_id", how="left")
         .with_columns(category=category_expr(rules, "kernel"))
-        .join(busy, on=["domain", "name"], how="left")
-        .with_columns(busy_share=pl.when(pl.col("_busy") > 0).then(pl.col("total_ns") / pl.col("_busy")))
+    )
+    return (
+        _with_busy_share(named, instances)
         .sort(["domain", "name", "total_ns", "kernel"], descending=[False, False, True, False])
         .select("domain", "name", "kernel", "kind", "category", "count", "total_ns", "busy_share")
     )
 
 
 def _categories(kernels: pl.DataFrame, instances: pl.DataFrame) -> pl.DataFrame:
+    totals = kernels.group_by("domain", "name", "category").agg(pl.col("count").sum(), pl.col("total_ns").sum())
+    return _with_busy_share(totals, instances).sort(["domain", "name", "total_ns"], descending=[False, False, True])
+
+
+def _with_busy_share(frame: pl.DataFrame, instances: pl.DataFrame) -> pl.DataFrame:
+    """Add ``busy_share``: each row's ``total_ns`` over its stage's busy time (null when not busy)."""
     busy = instances.group_by("domain", "name").agg(pl.col("busy_ns").sum().alias("_busy"))
     return (
-        kernels.group_by("domain", "name", "category")
-        .agg(pl.col("count").sum(), pl.col("total_ns").sum())
-        .join(busy, on=["domain", "name"], how="left")
+        frame.join(busy, on=["domain", "name"], how="left")
         .with_columns(busy_share=pl.when(pl.col("_busy") > 0).then(pl.col("total_ns") / pl.col("_busy")))
         .drop("_busy")
-        .sort(["domain", "name", "total_ns"], descending=[False, False, True])
     )
 
 
