@@ -1,0 +1,3 @@
+from stagemfu.cli import main
+
+main()
