@@ -21,3 +21,23 @@ class ExportError(StagemfuError):
 
 class CategoryTableError(StagemfuError):
     """A user-supplied kernel category table is malformed."""
+
+
+class ModelConfigError(StagemfuError):
+    """A model name, config file or input shape cannot describe a model the analyzer knows."""
+
+
+class MissingDependencyError(StagemfuError):
+    """An optional dependency (an extra such as ``stagemfu[model]``) is needed but not installed."""
+
+
+class CollectError(StagemfuError):
+    """nsys cannot be found or run, or a collection's options do not fit together."""
+
+
+class PeakError(StagemfuError):
+    """No peak FLOP/s can be determined for the GPU and dtype without guessing."""
+
+
+class FlopsFileError(StagemfuError):
+    """A user-supplied FLOPs file (analyzer JSON or stage mapping) is malformed."""
