@@ -7,6 +7,7 @@ import io
 import json
 import re
 import shutil
+import time
 
 import click
 import polars as pl
@@ -346,3 +347,49 @@ def test_library_and_cli_agree_on_the_within_numbers(trace_paths):
     doc = json.loads(invoke("postprocess", trace_paths["tiny_vlm"], "--within", "measured", "--format", "json").stdout)
     assert doc["ranges"] == st.ranges.to_dicts()
     assert doc["within"] == "measured"
+
+
+# --------------------------------------------------------------------------------------------
+# Progress bar and --quiet
+
+
+def test_quiet_changes_nothing_but_the_progress_bar(trace_paths):
+    loud = invoke("postprocess", trace_paths["tiny_vlm"], "--format", "json")
+    quiet = invoke("postprocess", trace_paths["tiny_vlm"], "--format", "json", "--quiet")
+    assert quiet.exit_code == 0 and quiet.stderr == ""
+    assert json.loads(quiet.stdout) == json.loads(loud.stdout)
+
+
+def test_progress_bar_draws_only_after_the_delay_and_not_when_quiet(monkeypatch):
+    from rich.progress import Progress
+
+    from stagemfu.cli import postprocess as command
+
+    with command.progress_bar(quiet=True, force=True) as progress:
+        assert progress is None
+    started = []
+    monkeypatch.setattr(Progress, "start", lambda self: started.append(self))
+    with command.progress_bar(quiet=False, force=True) as progress:
+        progress("reading", 1, 3)  # a short load: the delay has not passed, nothing is drawn
+    assert started == []
+    monkeypatch.setattr(command, "PROGRESS_DELAY_S", 0.0)
+    with command.progress_bar(quiet=False, force=True) as progress:
+        progress("reading", 2, 3)
+        for _ in range(200):  # the timer thread starts the bar
+            if started:
+                break
+            time.sleep(0.01)
+    assert len(started) == 1
+    task = started[0].tasks[0]
+    assert (task.description, task.completed, task.total) == ("reading", 2, 3)
+
+
+def test_postprocess_reports_progress_of_each_step(trace_paths):
+    seen = []
+    postprocess.load(trace_paths["tiny_vlm"], progress=lambda *a: seen.append(a))
+    assert [s[0].split(": ")[-1] for s in seen] == [
+        "NVTX ranges",
+        "GPU operations",
+        "launching calls",
+        "computing stage times",
+    ]

@@ -117,9 +117,12 @@ def print_rich(renderable: Any, output: Path | None) -> None:
 
 def _register_commands() -> None:
     """One module per command under ``stagemfu.cli``; each defines one click command."""
+    from stagemfu.cli.analyze import analyze
+    from stagemfu.cli.collect import collect, run
     from stagemfu.cli.postprocess import postprocess
+    from stagemfu.cli.report import calibrate, compare, report
 
-    for command in (postprocess,):
+    for command in (postprocess, report, compare, calibrate, collect, run, analyze):
         cli.add_command(command)
 
 

@@ -1,18 +1,30 @@
-"""``stagemfu postprocess``: per-stage GPU times of one nsys trace."""
+"""``stagemfu postprocess``: per-stage GPU times of one nsys trace, or of many compared."""
 
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import click
 
 from stagemfu.cli import emit, format_option, output_option, print_rich
+from stagemfu.postprocess.many import DEFAULT_THRESHOLD, SPREAD_METRICS
+from stagemfu.postprocess.reader import Progress
 from stagemfu.report.render.postprocess_data import TABLES
+from stagemfu.report.render.postprocess_many import MANY_TABLES
+
+if TYPE_CHECKING:
+    from stagemfu.postprocess import CombinedTimes, StageTimes
+
+PROGRESS_DELAY_S = 1.0  # loads shorter than this draw no progress bar
 
 
 @click.command()
-@click.argument("trace", type=click.Path(path_type=Path))
+@click.argument("traces", metavar="TRACE...", nargs=-1, required=True)
 @click.option(
     "--within",
     metavar="NAME",
@@ -38,29 +50,81 @@ from stagemfu.report.render.postprocess_data import TABLES
 @click.option(
     "--table",
     "table_name",
-    type=click.Choice(TABLES),
+    type=click.Choice([*TABLES, *MANY_TABLES]),
     default="ranges",
     show_default=True,
-    help="Which table --format csv writes.",
+    help="Which table --format csv writes. With several traces: combined, stragglers, or any "
+    "per-trace table stacked with a trace column.",
 )
 @click.option("--instances", is_flag=True, help="Include one row per range instance in the JSON output.")
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Several traces: Dask worker processes on this machine (default: one per trace, up to the "
+    "number of cores; 1 loads them one after the other without Dask).",
+)
+@click.option(
+    "--scheduler",
+    metavar="ADDR",
+    default=None,
+    help="Several traces: load them on the workers of a running Dask cluster (tcp://host:8786); the "
+    "workers must see the same paths.",
+)
+@click.option(
+    "--straggler-metric",
+    type=click.Choice([m.removesuffix("_ns") for m in SPREAD_METRICS]),
+    default="busy",
+    show_default=True,
+    help="Several traces: the stage time the straggler view compares across traces.",
+)
+@click.option(
+    "--straggler-threshold",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_THRESHOLD,
+    show_default=True,
+    help="Several traces: a trace straggles on a stage when its time exceeds the median over the "
+    "traces by more than this fraction.",
+)
+@click.option(
+    "--chunk-ops",
+    metavar="N|auto",
+    default="auto",
+    show_default=True,
+    callback=lambda _ctx, _param, value: _chunk_ops(value),
+    help="Read and attribute GPU operations in time-ordered chunks of about N, so memory stays bounded "
+    "on exports of tens of millions of kernels (same numbers, slower); 0: all at once; auto: chunks "
+    "of 1M above 2M operations.",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar (it appears on a terminal for loads over a second).")
 @format_option
 @output_option
 def postprocess(
-    trace: Path,
+    traces: tuple[str, ...],
     within: str | None,
     range_names: tuple[str, ...],
     top: int,
     categories: Path | None,
     table_name: str,
     instances: bool,
+    jobs: int | None,
+    scheduler: str | None,
+    straggler_metric: str,
+    straggler_threshold: float,
+    chunk_ops: int | Literal["auto"] | None,
+    quiet: bool,
     fmt: str,
     output: Path | None,
 ) -> None:
-    """Per-stage GPU times of an nsys trace.
+    """Per-stage GPU times of an nsys trace, or of several traces compared.
 
     TRACE is an nsys SQLite export (also .xz/.gz/.bz2 compressed), or an .nsys-rep/.qdrep report,
     exported first with the nsys found in $NSYS, on PATH or under /opt/nvidia/nsight-systems.
+
+    Several TRACEs, a directory of traces or a glob pattern (one trace per rank, run or node):
+    each trace's stage tables, a combined table (sums, and per-trace min/median/max) and the
+    stragglers (traces whose stage time exceeds the median by more than a threshold). The traces
+    load in parallel on Dask (--jobs, --scheduler).
 
     \b
     Per NVTX range (aggregated by name and by nesting path):
@@ -77,11 +141,48 @@ def postprocess(
       stagemfu postprocess run.sqlite --within measured
       stagemfu postprocess run.nsys-rep --format json -o times.json
       stagemfu postprocess run.sqlite --format csv --table kernels --top 20
+      stagemfu postprocess 'ranks/*.sqlite' --jobs 8 --straggler-threshold 0.05
     """
     from stagemfu import postprocess as pp
+    from stagemfu.postprocess.many import expand_inputs
+
+    options = {"within": within, "ranges": range_names, "categories": categories, "chunk_ops": chunk_ops}
+    paths = expand_inputs(traces)
+    if len(paths) > 1 or len(traces) > 1:
+        with progress_bar(quiet) as progress:
+            ct = pp.load_many(
+                paths,
+                **options,
+                jobs=jobs,
+                scheduler=scheduler,
+                metric=f"{straggler_metric}_ns",
+                threshold=straggler_threshold,
+                progress=progress,
+            )
+        _show_many(ct, fmt=fmt, table_name=table_name, top=top, output=output)
+        return
+    if table_name in MANY_TABLES:
+        raise click.UsageError(f"--table {table_name} needs several traces; give more than one TRACE")
+    with progress_bar(quiet) as progress:
+        st = pp.load(paths[0], **options, progress=progress)
+    _show_one(st, fmt=fmt, table_name=table_name, top=top, instances=instances, output=output)
+
+
+def _chunk_ops(value: str) -> int | Literal["auto"] | None:
+    if value == "auto":
+        return "auto"
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise click.BadParameter(f"{value!r} is not a number of operations (0 or more) or auto")
+    return number or None
+
+
+def _show_one(st: StageTimes, *, fmt: str, table_name: str, top: int, instances: bool, output: Path | None) -> None:
     from stagemfu.report.render import postprocess_data, postprocess_view
 
-    st = pp.load(trace, within=within, ranges=range_names, categories=categories)
     if fmt == "json":
         doc = postprocess_data.postprocess_document(st, top=top, instances=instances)
         emit(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", output)
@@ -91,3 +192,47 @@ def postprocess(
         emit(postprocess_view.markdown_view(st, top=top), output)
     else:
         print_rich(postprocess_view.terminal_view(st, top=top), output)
+
+
+def _show_many(ct: CombinedTimes, *, fmt: str, table_name: str, top: int, output: Path | None) -> None:
+    from stagemfu.report.render import postprocess_many
+
+    if fmt == "json":
+        emit(json.dumps(postprocess_many.many_document(ct, top=top), indent=2, ensure_ascii=False) + "\n", output)
+    elif fmt == "csv":
+        emit(postprocess_many.many_table(ct, table_name, top=top).write_csv(), output)
+    elif fmt == "md":
+        emit(postprocess_many.markdown_view(ct), output)
+    else:
+        print_rich(postprocess_many.terminal_view(ct), output)
+
+
+@contextmanager
+def progress_bar(quiet: bool, *, force: bool = False) -> Iterator[Progress | None]:
+    """A progress callback drawing a rich bar on stderr once a load has run for a second.
+
+    Nothing is drawn with ``quiet``, when stderr is not a terminal (unless ``force``), or when
+    the load ends within the delay. The bar is transient: it disappears when the load ends.
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True, force_terminal=force or None)
+    if quiet or not console.is_terminal:
+        yield None
+        return
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console, transient=True)
+    task = bar.add_task("loading", total=None)
+    lock = threading.Lock()
+
+    def update(what: str, done: int, total: int) -> None:
+        with lock:
+            bar.update(task, description=what, completed=done, total=total)
+
+    timer = threading.Timer(PROGRESS_DELAY_S, bar.start)
+    timer.start()
+    try:
+        yield update
+    finally:
+        timer.cancel()
+        bar.stop()

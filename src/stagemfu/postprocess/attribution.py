@@ -8,6 +8,10 @@ it. Ranges started and ended on different threads get no operations (nsys projec
 Everything here is columnar: operations are put in launch order once (per thread, by call start),
 so the operations of one range are a contiguous slice of that order; (range, operation) pairs
 are produced in bounded chunks and reduced per range with segmented numpy reductions.
+
+A trace read in time-ordered chunks (``Trace.op_chunks``) is attributed chunk by chunk with the
+same code; since chunks are cut where no operation runs, their sums, unions, first starts and
+last ends combine exactly (:func:`_merge`).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from stagemfu.postprocess.intervals import (
     DEFAULT_CHUNK_ROWS,
     containment_pairs,
     group_union,
+    masked_segment_union,
     segment_bounds,
     segment_union,
 )
@@ -41,7 +46,11 @@ METRICS_SCHEMA = {
     "kernel_ns": pl.Int64,
     "kernels": pl.Int64,
     "gpu_ops": pl.Int64,
+    "comm_ns": pl.Int64,
+    "comm_busy_ns": pl.Int64,
+    "overlap_ns": pl.Int64,
 }
+COMM_COLUMNS = ("comm_ns", "comm_busy_ns", "overlap_ns")
 
 
 @dataclass(frozen=True)
@@ -73,16 +82,26 @@ class Attribution:
     ----------
     instances
         The tree's ranges plus ``gpu_start_ns``, ``gpu_end_ns``, ``span_ns``, ``busy_ns``,
-        ``exclusive_busy_ns``, ``kernel_ns``, ``gpu_ops``, ``kernels``.
+        ``exclusive_busy_ns``, ``kernel_ns``, ``gpu_ops``, ``kernels``, and for communication
+        kernels (see ``comm_name_ids`` of :func:`attribute`): ``comm_ns`` (their summed
+        durations), ``comm_busy_ns`` (the union of their intervals) and ``overlap_ns`` (time at
+        least one communication kernel and at least one other kernel of the range both ran on
+        the same device, summed over devices).
     devices
-        Per (rid, device): ``span_ns``, ``busy_ns``, ``kernel_ns``, ``gpu_ops``.
+        Per (rid, device): ``span_ns``, ``busy_ns``, ``kernel_ns``, ``gpu_ops``, ``comm_ns``,
+        ``comm_busy_ns``, ``overlap_ns``.
     names
         Per (stage, name_id, kind) for the rids given a stage: ``count``, ``total_ns``.
     innermost
         For every row of ``trace.ops``, the rid of the innermost range that launched it, or -1
-        (launched outside every range, or without a matching runtime call).
+        (launched outside every range, or without a matching runtime call). Empty when the
+        trace was read in chunks.
     notes
         Facts about the trace the user should know (unclosed ranges, orphan operations...).
+    totals, unattributed
+        One row each, for all GPU operations and for those launched outside every range:
+        ``kernels``, ``kernel_ns``, ``gpu_start_ns``, ``gpu_end_ns``, ``span_ns``, ``gpu_ops``,
+        ``busy_ns``.
     """
 
     instances: pl.DataFrame
@@ -90,6 +109,8 @@ class Attribution:
     names: pl.DataFrame
     innermost: np.ndarray
     notes: tuple[str, ...]
+    totals: pl.DataFrame
+    unattributed: pl.DataFrame
 
 
 def range_tree(ranges: pl.DataFrame, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> RangeTree:
@@ -105,6 +126,7 @@ def attribute(
     tree: RangeTree | None = None,
     *,
     stage_of_rid: np.ndarray | None = None,
+    comm_name_ids: tuple[int, ...] = (),
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
 ) -> Attribution:
     """Attribute every GPU operation of ``trace`` to its NVTX range instances and time them.
@@ -118,6 +140,9 @@ def attribute(
     stage_of_rid
         For each rid, a stage number (or -1): operation names are totalled per stage for the
         kernel tables. By default no name totals are made.
+    comm_name_ids
+        ``name_id`` of the kernels that communicate (NCCL and the like); their time and their
+        overlap with the other kernels are measured per range. By default none.
     chunk_rows
         Bound on the (range, operation) pairs held at once; smaller uses less memory.
 
@@ -126,9 +151,77 @@ def attribute(
     Attribution
     """
     tree = tree or range_tree(trace.ranges, chunk_rows=chunk_rows)
-    notes = list(tree.notes)
-    ops = _launch_order(trace, notes)
     ranges = tree.ranges.filter("same_thread")
+    seen = _SeenLaunches() if trace.op_chunks is not None else None
+    parts = [
+        _attribute_ops(ops, ranges, stage_of_rid, comm_name_ids, chunk_rows, seen)
+        for ops in (trace.op_chunks if trace.op_chunks is not None else [trace.ops])
+    ]
+    notes = list(tree.notes)
+    orphans = sum(p.orphans for p in parts)
+    if orphans:
+        notes.append(
+            f"{orphans} GPU operation(s) have no matching CUDA API call in the trace (launched before the "
+            "capture window, or by an untraced API); they count as unattributed"
+        )
+    stats = _merge([p.stats for p in parts], ["rid"])
+    exclusive = _merge([p.exclusive for p in parts], ["rid"])
+    instances = (
+        tree.ranges.join(stats, on="rid", how="left")
+        .join(exclusive, on="rid", how="left")
+        .with_columns(
+            [
+                pl.col(c).fill_null(0)
+                for c in ("busy_ns", "exclusive_busy_ns", "kernel_ns", "gpu_ops", "kernels", *COMM_COLUMNS)
+            ]
+        )
+        .with_columns(span_ns=(pl.col("gpu_end_ns") - pl.col("gpu_start_ns")).fill_null(0))
+    )
+    devices = _merge([p.devices for p in parts], ["rid", "device"]).with_columns(
+        span_ns=pl.col("gpu_end_ns") - pl.col("gpu_start_ns")
+    )
+    totals, unattributed = (
+        _merge([getattr(p, field) for p in parts], []).with_columns(
+            span_ns=(pl.col("gpu_end_ns") - pl.col("gpu_start_ns")).fill_null(0)
+        )
+        for field in ("totals", "unattributed")
+    )
+    by_row = parts[0].innermost if trace.op_chunks is None else np.zeros(0, dtype=np.int64)
+    names = _sum_names([n for p in parts for n in p.names])
+    return Attribution(instances, devices, names, by_row, tuple(notes), totals, unattributed)
+
+
+@dataclass(frozen=True)
+class _Part:
+    """What one chunk of operations contributes; chunks cut where no operation runs add up exactly."""
+
+    stats: pl.DataFrame
+    exclusive: pl.DataFrame
+    devices: pl.DataFrame
+    names: list[pl.DataFrame]
+    innermost: np.ndarray
+    totals: pl.DataFrame
+    unattributed: pl.DataFrame
+    orphans: int
+
+
+def _attribute_ops(
+    frame: pl.DataFrame,
+    ranges: pl.DataFrame,
+    stage_of_rid: np.ndarray | None,
+    comm_name_ids: tuple[int, ...],
+    chunk_rows: int,
+    seen: _SeenLaunches | None,
+) -> _Part:
+    """Attribute one set of operations (the whole trace, or one time-ordered chunk of it)."""
+    # A launch counts once: in the first chunk holding one of its operations.
+    if seen is None:
+        fresh = np.ones(frame.height, dtype=bool)
+    else:
+        fresh = seen.fresh(
+            frame["global_pid"].fill_null(-1).to_numpy(), frame["correlation_id"].fill_null(-1).to_numpy()
+        )
+    ops = _LaunchOrder(frame, comm_name_ids, fresh)
     rids = ranges["rid"].to_numpy()
     innermost = np.full(len(ops.start), -1, dtype=np.int64)
     per_range, per_device, per_name = [], [], []
@@ -173,27 +266,65 @@ def attribute(
     exclusive = pl.DataFrame(
         {"rid": excl_rid, "exclusive_busy_ns": excl_busy}, schema={"rid": pl.Int64, "exclusive_busy_ns": pl.Int64}
     )
-    instances = (
-        tree.ranges.join(stats, on="rid", how="left")
-        .join(exclusive, on="rid", how="left")
-        .with_columns(
-            [pl.col(c).fill_null(0) for c in ("busy_ns", "exclusive_busy_ns", "kernel_ns", "gpu_ops", "kernels")]
-        )
-        .with_columns(span_ns=(pl.col("gpu_end_ns") - pl.col("gpu_start_ns")).fill_null(0))
-    )
     if ops.multi_device:
         devices = (
             pl.concat(per_device)
             if per_device
             else pl.DataFrame(schema={"rid": pl.Int64, "device": pl.Int64, **METRICS_SCHEMA})
         )
+        # Overlap is a per-device fact (NCCL on one GPU hides no compute on another): sum it.
+        overlap = devices.group_by("rid").agg(pl.col("overlap_ns").sum())
+        stats = stats.drop("overlap_ns").join(overlap, on="rid", how="left")
     else:
         devices = stats.with_columns(device=pl.lit(int(ops.devices[0]) if len(ops.devices) else 0, pl.Int64))
-    devices = devices.with_columns(span_ns=pl.col("gpu_end_ns") - pl.col("gpu_start_ns"))
-    names = _sum_names(per_name)
-    by_row = np.full(trace.ops.height, -1, dtype=np.int64)
+    by_row = np.full(frame.height, -1, dtype=np.int64)
     by_row[ops.row] = innermost
-    return Attribution(instances, devices, names, by_row, tuple(notes))
+    outside = by_row < 0
+    return _Part(
+        stats=stats,
+        exclusive=exclusive,
+        devices=devices.select("rid", "device", *METRICS_SCHEMA),
+        names=per_name,
+        innermost=by_row,
+        totals=_op_totals(frame, fresh),
+        unattributed=_op_totals(frame.filter(pl.Series(outside)), fresh[outside]),
+        orphans=frame.height - len(ops.row),
+    )
+
+
+def _merge(frames: list[pl.DataFrame], keys: list[str]) -> pl.DataFrame:
+    """Combine the parts of time-ordered chunks: first start, last end, and every other column summed."""
+    if len(frames) == 1:
+        return frames[0]
+    merged = pl.concat(frames)
+    aggs = [
+        pl.col(c).min() if c == "gpu_start_ns" else pl.col(c).max() if c == "gpu_end_ns" else pl.col(c).sum()
+        for c in merged.columns
+        if c not in keys
+    ]
+    return merged.group_by(keys).agg(aggs) if keys else merged.select(aggs)
+
+
+class _SeenLaunches:
+    """The launches (process, correlation id) met in earlier chunks: a packed bitset per process."""
+
+    def __init__(self) -> None:
+        self.bits: dict[int, np.ndarray] = {}
+
+    def fresh(self, pid: np.ndarray, corr: np.ndarray) -> np.ndarray:
+        """True for each operation whose launch no earlier call of this method has seen; then marks them seen."""
+        out = np.ones(len(corr), dtype=bool)
+        slot = corr + 1  # a null id (-1) gets slot 0
+        for p in pl.Series(pid).unique().to_list():  # processes: a handful
+            mine = pid == p
+            byte, bit = slot[mine] >> 3, (slot[mine] & 7).astype(np.uint8)
+            bits = self.bits.get(p, np.zeros(0, dtype=np.uint8))
+            if int(byte.max()) >= len(bits):
+                bits = np.concatenate([bits, np.zeros(int(byte.max()) + 1 - len(bits), dtype=np.uint8)])
+            out[mine] = (bits[byte] >> bit) & 1 == 0
+            np.bitwise_or.at(bits, byte, np.left_shift(1, bit).astype(np.uint8))
+            self.bits[p] = bits
+        return out
 
 
 class _LaunchOrder:
@@ -202,7 +333,7 @@ class _LaunchOrder:
     contiguous.
     """
 
-    def __init__(self, ops: pl.DataFrame) -> None:
+    def __init__(self, ops: pl.DataFrame, comm_name_ids: tuple[int, ...], fresh: np.ndarray) -> None:
         launched = np.flatnonzero(ops["call_start"].is_not_null().to_numpy())
         tids, tid_rank = _dense_rank(ops["global_tid"].to_numpy()[launched])
         corr = ops["correlation_id"].to_numpy()[launched]
@@ -219,13 +350,16 @@ class _LaunchOrder:
         self.call_end = ops["call_end"].to_numpy()[self.row]
         self.tid = tids[tid_rank[order]]
         corr = corr[order]
-        self.new_call = (
+        first = (
             np.concatenate([[True], (corr[1:] != corr[:-1]) | (self.tid[1:] != self.tid[:-1])])
             if len(corr)
             else np.zeros(0, dtype=bool)
         )
+        self.new_call = first & fresh[self.row]  # first operation of a launch not counted in an earlier chunk
         self.is_kernel = ops["kind"].is_in(KERNEL_KINDS).to_numpy()[self.row]
         self.name_id = ops["name_id"].to_numpy()[self.row]
+        is_comm = self.is_kernel & np.isin(self.name_id, np.asarray(comm_name_ids, dtype=np.int64))
+        self.is_comm = is_comm if is_comm.any() else None
         self.kind = ops["kind"].to_physical().to_numpy()[self.row].astype(np.uint8)
         devices, self.device_rank = _dense_rank(ops["device"].fill_null(-1).to_numpy()[self.row])
         self.devices = devices.astype(np.int64)
@@ -242,6 +376,27 @@ class _LaunchOrder:
             "kernels": np.add.reduceat(k.astype(np.int64), bounds),
             # A GPU op is one launch: the first operation of each call (a graph's kernels share one).
             "gpu_ops": np.add.reduceat(self.new_call[inner].astype(np.int64), bounds),
+            **self.comm_stats(bounds, inner),
+        }
+
+    def comm_stats(self, bounds: np.ndarray, inner: np.ndarray) -> dict[str, np.ndarray]:
+        """Communication kernel time, its union, and its overlap with the other kernels, per segment.
+
+        overlap = busy(communication) + busy(other kernels) - busy(all kernels): inclusion-exclusion
+        on the three unions gives the time both kinds ran at once.
+        """
+        if self.is_comm is None:  # no communication kernel in the trace: skip three unions
+            zeros = np.zeros(len(bounds), dtype=np.int64)
+            return {c: zeros for c in COMM_COLUMNS}
+        s, e = self.start[inner], self.end[inner]
+        comm, kernel = self.is_comm[inner], self.is_kernel[inner]
+        comm_busy = masked_segment_union(bounds, s, e, comm)
+        compute_busy = masked_segment_union(bounds, s, e, kernel & ~comm)
+        kernel_busy = masked_segment_union(bounds, s, e, kernel)
+        return {
+            "comm_ns": np.add.reduceat(np.where(comm, e - s, 0), bounds),
+            "comm_busy_ns": comm_busy,
+            "overlap_ns": comm_busy + compute_busy - kernel_busy,
         }
 
     def device_stats(self, rid: np.ndarray, inner: np.ndarray) -> pl.DataFrame:
@@ -305,14 +460,30 @@ def _sum_names(parts: list[pl.DataFrame]) -> pl.DataFrame:
     return summed.with_columns(kind=kinds.gather(summed["kind"]).cast(OP_KIND_TYPE)).select(list(schema))
 
 
-def _launch_order(trace: Trace, notes: list[str]) -> _LaunchOrder:
-    orphans = trace.ops.filter(pl.col("call_start").is_null()).height
-    if orphans:
-        notes.append(
-            f"{orphans} GPU operation(s) have no matching CUDA API call in the trace (launched before the "
-            "capture window, or by an untraced API); they count as unattributed"
-        )
-    return _LaunchOrder(trace.ops)
+def _op_totals(ops: pl.DataFrame, fresh: np.ndarray) -> pl.DataFrame:
+    """Counts, kernel time, busy (union) and first start/last end of a set of GPU operations, as one row.
+
+    ``fresh`` marks the operations whose launch was not counted before (in an earlier chunk).
+    """
+    is_kernel = pl.col("kind").is_in(KERNEL_KINDS)
+    sums = ops.select(
+        is_kernel.sum().cast(pl.Int64).alias("kernels"),
+        pl.when(is_kernel).then(pl.col("end") - pl.col("start")).otherwise(0).sum().cast(pl.Int64).alias("kernel_ns"),
+        pl.col("start").min().cast(pl.Int64).alias("gpu_start_ns"),
+        pl.col("end").max().cast(pl.Int64).alias("gpu_end_ns"),
+    )
+    # A GPU op is one launch: a correlation id within one process (a graph's kernels share one).
+    keys = ops.select("global_pid", "correlation_id")
+    launches = (
+        (keys if fresh.all() else keys.filter(pl.Series(fresh)))
+        .group_by("global_pid")
+        .agg(pl.col("correlation_id").n_unique())
+        .get_column("correlation_id")
+        .sum()
+    )
+    start, end = ops["start"].to_numpy(), ops["end"].to_numpy()
+    _, busy = group_union(np.zeros(len(start), dtype=np.int64), start, end)
+    return sums.with_columns(gpu_ops=pl.lit(int(launches or 0), pl.Int64), busy_ns=pl.lit(int(busy.sum()), pl.Int64))
 
 
 def _closed_ranges(ranges: pl.DataFrame, notes: list[str]) -> pl.DataFrame:

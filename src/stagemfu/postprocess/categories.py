@@ -18,6 +18,7 @@ import polars as pl
 from stagemfu.errors import CategoryTableError
 
 OTHER = "other"
+COMMUNICATION = "communication"  # kernels whose overlap with compute is measured per stage
 
 
 def category_rules(extra: str | Path | None = None) -> list[tuple[str, str]]:

@@ -7,7 +7,6 @@ same report reads the cached file.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import lzma
 import os
@@ -17,6 +16,7 @@ import tempfile
 import zlib
 from pathlib import Path
 
+from stagemfu.collect.nsys import find_nsys
 from stagemfu.errors import ExportError
 from stagemfu.postprocess.reader import SQLITE_MAGIC, not_an_export
 
@@ -66,18 +66,6 @@ def decompress_cached(path: Path) -> Path:
         raise ExportError(f"{path}: {not_an_export(head)}")
     os.replace(tmp.name, target)
     return target
-
-
-def find_nsys() -> str | None:
-    """The nsys executable: $NSYS, then PATH, then the newest /opt/nvidia/nsight-systems install."""
-    env = os.environ.get("NSYS")
-    if env:
-        return env if Path(env).is_file() else None
-    found = shutil.which("nsys")
-    if found:
-        return found
-    installs = sorted(glob.glob("/opt/nvidia/nsight-systems/*/bin/nsys"))
-    return installs[-1] if installs else None
 
 
 def cache_dir() -> Path:

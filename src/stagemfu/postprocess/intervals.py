@@ -137,6 +137,20 @@ def segment_union(bounds: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.
     return np.add.reduceat(gain, bounds)
 
 
+def masked_segment_union(bounds: np.ndarray, start: np.ndarray, end: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """:func:`segment_union` of only the rows where ``mask`` holds (0 for a segment with none).
+
+    Lets one segmentation answer several questions, e.g. the busy time of a range's communication
+    kernels and of its other kernels, without regrouping the rows.
+    """
+    out = np.zeros(len(bounds), dtype=np.int64)
+    segment = np.repeat(np.arange(len(bounds), dtype=np.int64), np.diff(np.append(bounds, len(start))))[mask]
+    if len(segment):
+        sub = segment_bounds(segment)
+        out[segment[sub]] = segment_union(sub, start[mask], end[mask])
+    return out
+
+
 def group_union(keys: np.ndarray, start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Union length of intervals per key, any row order.
 

@@ -17,7 +17,7 @@ import polars as pl
 # with the VM id above; the process part of a thread's id (tid bits cleared) is its globalPid.
 TID_BITS = 1 << 24
 CORRELATION_LIMIT = 1 << 40
-BITMAP_LIMIT = 1 << 28  # largest correlation id given a membership bitmap (256 MiB of bools)
+BITMAP_LIMIT = 1 << 28  # widest id range (largest - smallest) given a membership bitmap (256 MiB of bools)
 
 
 def match_calls(op_pid: np.ndarray, op_corr: np.ndarray, call_tid: np.ndarray, call_corr: np.ndarray) -> np.ndarray:
@@ -52,16 +52,17 @@ def _key(pids: np.ndarray, global_pid: np.ndarray, correlation_id: np.ndarray) -
 def membership(ids: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     """A fast "is this id in ``ids``?" test for batches of ids.
 
-    Correlation ids are small per-process counters, so a bitmap indexed by id answers with one
-    gather; ids too large for a bitmap fall back to binary search in the sorted ids.
+    Correlation ids are per-process counters, so a bitmap indexed by id (less the smallest id)
+    answers with one gather; ids spread too widely for a bitmap fall back to binary search in
+    the sorted ids.
     """
-    top = int(ids.max()) if len(ids) else -1
-    if 0 <= top < BITMAP_LIMIT and ids.min() >= 0:
-        bitmap = np.zeros(top + 2, dtype=bool)
-        bitmap[ids] = True
+    lo, top = (int(ids.min()), int(ids.max())) if len(ids) else (0, -1)
+    if 0 <= top - lo < BITMAP_LIMIT:
+        bitmap = np.zeros(top - lo + 2, dtype=bool)  # from the smallest id: a chunk's ids need a small one
+        bitmap[ids - lo] = True
 
         def in_bitmap(values: np.ndarray) -> np.ndarray:
-            return bitmap[np.clip(values, -1, top + 1)]  # -1 and anything past top land on False
+            return bitmap[np.clip(values - lo, -1, top - lo + 1)]  # below lo (-1) and past top land on False
 
         return in_bitmap
     ordered = np.unique(ids)

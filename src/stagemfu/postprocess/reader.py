@@ -8,6 +8,10 @@ directory.
 Bulk columns (kernels, runtime calls, NVTX events) come through the ADBC SQLite driver, which
 hands Arrow columns to polars without building a Python object per row; the few small tables
 (metadata, GPUs, strings of one kind) use the standard library's ``sqlite3``.
+
+Exports too large to hold whole are read in time-ordered chunks (:class:`OpChunks`): a first
+pass over a few columns finds instants when no GPU runs anything, and each chunk between two
+such instants is read by rowid range when the caller gets to it.
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ import contextlib
 import os
 import sqlite3
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import polars as pl
@@ -80,8 +85,18 @@ LAUNCHER_NAMES_SQL = """
 """
 READ_THREADS = min(16, os.cpu_count() or 1)
 MIN_SLICE_ROWS = 250_000
+# chunk_ops="auto": exports with more GPU operations than this are read in chunks of AUTO_CHUNK_OPS.
+AUTO_IN_MEMORY_OPS = 2_000_000
+AUTO_CHUNK_OPS = 1_000_000
+BINS_PER_CHUNK = 16  # fine time bins per chunk: the cut points are chosen among their edges
+MIN_BINS = 4096
+CORR_BIN = 4096  # correlation ids per bin of the launching-call index
+# Progress callback: ``progress(what, done, total)`` as a long step advances (the CLI draws a bar).
+Progress = Callable[[str, int, int], None]
+READ_STEPS = ("NVTX ranges", "GPU operations", "launching calls")
 CALLS_SCHEMA = {"start": pl.Int64, "end": pl.Int64, "global_tid": pl.Int64, "correlation_id": pl.Int64}
 
+CALL_COLUMNS = {"call_start": pl.Int64, "call_end": pl.Int64, "global_tid": pl.Int64}
 OP_KIND = {KERNEL_TABLE: "kernel", MEMCPY_TABLE: "memcpy", MEMSET_TABLE: "memset", GRAPH_TABLE: "graph"}
 OP_KIND_TYPE = pl.Enum(list(OP_KIND.values()))
 KERNEL_NAME_COLUMNS = ("demangledName", "shortName", "mangledName")
@@ -126,6 +141,9 @@ class Trace:
         ``id``, ``name``, ``sms``, ``clock_hz`` (the maximum clock nsys records).
     notes
         What the reader noticed and the user should know.
+    op_chunks
+        When the trace was read in chunks (``read_trace(chunk_ops=...)``): the operations as
+        time-ordered chunks, each a frame like ``ops``, read when iterated; ``ops`` is then empty.
     """
 
     path: Path
@@ -136,15 +154,95 @@ class Trace:
     names: pl.DataFrame
     gpus: pl.DataFrame
     notes: tuple[str, ...] = field(default=())
+    op_chunks: OpChunks | None = None
 
 
-def read_trace(path: str | Path) -> Trace:
+@dataclass(frozen=True)
+class OpChunks:
+    """The GPU operations of an export in time-ordered chunks, read from SQLite one chunk at a time.
+
+    The chunks are cut at instants when no operation runs on any GPU (``cuts``; chunk k holds the
+    operations starting in [cuts[k-1], cuts[k])), so every interval union (busy time) of the
+    whole trace is the sum of the chunks' unions: chunked results equal in-memory results. An
+    operation's launching call is looked up per chunk, in the slice of the runtime table that
+    holds the chunk's correlation ids (``call_rowids``).
+
+    Attributes
+    ----------
+    uri, path
+        The export.
+    tables
+        Activity table -> its columns, for the tables holding operations.
+    runtime_columns, launcher_ids
+        As :func:`read_trace` uses them to find launching calls.
+    cuts
+        Cut times (ns) between chunks; ``len(cuts) + 1`` chunks.
+    op_rowids
+        Activity table -> (chunks, 2) array: the rowid span [lo, hi] of each chunk's operations
+        (lo > hi when the chunk has none from that table).
+    call_rowids
+        The rowid span [lo, hi] of the launching calls of each bin of ``CORR_BIN`` correlation
+        ids (lo > hi when none).
+    progress
+        Called as ``progress("chunk", k, chunks)`` as chunk k is read.
+    """
+
+    uri: str
+    path: Path
+    tables: dict[str, set[str]]
+    runtime_columns: set[str]
+    launcher_ids: tuple[int, ...]
+    cuts: np.ndarray
+    op_rowids: dict[str, np.ndarray]
+    call_rowids: np.ndarray
+    progress: Progress | None = None
+
+    def __len__(self) -> int:
+        return len(self.cuts) + 1
+
+    def __iter__(self) -> Iterator[pl.DataFrame]:
+        for k in range(len(self)):
+            if self.progress:
+                self.progress(f"{self.path.name}: chunk", k, len(self))
+            yield self.chunk(k)
+
+    def chunk(self, k: int) -> pl.DataFrame:
+        """The operations of chunk ``k`` with their launching calls, as ``Trace.ops``."""
+        window = [
+            f"start >= {self.cuts[k - 1]}" if k > 0 else "1",
+            f"start < {self.cuts[k]}" if k < len(self.cuts) else "1",
+        ]
+        frames = [
+            _read_ops(
+                self.uri, self.path, table, cols, where=" AND ".join(window), rowids=tuple(self.op_rowids[table][k])
+            )
+            for table, cols in self.tables.items()
+            if self.op_rowids[table][k][0] <= self.op_rowids[table][k][1]
+        ]
+        ops = pl.concat(frames, how="vertical") if frames else pl.DataFrame(schema=OPS_SCHEMA)
+        corr = ops["correlation_id"].drop_nulls()
+        span = self.call_rowids[max(corr.min() // CORR_BIN, 0) : corr.max() // CORR_BIN + 1] if len(corr) else []
+        rowids = _span(span) if len(span) else (1, 0)
+        return _with_calls(self.uri, self.path, ops, self.runtime_columns, list(self.launcher_ids), rowids=rowids)
+
+
+def read_trace(
+    path: str | Path, *, chunk_ops: int | Literal["auto"] | None = None, progress: Progress | None = None
+) -> Trace:
     """Read an nsys SQLite export read-only.
 
     Parameters
     ----------
     path
         An ``nsys export --type sqlite`` file.
+    chunk_ops
+        Read the GPU operations later, in time-ordered chunks of about this many operations
+        (:class:`OpChunks`), so memory stays bounded however large the export; by default all
+        are read now. Needs no more than a scan of the start/end and correlation id columns.
+        "auto": chunks of ``AUTO_CHUNK_OPS`` when the export holds more than
+        ``AUTO_IN_MEMORY_OPS`` operations, else all at once.
+    progress
+        Called as ``progress("reading FILE: STEP", done, total)`` before each of the bulk reads.
 
     Returns
     -------
@@ -175,14 +273,44 @@ def read_trace(path: str | Path) -> Trace:
         gpus = _gpus(db, tables)
         memcpy_names = _memcpy_names(db, tables)
         launcher_ids = [r[0] for r in db.execute(LAUNCHER_NAMES_SQL)]
+        if chunk_ops == "auto":  # MAX(rowid) is one B-tree descent: an instant upper bound on the row count
+            held = sum(db.execute(f'SELECT COALESCE(MAX(rowid), 0) FROM "{t}"').fetchone()[0] for t in op_tables)
+            chunk_ops = AUTO_CHUNK_OPS if held > AUTO_IN_MEMORY_OPS else None
     uri = _uri(path)
+
+    def step(done: int) -> None:
+        if progress:
+            progress(f"reading {path.name}: {READ_STEPS[done]}", done, len(READ_STEPS))
+
+    step(0)
     ranges = _read_ranges(uri, path, columns["NVTX_EVENTS"])
-    ops = pl.concat([_read_ops(uri, path, t, columns[t]) for t in op_tables], how="vertical")
-    names = _op_names(uri, path, ops, op_tables, columns.get(KERNEL_TABLE, set()), memcpy_names)
-    ops = _with_calls(uri, path, ops, columns[RUNTIME_TABLE], launcher_ids)
     notes = []
     if gpus.is_empty():
         notes.append("the trace has no TARGET_INFO_GPU table: GPU names and SM counts are unknown")
+    step(1)
+    if chunk_ops is not None:
+        chunks = _plan_chunks(
+            uri, path, {t: columns[t] for t in op_tables}, columns[RUNTIME_TABLE], launcher_ids, chunk_ops, progress
+        )
+        name_ids = pl.concat(
+            [
+                _fetch(
+                    uri,
+                    path,
+                    f'SELECT DISTINCT {_name_id_sql(t, columns[t])} AS name_id FROM "{t}"',
+                    schema={"name_id": pl.Int64},
+                )
+                for t in op_tables
+            ]
+        ).get_column("name_id")
+        names = _op_names(uri, path, name_ids, op_tables, columns.get(KERNEL_TABLE, set()), memcpy_names)
+        notes.append(f"read in {len(chunks)} time-ordered chunk(s) of about {chunk_ops:,} GPU operations")
+        ops = pl.DataFrame(schema={**OPS_SCHEMA, **CALL_COLUMNS})
+        return Trace(path, nsys_version, schema_version, ranges, ops, names, gpus, tuple(notes), chunks)
+    ops = pl.concat([_read_ops(uri, path, t, columns[t]) for t in op_tables], how="vertical")
+    names = _op_names(uri, path, ops["name_id"], op_tables, columns.get(KERNEL_TABLE, set()), memcpy_names)
+    step(2)
+    ops = _with_calls(uri, path, ops, columns[RUNTIME_TABLE], launcher_ids)
     return Trace(path, nsys_version, schema_version, ranges, ops, names, gpus, tuple(notes))
 
 
@@ -321,7 +449,9 @@ def _read_ranges(uri: str, path: Path, cols: set[str]) -> pl.DataFrame:
     )
 
 
-def _read_ops(uri: str, path: Path, table: str, cols: set[str]) -> pl.DataFrame:
+def _read_ops(
+    uri: str, path: Path, table: str, cols: set[str], *, where: str = "1", rowids: tuple[int, int] | None = None
+) -> pl.DataFrame:
     """GPU operations of one activity table, named by ``name_id`` (see :func:`_op_names`)."""
     base = ", ".join(
         [
@@ -335,7 +465,7 @@ def _read_ops(uri: str, path: Path, table: str, cols: set[str]) -> pl.DataFrame:
     )
     kind, name_id = OP_KIND[table], _name_id_sql(table, cols)
     schema = {c: t for c, t in OPS_SCHEMA.items() if c != "kind"}
-    frame = _fetch_rows(uri, path, table, f"{base}, {name_id} AS name_id", schema=schema)
+    frame = _fetch_rows(uri, path, table, f"{base}, {name_id} AS name_id", schema=schema, where=where, rowids=rowids)
     return frame.with_columns(kind=pl.lit(kind, OP_KIND_TYPE)).select(list(OPS_SCHEMA))
 
 
@@ -351,9 +481,9 @@ def _name_id_sql(table: str, cols: set[str]) -> str:
 
 
 def _op_names(
-    uri: str, path: Path, ops: pl.DataFrame, tables: list[str], kernel_cols: set[str], memcpy_names: dict[int, str]
+    uri: str, path: Path, name_ids: pl.Series, tables: list[str], kernel_cols: set[str], memcpy_names: dict[int, str]
 ) -> pl.DataFrame:
-    """``name_id`` → ``name`` for the operations present; strings are loaded once, not per row."""
+    """``name_id`` → ``name`` for the operations' name ids; strings are loaded once, not per row."""
     frames = []
     name_col = next((c for c in KERNEL_NAME_COLUMNS if c in kernel_cols), None)
     if KERNEL_TABLE in tables and name_col:
@@ -370,7 +500,7 @@ def _op_names(
         )
     synthetic = {-1 - k: f"[CUDA memcpy {v}]" for k, v in memcpy_names.items()}
     synthetic[MEMSET_NAME_ID] = "[CUDA memset]"
-    graph_ids = ops.filter(pl.col("kind") == "graph").get_column("name_id").unique().to_list()
+    graph_ids = name_ids.filter(name_ids <= GRAPH_NAME_ID).unique().to_list()
     synthetic.update({g: f"[CUDA graph {GRAPH_NAME_ID - g}]" for g in graph_ids})
     frames.append(
         pl.DataFrame(
@@ -379,7 +509,7 @@ def _op_names(
         )
     )
     names = pl.concat(frames)
-    unnamed = ops.select("name_id").unique().join(names, on="name_id", how="anti")
+    unnamed = name_ids.unique().to_frame("name_id").join(names, on="name_id", how="anti")
     return pl.concat([names, unnamed.with_columns(name=pl.lit("[unnamed kernel]"))]).unique("name_id")
 
 
@@ -392,41 +522,60 @@ def _fetch_rows(
     schema: dict[str, pl.DataType],
     where: str = "1",
     keep: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
+    rowids: tuple[int, int] | None = None,
 ) -> pl.DataFrame:
     """``SELECT columns FROM table WHERE where``, read as rowid slices by parallel connections.
+
+    ``rowids`` limits the read to rows whose rowid lies in [lo, hi] (a B-tree range: only those
+    rows are visited).
 
     SQLite serves concurrent readers of an immutable file independently and the driver releases
     the GIL while it reads, so the big activity tables load on several cores.
     """
-    with _open(path) as db:
-        lo, hi = db.execute(f'SELECT MIN(rowid), MAX(rowid) FROM "{table}"').fetchone()
-    if lo is None:
+    queries = [f'SELECT {columns} FROM "{table}" WHERE {piece} AND ({where})' for piece in _slices(path, table, rowids)]
+    if not queries:
         return pl.DataFrame(schema=schema)
-    parts = max(1, min(READ_THREADS, (hi - lo + 1) // MIN_SLICE_ROWS))
-    edges = np.linspace(lo, hi + 1, parts + 1).astype(np.int64)
-    queries = [
-        f'SELECT {columns} FROM "{table}" WHERE rowid >= {a} AND rowid < {b} AND ({where})'
-        for a, b in zip(edges[:-1], edges[1:])
-    ]
-    with ThreadPoolExecutor(parts) as pool:
+    with ThreadPoolExecutor(len(queries)) as pool:
         frames = list(pool.map(lambda sql: _fetch(uri, path, sql, schema=schema, keep=keep), queries))
     return pl.concat(frames)
 
 
+def _slices(path: Path, table: str, rowids: tuple[int, int] | None = None) -> list[str]:
+    """Conditions splitting ``table`` (or its rowids in [lo, hi]) into rowid slices, one per reading thread."""
+    if rowids is None:
+        with _open(path) as db:
+            lo, hi = db.execute(f'SELECT MIN(rowid), MAX(rowid) FROM "{table}"').fetchone()
+    else:
+        lo, hi = rowids if rowids[0] <= rowids[1] else (None, None)
+    if lo is None:
+        return []
+    parts = max(1, min(READ_THREADS, (hi - lo + 1) // MIN_SLICE_ROWS))
+    edges = np.linspace(lo, hi + 1, parts + 1).astype(np.int64)
+    return [f"rowid >= {a} AND rowid < {b}" for a, b in zip(edges[:-1], edges[1:])]
+
+
 def _with_calls(
-    uri: str, path: Path, ops: pl.DataFrame, runtime_cols: set[str], launcher_ids: list[int]
+    uri: str,
+    path: Path,
+    ops: pl.DataFrame,
+    runtime_cols: set[str],
+    launcher_ids: list[int],
+    *,
+    rowids: tuple[int, int] | None = None,
 ) -> pl.DataFrame:
     """Add to each operation the CUDA API call that launched it (same process, same correlation id).
 
     Most API calls launch nothing (queries, synchronisation, allocation), and the runtime table is
     the largest in an export. So SQLite first returns only calls of launching APIs (by name) whose
     correlation id some operation carries; only if an operation is left without its call are the
-    remaining API calls searched for it. Either way the result is exact.
+    remaining API calls searched for it. Either way the result is exact. ``rowids`` limits the
+    first search to that span of the runtime table (see :class:`OpChunks`); the second always
+    reads the whole table.
     """
     columns = "start, end, globalTid AS global_tid, correlationId AS correlation_id"
     corr, pid = ops["correlation_id"].fill_null(-1).to_numpy(), ops["global_pid"].fill_null(-1).to_numpy()
 
-    def read_calls(where: str, wanted: np.ndarray) -> pl.DataFrame:
+    def read_calls(where: str, wanted: np.ndarray, rowids: tuple[int, int] | None) -> pl.DataFrame:
         test = membership(wanted)
         return _fetch_rows(
             uri,
@@ -436,14 +585,15 @@ def _with_calls(
             schema=CALLS_SCHEMA,
             where=where,
             keep=lambda b: b.filter(test(b["correlation_id"].fill_null(-1).to_numpy())),
+            rowids=rowids,
         )
 
     by_name = "nameId" in runtime_cols and launcher_ids
     id_list = ", ".join(str(i) for i in launcher_ids)
-    calls = read_calls(f"nameId IN ({id_list})" if by_name else "1", corr[corr >= 0])
+    calls = read_calls(f"nameId IN ({id_list})" if by_name else "1", corr[corr >= 0], rowids)
     rows = _match(calls, pid, corr, path)
     if by_name and (rows < 0).any():
-        rest = read_calls(f"nameId NOT IN ({id_list}) OR nameId IS NULL", corr[(rows < 0) & (corr >= 0)])
+        rest = read_calls(f"nameId NOT IN ({id_list}) OR nameId IS NULL", corr[(rows < 0) & (corr >= 0)], None)
         calls = pl.concat([calls, rest])
         rows = _match(calls, pid, corr, path)
     index = pl.Series(rows).replace(-1, None)  # a null index gathers null: no launching call
@@ -471,27 +621,153 @@ def _fetch(
     uri: str,
     path: Path,
     sql: str,
-    schema: dict[str, pl.DataType] | None = None,
+    schema: dict[str, pl.DataType],
     keep: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
 ) -> pl.DataFrame:
-    """Run one query through ADBC and return the result as a polars frame.
+    """Run one query through ADBC and return the result as a polars frame of ``schema``.
 
     ADBC infers a column's type from its first rows, so every text column in our queries is
     COALESCEd to a string; integer columns that start with NULLs come back as Int64. ``keep``
     filters each record batch as it arrives.
     """
+    parts = [(keep or _as_is)(batch) for batch in _batches(uri, path, sql)]
+    frame = pl.concat(parts) if parts else pl.DataFrame(schema=schema)
+    return frame.select([pl.col(c).cast(t) for c, t in schema.items()])
+
+
+def _batches(uri: str, path: Path, sql: str) -> Iterator[pl.DataFrame]:
+    """The result of one query through ADBC, as polars frames of up to ``FETCH_BATCH_ROWS`` rows."""
     import adbc_driver_sqlite.dbapi as adbc  # deferred: import cost only when a trace is read
 
     try:
         with adbc.connect(uri) as conn, conn.cursor() as cur:
             cur.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": str(FETCH_BATCH_ROWS)})
             cur.execute(sql)
-            reader = cur.fetch_record_batch()
-            parts = [(keep or _as_is)(pl.from_arrow(batch)) for batch in reader]
-            frame = pl.concat(parts) if parts else pl.from_arrow(reader.schema.empty_table())
+            for batch in cur.fetch_record_batch():
+                frame = pl.from_arrow(batch)
+                assert isinstance(frame, pl.DataFrame)
+                yield frame
     except Exception as err:  # the driver raises its own error classes and OSError for data errors
         raise TraceError(f"{path}: could not be read ({str(err).splitlines()[0]}); export the report again") from err
-    assert isinstance(frame, pl.DataFrame)
-    if schema:
-        frame = frame.select([pl.col(c).cast(t) for c, t in schema.items()])
-    return frame
+
+
+def _plan_chunks(
+    uri: str,
+    path: Path,
+    tables: dict[str, set[str]],
+    runtime_cols: set[str],
+    launcher_ids: list[int],
+    chunk_ops: int,
+    progress: Progress | None,
+) -> OpChunks:
+    """Choose time-ordered chunks of about ``chunk_ops`` operations, cut where no operation runs.
+
+    One pass over the start/end columns of the activity tables counts operations per fine time
+    bin, notes which bin edges some operation straddles, and records each bin's rowid span; a
+    second pass, at the same time on another connection, records the rowid span of the
+    launching calls of each correlation id bin. A chunk closes at the first unstraddled edge
+    after it holds ``chunk_ops`` operations, so a trace whose GPUs never all rest gets fewer,
+    larger chunks, never a wrong number.
+    """
+    with ThreadPoolExecutor(2) as pool:  # SQLite and the driver release the GIL: the two scans overlap
+        calls = pool.submit(_call_index, uri, path, runtime_cols, launcher_ids)
+        edges, counts, clear, spans = _time_bins(uri, path, list(tables), chunk_ops)
+        call_rowids = calls.result()
+    cut_bins, held = [], 0
+    for j in range(1, len(counts)):  # one step per time bin (thousands), not per operation
+        held += counts[j - 1]
+        if held >= chunk_ops and clear[j]:
+            cut_bins.append(j)
+            held = 0
+    bounds = [0, *cut_bins, len(counts)]
+    op_rowids = {t: np.array([_span(spans[t][a:b]) for a, b in zip(bounds[:-1], bounds[1:])]) for t in tables}
+    return OpChunks(
+        uri, path, tables, runtime_cols, tuple(launcher_ids), edges[cut_bins], op_rowids, call_rowids, progress
+    )
+
+
+def _time_bins(
+    uri: str, path: Path, tables: list[str], chunk_ops: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Fine time bins over the operations' starts: edges, operations per bin, which edges no
+    operation straddles, and per table the rowid span of each bin."""
+    with _open(path) as db:
+        sizes = [db.execute(f'SELECT MIN(start), MAX(start), COUNT(*) FROM "{t}"').fetchone() for t in tables]
+    filled = [v for v in sizes if v[2]]
+    bins = max(MIN_BINS, BINS_PER_CHUNK * -(-sum(v[2] for v in filled) // max(chunk_ops, 1)))
+    lo, hi = (min(v[0] for v in filled), max(v[1] for v in filled)) if filled else (0, 0)
+    edges = np.unique(np.linspace(lo, hi + 1, bins + 1).astype(np.int64))
+    n = len(edges) - 1
+
+    def scan(table: str, piece: str) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
+        counts = np.zeros(n, dtype=np.int64)
+        straddled = np.zeros(n + 2, dtype=np.int64)  # +1/-1 marks; cumsum: operations straddling each edge
+        spans = _empty_spans(n)
+        sql = f'SELECT rowid AS r, start AS s, COALESCE("end", start) AS e FROM "{table}" WHERE {piece}'
+        for batch in _batches(uri, path, sql):
+            rowid, start, end = (batch[c].to_numpy() for c in ("r", "s", "e"))
+            where = np.clip(np.searchsorted(edges, start, side="right") - 1, 0, n - 1)
+            counts += np.bincount(where, minlength=n)
+            _widen(spans, where, rowid)
+            first, last = where + 1, np.searchsorted(edges, end, side="left") - 1  # edges inside (start, end)
+            inside = first <= last
+            np.add.at(straddled, first[inside], 1)
+            np.add.at(straddled, np.minimum(last[inside], n) + 1, -1)
+        return table, counts, straddled, spans
+
+    jobs = [(t, piece) for t in tables for piece in _slices(path, t)]
+    with ThreadPoolExecutor(max(1, min(READ_THREADS, len(jobs)))) as pool:
+        parts = list(pool.map(lambda job: scan(*job), jobs))
+    counts = sum((p[1] for p in parts), np.zeros(n, dtype=np.int64))
+    straddled = sum((p[2] for p in parts), np.zeros(n + 2, dtype=np.int64))
+    spans = {t: _merge_spans([p[3] for p in parts if p[0] == t], n) for t in tables}
+    return edges, counts, np.cumsum(straddled)[: len(edges)] == 0, spans
+
+
+def _call_index(uri: str, path: Path, runtime_cols: set[str], launcher_ids: list[int]) -> np.ndarray:
+    """Rowid span [lo, hi] of the launching calls in each bin of ``CORR_BIN`` correlation ids.
+
+    Only launching APIs are indexed (when the export names its calls): :func:`_with_calls`
+    looks for the other calls in the whole table, and only for operations left unmatched.
+    """
+    launchers = f"nameId IN ({', '.join(map(str, launcher_ids))})" if "nameId" in runtime_cols and launcher_ids else "1"
+    where = f"correlationId >= 0 AND {launchers}"
+
+    def scan(piece: str) -> np.ndarray:
+        spans = _empty_spans(0)
+        sql = f"SELECT rowid AS r, correlationId AS c FROM {RUNTIME_TABLE} WHERE {piece} AND ({where})"
+        for batch in _batches(uri, path, sql):
+            where_bin = batch["c"].to_numpy() // CORR_BIN
+            top = int(where_bin.max()) + 1
+            if top > len(spans):
+                spans = np.concatenate([spans, _empty_spans(top - len(spans))])
+            _widen(spans, where_bin, batch["r"].to_numpy())
+        return spans
+
+    pieces = _slices(path, RUNTIME_TABLE)
+    with ThreadPoolExecutor(max(1, len(pieces))) as pool:
+        parts = list(pool.map(scan, pieces))
+    return _merge_spans(parts, max((len(p) for p in parts), default=0))
+
+
+def _empty_spans(n: int) -> np.ndarray:
+    """(n, 2) rowid spans [lo, hi], empty (lo > hi) until widened."""
+    return np.stack([np.full(n, np.iinfo(np.int64).max), np.full(n, -1, dtype=np.int64)], axis=1)
+
+
+def _merge_spans(parts: list[np.ndarray], n: int) -> np.ndarray:
+    """The union of rowid spans found by separate scans (shorter tables of spans padded with empty ones)."""
+    merged = _empty_spans(n)
+    for part in parts:
+        merged[: len(part), 0] = np.minimum(merged[: len(part), 0], part[:, 0])
+        merged[: len(part), 1] = np.maximum(merged[: len(part), 1], part[:, 1])
+    return merged
+
+
+def _widen(spans: np.ndarray, where: np.ndarray, rowid: np.ndarray) -> None:
+    np.minimum.at(spans[:, 0], where, rowid)
+    np.maximum.at(spans[:, 1], where, rowid)
+
+
+def _span(spans: np.ndarray) -> tuple[int, int]:
+    return int(spans[:, 0].min()), int(spans[:, 1].max())

@@ -12,12 +12,18 @@ import numpy as np
 import polars as pl
 
 from stagemfu.errors import StagemfuError
-from stagemfu.postprocess.attribution import KERNEL_KINDS, Attribution, RangeTree, attribute, range_tree
-from stagemfu.postprocess.categories import category_expr, category_rules
-from stagemfu.postprocess.intervals import DEFAULT_CHUNK_ROWS, group_union
+from stagemfu.postprocess.attribution import (
+    COMM_COLUMNS,
+    Attribution,
+    RangeTree,
+    attribute,
+    range_tree,
+)
+from stagemfu.postprocess.categories import COMMUNICATION, category_expr, category_rules
+from stagemfu.postprocess.intervals import DEFAULT_CHUNK_ROWS
 from stagemfu.postprocess.reader import Trace
 
-TIME_SUMS = ["wall_ns", "span_ns", "busy_ns", "exclusive_busy_ns", "kernel_ns"]
+TIME_SUMS = ["wall_ns", "span_ns", "busy_ns", "exclusive_busy_ns", "kernel_ns", *COMM_COLUMNS]
 STAT_METRICS = ["wall_ns", "span_ns", "busy_ns"]
 TOTAL_COLUMNS = ["gpu_ops", "kernels", "kernel_ns", "busy_ns", "span_ns"]
 UNATTRIBUTED_COLUMNS = ["gpu_ops", "kernels", "kernel_ns", "busy_ns"]
@@ -34,12 +40,20 @@ class StageTimes:
     instances
         One row per range instance kept (see ``within``): ``range_id``, ``domain``, ``name``,
         ``style``, ``pid``, ``tid``, ``path``, ``depth``, ``start_ns``, ``end_ns``, ``wall_ns``,
-        ``span_ns``, ``busy_ns``, ``exclusive_busy_ns``, ``kernel_ns``, ``gpu_ops``, ``kernels``,
-        ``idle_share``.
+        ``span_ns``, ``busy_ns``, ``exclusive_busy_ns``, ``kernel_ns``, ``comm_ns``,
+        ``comm_busy_ns``, ``overlap_ns``, ``gpu_ops``, ``kernels``, ``idle_share``. Communication
+        kernels are those of category "communication" (NCCL...): ``comm_ns`` sums their
+        durations, ``comm_busy_ns`` is the union of their intervals, ``overlap_ns`` the time at
+        least one of them and at least one other kernel ran at once on one device (summed over
+        devices).
     ranges
         One row per (domain, name), in order of first appearance: ``instances``,
         ``gpu_instances``, ``wall_ns``, ``span_ns``, ``busy_ns``, ``exclusive_busy_ns``,
-        ``kernel_ns``, ``gpu_ops``, ``kernels``, ``idle_share``.
+        ``kernel_ns``, ``comm_ns``, ``comm_busy_ns``, ``overlap_ns``, ``gpu_ops``, ``kernels``,
+        ``idle_share``.
+    processes
+        The same sums per (pid, domain, name): one row per process that ran the range, for
+        traces of several processes (one per rank).
     paths
         The same sums per path (``measured/prefill/vision``).
     instance_stats
@@ -47,7 +61,8 @@ class StageTimes:
         ``first_ns``, ``mean_ns``, ``p50_ns``, ``p90_ns``, ``p99_ns``, ``min_ns``, ``max_ns``.
         Span and busy use the instances that launched GPU work.
     devices
-        Per (domain, name, device): ``span_ns``, ``busy_ns``, ``kernel_ns``, ``gpu_ops``.
+        Per (domain, name, device): ``span_ns``, ``busy_ns``, ``kernel_ns``, ``gpu_ops``,
+        ``comm_ns``, ``comm_busy_ns``, ``overlap_ns`` (overlap on that device).
     kernels
         Per (domain, name, kernel): ``kind``, ``category``, ``count``, ``total_ns``,
         ``busy_share`` (total over the stage's busy time), largest first.
@@ -72,6 +87,7 @@ class StageTimes:
     trace: Trace
     instances: pl.DataFrame
     ranges: pl.DataFrame
+    processes: pl.DataFrame
     paths: pl.DataFrame
     instance_stats: pl.DataFrame
     devices: pl.DataFrame
@@ -126,7 +142,10 @@ def stage_times(
     )
     stage_of_rid = np.full(tree.ranges.height, -1, dtype=np.int64)
     stage_of_rid[stage_of["rid"].to_numpy()] = stage_of["stage"].to_numpy()
-    att = attribute(trace, tree, stage_of_rid=stage_of_rid, chunk_rows=chunk_rows)
+    comm_ids = trace.names.filter(category_expr(rules) == COMMUNICATION).get_column("name_id")
+    att = attribute(
+        trace, tree, stage_of_rid=stage_of_rid, comm_name_ids=tuple(comm_ids.to_list()), chunk_rows=chunk_rows
+    )
     instances = (
         att.instances.join(keep.select("rid"), on="rid", how="semi")
         .with_columns(idle_share=_idle_share())
@@ -149,18 +168,18 @@ def stage_times(
         )
     )
     kernels = _kernels(att, trace.names, stage_of, instances, rules)
-    outside = att.innermost < 0
     return StageTimes(
         trace=trace,
         instances=instances.drop("rid"),
         ranges=_aggregate(instances, ["domain", "name"]),
+        processes=_aggregate(instances, ["pid", "domain", "name"]).sort("pid", maintain_order=True),
         paths=_aggregate(instances, ["path"]),
         instance_stats=_instance_stats(instances),
         devices=_devices(att, stage_of),
         kernels=kernels,
         categories=_categories(kernels, instances),
-        unattributed=_op_totals(trace.ops.filter(pl.Series(outside))).select(UNATTRIBUTED_COLUMNS),
-        totals=_op_totals(trace.ops).select(TOTAL_COLUMNS),
+        unattributed=att.unattributed.select(UNATTRIBUTED_COLUMNS),
+        totals=att.totals.select(TOTAL_COLUMNS),
         ops=trace.ops.with_columns(range_id=_range_ids(att)),
         within=within,
         notes=tuple([*trace.notes, *att.notes]),
@@ -248,7 +267,7 @@ def _devices(att: Attribution, stage_of: pl.DataFrame) -> pl.DataFrame:
     return (
         att.devices.join(stage_of, on="rid", how="inner")
         .group_by("domain", "name", "device", maintain_order=True)
-        .agg(pl.col("span_ns").sum(), pl.col("busy_ns").sum(), pl.col("kernel_ns").sum(), pl.col("gpu_ops").sum())
+        .agg([pl.col(c).sum() for c in ("span_ns", "busy_ns", "kernel_ns", "gpu_ops", *COMM_COLUMNS)])
         .sort("domain", "name", "device")
     )
 
@@ -282,18 +301,3 @@ def _with_busy_share(frame: pl.DataFrame, instances: pl.DataFrame) -> pl.DataFra
         .with_columns(busy_share=pl.when(pl.col("_busy") > 0).then(pl.col("total_ns") / pl.col("_busy")))
         .drop("_busy")
     )
-
-
-def _op_totals(ops: pl.DataFrame) -> pl.DataFrame:
-    """Counts, kernel time, busy (union) and span of a set of GPU operations, as one row."""
-    is_kernel = pl.col("kind").is_in(KERNEL_KINDS)
-    sums = ops.select(
-        is_kernel.sum().cast(pl.Int64).alias("kernels"),
-        pl.when(is_kernel).then(pl.col("end") - pl.col("start")).otherwise(0).sum().cast(pl.Int64).alias("kernel_ns"),
-        (pl.col("end").max() - pl.col("start").min()).fill_null(0).cast(pl.Int64).alias("span_ns"),
-    )
-    # A GPU op is one launch: a correlation id within one process (a graph's kernels share one).
-    launches = ops.group_by("global_pid").agg(pl.col("correlation_id").n_unique()).get_column("correlation_id").sum()
-    start, end = ops["start"].to_numpy(), ops["end"].to_numpy()
-    _, busy = group_union(np.zeros(len(start), dtype=np.int64), start, end)
-    return sums.with_columns(gpu_ops=pl.lit(int(launches or 0), pl.Int64), busy_ns=pl.lit(int(busy.sum()), pl.Int64))

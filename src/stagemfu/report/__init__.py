@@ -1,0 +1,266 @@
+"""Report: MFU and MBU per stage, joining a trace's times with FLOPs per stage.
+
+Notebook use::
+
+    from stagemfu import report
+    r = report.report("run.sqlite", flops_file="flops.yaml")      # or model="deepseek-ocr2"
+    r.stages        # polars frame: flops, wall/span/busy/kernel ns, tflops_* and mfu_* per stage
+    r.model         # prefill + decode on each base
+    r.latency       # TTFT, TPOT p50/p90/p99, decode tokens/s on wall and GPU time
+    r.peak          # the figure MFU divides by, and where it comes from
+
+Every function here hands off to one module: :mod:`.flops_file` (FLOPs), :mod:`.peaks` (the
+denominator), :mod:`.join` (per stage), :mod:`.model_level` (whole generation, latency).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from stagemfu.errors import FlopsFileError, StagemfuError
+from stagemfu.postprocess import StageTimes, read, stage_times
+from stagemfu.report.flops_file import StageFlops, flops_from_analysis, read_flops_file
+from stagemfu.report.join import join
+from stagemfu.report.model_level import latency, model_totals
+from stagemfu.report.peaks import Peak, resolve_peak
+
+__all__ = ["MfuReport", "Peak", "StageFlops", "build_report", "flops_for_model", "read_flops_file", "report"]
+
+MEASURED = "measured"  # the range `stagemfu run` puts around the timed repetition
+RUN_FILE = "run.json"  # written by `stagemfu run` next to its trace: command, times, GPUs
+SHAPES_FILE = "shapes.json"  # written by the built-in runner: model, config, inputs
+SHAPES_KEYS = ("model", "config", "inputs", "repeat", "attn", "weights", "device_name")
+
+
+@dataclass(frozen=True)
+class MfuReport:
+    """Everything ``stagemfu report`` shows for one trace.
+
+    Attributes
+    ----------
+    stages
+        One row per stage found in both the trace and the FLOPs (see :class:`.join.Joined`).
+    decode_steps
+        One row per decode step: times, FLOPs, MFU on each base, MBU.
+    model
+        Prefill + decode (vision counted once): ``flops``, ``<base>_ns``, ``mfu_<base>``; None
+        when either stage is missing.
+    latency
+        TTFT, TPOT p50/p90/p99 and decode tokens/s on wall and GPU time; None without prefill.
+    timeline
+        One row per instance of a reported stage: ``stage``, ``path``, ``start_ns`` (from the
+        first such instance), ``wall_ns``, ``span_ns``, ``busy_ns``, ``idle_share``.
+    kernels, categories
+        The postprocessor's top kernels and kernel categories of the reported stages.
+    peak, flops, times
+        The inputs: the peak used, the FLOPs per stage, the trace's times.
+    run
+        What ``stagemfu run`` wrote beside the trace (:func:`read_run_file`; empty when absent).
+    notes
+        What the user should know: missing stages, scaled FLOPs, peak assumptions, counters.
+    """
+
+    stages: pl.DataFrame
+    decode_steps: pl.DataFrame
+    model: dict[str, Any] | None
+    latency: dict[str, Any] | None
+    timeline: pl.DataFrame
+    kernels: pl.DataFrame
+    categories: pl.DataFrame
+    peak: Peak
+    flops: StageFlops
+    times: StageTimes
+    run: dict[str, Any] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+
+def report(
+    trace: str | Path,
+    *,
+    flops_file: str | Path | None = None,
+    model: str | None = None,
+    config: Path | None = None,
+    inputs: Any = None,
+    counters: tuple[str, ...] | None = None,
+    within: str | None = None,
+    all_instances: bool = False,
+    gpu: str | None = None,
+    dtype: str | None = None,
+    peak_tflops: float | None = None,
+    peak_bandwidth_gbs: float | None = None,
+    top: int = 5,
+    categories: str | Path | None = None,
+) -> MfuReport:
+    """Read a trace, find its FLOPs, and build the report.
+
+    Parameters
+    ----------
+    trace
+        An nsys SQLite export (compressed or not) or report, as :func:`stagemfu.postprocess.read` takes.
+    flops_file
+        FLOPs per stage from a file (:func:`read_flops_file`).
+    model, config, inputs, counters
+        Or FLOPs from the analyzer for this model (preset name or HF config path), a config
+        overlay, a :class:`stagemfu.models.Inputs` and the counters to run (all by default).
+        With neither, ``shapes.json`` beside the trace (written by ``stagemfu run``) names the
+        model and its inputs.
+    within
+        Keep only range instances inside this range; by default ``measured`` when the trace has
+        it (the timed repetition, not the warm-up), else every instance.
+    all_instances
+        Keep every instance even when a ``measured`` range exists.
+    gpu, dtype, peak_tflops, peak_bandwidth_gbs
+        See :func:`stagemfu.report.peaks.resolve_peak`; ``dtype`` defaults to the FLOPs' dtype.
+    top
+        Kernels kept per stage.
+    categories
+        Extra kernel category rules (as ``stagemfu postprocess --categories``).
+
+    Raises
+    ------
+    StagemfuError
+        Any input problem, in one line (trace, FLOPs file, model, peak).
+    """
+    path = Path(trace)
+    run = read_run_file(path)
+    if flops_file is not None:
+        sf = read_flops_file(flops_file)
+    elif model is not None or run.get("model"):
+        sf = flops_for_model(
+            model or run["model"], config=config, inputs=inputs, counters=counters, run=run if model is None else None
+        )
+    else:
+        raise FlopsFileError(
+            f"{path}: no FLOPs: pass --flops FILE or --model MODEL "
+            f"(no {SHAPES_FILE} from `stagemfu run` beside the trace)"
+        )
+    tr = read(path)
+    if within is None and not all_instances and tr.ranges.filter(pl.col("name") == MEASURED).height:
+        within = MEASURED
+    st = stage_times(tr, within=None if all_instances else within, categories=categories)
+    peak = resolve_peak(
+        tr.gpus,
+        dtype=dtype or sf.dtype,
+        gpu=gpu,
+        peak_tflops=peak_tflops,
+        peak_bandwidth_gbs=peak_bandwidth_gbs,
+    )
+    return build_report(st, sf, peak, top=top, run=run)
+
+
+def build_report(
+    st: StageTimes, sf: StageFlops, peak: Peak, *, top: int = 5, run: dict[str, Any] | None = None
+) -> MfuReport:
+    """Join times, FLOPs and a peak into an :class:`MfuReport` (no I/O)."""
+    joined = join(st, sf, peak)
+    names = joined.stages["stage"].to_list()
+    if not names:
+        raise StagemfuError(
+            f"{st.trace.path}: no stage of the FLOPs ({', '.join(sf.stages['stage'].to_list()[:8])}) is an NVTX range "
+            "of the trace; name the FLOPs' stages after the trace's ranges (see `stagemfu postprocess`)"
+        )
+    in_report = pl.col("name").is_in(names) | (pl.col("domain") + ":" + pl.col("name")).is_in(names)
+    timeline = (
+        st.instances.filter(in_report)
+        .sort("start_ns")
+        .select(
+            pl.col("name").alias("stage"),
+            "path",
+            (pl.col("start_ns") - pl.col("start_ns").min()).alias("start_ns"),
+            "wall_ns",
+            "span_ns",
+            "busy_ns",
+            "idle_share",
+        )
+    )
+    kernels = st.kernels.filter(in_report).filter(pl.int_range(pl.len()).over("domain", "name") < top)
+    return MfuReport(
+        stages=joined.stages,
+        decode_steps=joined.decode_steps,
+        model=model_totals(joined, peak),
+        latency=latency(st, joined, batch=sf.batch),
+        timeline=timeline,
+        kernels=kernels,
+        categories=st.categories.filter(in_report),
+        peak=peak,
+        flops=sf,
+        times=st,
+        run=dict(run or {}),
+        notes=(*peak.notes, *joined.notes, *sf.notes, *st.notes),
+    )
+
+
+def flops_for_model(
+    model: str,
+    *,
+    config: Path | None = None,
+    inputs: Any = None,
+    counters: tuple[str, ...] | None = None,
+    run: dict[str, Any] | None = None,
+) -> StageFlops:
+    """FLOPs per stage from the analyzer, for a model preset or config and its input shape.
+
+    ``run`` (a ``run.json``) supplies the config overlay and inputs a recorded run used.
+    """
+    from stagemfu.analyzer import COUNTERS, analyze
+    from stagemfu.models import Inputs, load_model_spec
+
+    if run:
+        config = config or _run_path(run, "config")
+        inputs = inputs or Inputs(**_inputs_fields(run.get("inputs") or {}))
+    spec = load_model_spec(model, config=config)
+    analysis = analyze(spec, inputs or Inputs(), counters=counters or COUNTERS)
+    return flops_from_analysis(analysis.document(), source=f"analyzer ({spec.name}, {spec.source})")
+
+
+def read_run_file(trace: Path) -> dict[str, Any]:
+    """What ``stagemfu run`` wrote beside the trace, merged: ``run.json`` (command, times, GPUs,
+    versions) and ``shapes.json`` (model, config, inputs). Either may be named ``<trace
+    stem>.run.json``/``<trace stem>.shapes.json``; an empty dict when neither exists.
+    """
+    run = _json_beside(trace, RUN_FILE)
+    shapes = _json_beside(trace, SHAPES_FILE)
+    merged = {k: v for k, v in run.items() if k not in ("schema", "notes")}
+    merged |= {k: shapes[k] for k in SHAPES_KEYS if shapes.get(k) is not None}
+    return merged | {"_dir": str(trace.parent)} if merged else {}
+
+
+def _json_beside(trace: Path, name: str) -> dict[str, Any]:
+    stem = trace.name
+    for suffix in (".xz", ".gz", ".bz2", ".sqlite", ".nsys-rep", ".qdrep"):
+        stem = stem.removesuffix(suffix)
+    path = next((p for p in (trace.parent / f"{stem}.{name}", trace.parent / name) if p.is_file()), None)
+    if path is None:
+        return {}
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise FlopsFileError(f"{path}: cannot read what `stagemfu run` wrote ({err}); fix or remove it") from err
+    if not isinstance(doc, dict):
+        raise FlopsFileError(f"{path}: expected a JSON object from `stagemfu run`; fix or remove it")
+    return doc
+
+
+def _run_path(run: dict[str, Any], key: str) -> Path | None:
+    value = run.get(key)
+    if not value:
+        return None
+    path = Path(value)
+    return path if path.is_absolute() else Path(run["_dir"]) / path
+
+
+def _inputs_fields(values: dict[str, Any]) -> dict[str, Any]:
+    from dataclasses import fields
+
+    from stagemfu.models import Inputs
+
+    known = {f.name for f in fields(Inputs)}
+    out = {k: v for k, v in values.items() if k in known}
+    if isinstance(out.get("image_size"), list):
+        out["image_size"] = tuple(out["image_size"])
+    return out

@@ -13,7 +13,7 @@ from stagemfu.postprocess.stages import StageTimes
 SCHEMA = "stagemfu.postprocess/1"
 
 # Tables a user can pick for CSV output, in the order Markdown prints them.
-TABLES = ("ranges", "paths", "instance_stats", "kernels", "categories", "devices", "instances")
+TABLES = ("ranges", "paths", "instance_stats", "kernels", "categories", "processes", "devices", "instances")
 
 
 def table(st: StageTimes, name: str, *, top: int | None = None) -> pl.DataFrame:

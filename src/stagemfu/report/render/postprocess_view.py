@@ -127,8 +127,49 @@ def device_rows(st: StageTimes) -> pl.DataFrame:
             "span ms": d["span_ns"] / NS_PER_MS,
             "busy ms": d["busy_ns"] / NS_PER_MS,
             "kernel ms": d["kernel_ns"] / NS_PER_MS,
+            "comm ms": d["comm_ns"] / NS_PER_MS,
+            "overlap ms": d["overlap_ns"] / NS_PER_MS,
             "gpu ops": d["gpu_ops"],
         }
+    )
+
+
+def process_rows(st: StageTimes) -> pl.DataFrame:
+    """Stage times per process (one row per process that ran the range), for multi-process traces."""
+    p = st.processes
+    return _display(
+        p,
+        ("range", pl.Series([stage_label(d, n) for d, n in zip(p["domain"], p["name"])], dtype=pl.Utf8)),
+        {
+            "pid": "pid",
+            "inst": "instances",
+            "wall ms": "wall_ns",
+            "span ms": "span_ns",
+            "busy ms": "busy_ns",
+            "kernel ms": "kernel_ns",
+            "comm ms": "comm_ns",
+            "overlap ms": "overlap_ns",
+        },
+    )
+
+
+def communication_rows(st: StageTimes) -> pl.DataFrame:
+    """Communication kernel time per stage and how much of it overlapped other kernels."""
+    r = st.ranges.filter(pl.col("comm_ns") > 0)
+    shares = r.select(
+        overlap_share=pl.col("overlap_ns") / pl.col("comm_busy_ns"),
+        comm_busy_share=pl.when(pl.col("busy_ns") > 0).then(pl.col("comm_busy_ns") / pl.col("busy_ns")),
+    )
+    return _display(
+        r.hstack(shares),
+        ("range", pl.Series([stage_label(d, n) for d, n in zip(r["domain"], r["name"])], dtype=pl.Utf8)),
+        {
+            "comm ms": "comm_ns",
+            "comm busy ms": "comm_busy_ns",
+            "% of busy": "comm_busy_share",
+            "overlap ms": "overlap_ns",
+            "overlap % of comm": "overlap_share",
+        },
     )
 
 
@@ -156,6 +197,11 @@ def sections(st: StageTimes, top: int) -> list[tuple[str, pl.DataFrame]]:
         ("Kernel categories (% of busy time)", category_rows(st)),
         (f"Top {top} kernels per stage", kernel_rows(st, top)),
     ]
+    parts.append(
+        ("Communication (NCCL...) kernels; overlap = time they ran alongside other kernels", communication_rows(st))
+    )
+    if st.processes["pid"].n_unique() > 1:
+        parts.append(("Per process", process_rows(st)))
     if st.devices["device"].n_unique() > 1:
         parts.append(("Per device", device_rows(st)))
     return [(title, frame) for title, frame in parts if frame.height]
@@ -184,6 +230,7 @@ def markdown_view(st: StageTimes, *, top: int = 5) -> str:
 
 
 def _rich_table(title: str, frame: pl.DataFrame) -> Table:
+    """A displayed table (see :func:`_display`) as a rich table: numbers right-aligned, names escaped."""
     tbl = Table(title=title, title_justify="left", title_style="bold")
     for name, dtype in frame.schema.items():
         numeric = dtype.is_numeric()

@@ -1,0 +1,378 @@
+"""``stagemfu report``: MFU and MBU per stage of one nsys trace, joined with FLOPs per stage."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from stagemfu.cli import emit, output_option, print_rich
+
+if TYPE_CHECKING:
+    from stagemfu.models import Inputs
+    from stagemfu.report import MfuReport
+    from stagemfu.report.compare import ReportSide
+
+REPORT_FORMATS = ("table", "json", "csv", "md", "html")
+REPORT_TABLES = ("stages", "decode_steps", "timeline", "kernels", "categories")
+CALIBRATION_FAILED = 3  # exit status of a calibration whose MFUs disagree
+COMPARE_KERNELS = 50  # kernels kept per stage of a trace compared on the spot
+
+
+def peak_options(fn: Callable) -> Callable:
+    """``--gpu``, ``--dtype``, ``--peak-tflops``, ``--peak-bandwidth``: what MFU and MBU divide by."""
+    for option in reversed(
+        [
+            click.option(
+                "--gpu",
+                metavar="NAME",
+                default=None,
+                help="GPU to take the peak of, as CUDA names it ('NVIDIA H100 80GB HBM3') or as the peak table "
+                "does ('H100 SXM5'); by default the trace's (TARGET_INFO_GPU).",
+            ),
+            click.option(
+                "--dtype",
+                type=click.Choice(("bf16", "fp16", "fp32", "tf32", "fp8")),
+                default=None,
+                help="Precision of the peak; by default the FLOPs' dtype (bf16 when unstated).",
+            ),
+            click.option(
+                "--peak-tflops",
+                type=float,
+                envvar="STAGEMFU_PEAK_TFLOPS",
+                default=None,
+                help="Peak dense TFLOP/s to divide by instead of the table's [env STAGEMFU_PEAK_TFLOPS].",
+            ),
+            click.option(
+                "--peak-bandwidth",
+                "peak_bandwidth",
+                type=float,
+                envvar="STAGEMFU_PEAK_BANDWIDTH",
+                metavar="GB/S",
+                default=None,
+                help="Peak memory bandwidth in GB/s for MBU [env STAGEMFU_PEAK_BANDWIDTH].",
+            ),
+        ]
+    ):
+        fn = option(fn)
+    return fn
+
+
+def within_options(fn: Callable) -> Callable:
+    fn = click.option(
+        "--all-instances", is_flag=True, help="Keep every range instance even when a 'measured' range exists."
+    )(fn)
+    return click.option(
+        "--within",
+        metavar="NAME",
+        default=None,
+        help="Keep only range instances nested in a range called NAME; by default 'measured' when the trace "
+        "has it (the timed repetition, leaving out the warm-up).",
+    )(fn)
+
+
+def flops_options(fn: Callable) -> Callable:
+    """Where FLOPs come from: ``--flops FILE`` or ``--model`` with the analyzer's input options."""
+    options = [
+        click.option(
+            "--flops",
+            "flops_file",
+            type=click.Path(path_type=Path),
+            default=None,
+            help="FLOPs per stage: the analyzer's JSON, or a JSON/YAML mapping stage -> FLOPs "
+            "(or {flops, bytes, instances}).",
+        ),
+        click.option("--model", default=None, help="Count FLOPs with the analyzer for this preset or HF config."),
+        click.option(
+            "--config",
+            type=click.Path(path_type=Path),
+            default=None,
+            help="JSON merged over the model's config (with --model).",
+        ),
+        click.option("--mode", default=None, help="Image mode for the analyzer (tiny|small|base|large|gundam)."),
+        click.option(
+            "--text-tokens", type=click.IntRange(min=0), default=None, help="Prompt tokens besides the image."
+        ),
+        click.option("--new-tokens", type=click.IntRange(min=1), default=None, help="Generated tokens."),
+        click.option("--batch", type=click.IntRange(min=1), default=None, help="Sequences per generate call."),
+        click.option(
+            "--counters",
+            default="analytic,torch,fvcore",
+            show_default=True,
+            help="FLOP counters the analyzer runs (comma-separated); torch and fvcore need stagemfu[model].",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+@click.command()
+@click.argument("trace", type=click.Path(path_type=Path))
+@flops_options
+@within_options
+@peak_options
+@click.option("--top", type=click.IntRange(min=1), default=5, show_default=True, help="Kernels listed per stage.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(REPORT_FORMATS),
+    default="table",
+    show_default=True,
+    help="table: rich terminal tables; json: the stagemfu.report/1 document; csv: one table (see --table); "
+    "md: Markdown; html: one self-contained page.",
+)
+@click.option(
+    "--table",
+    "table_name",
+    type=click.Choice(REPORT_TABLES),
+    default="stages",
+    show_default=True,
+    help="Which table --format csv writes.",
+)
+@click.option(
+    "--html",
+    "html_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the HTML page to this file (the chosen --format still prints).",
+)
+@output_option
+def report(
+    trace: Path,
+    flops_file: Path | None,
+    model: str | None,
+    config: Path | None,
+    mode: str | None,
+    text_tokens: int | None,
+    new_tokens: int | None,
+    batch: int | None,
+    counters: str,
+    within: str | None,
+    all_instances: bool,
+    gpu: str | None,
+    dtype: str | None,
+    peak_tflops: float | None,
+    peak_bandwidth: float | None,
+    top: int,
+    fmt: str,
+    table_name: str,
+    html_file: Path | None,
+    output: Path | None,
+) -> None:
+    """MFU and MBU per stage of an nsys trace.
+
+    TRACE is an nsys SQLite export (also compressed) or report. FLOPs per stage come from
+    --flops FILE, from the analyzer (--model), or, for a trace recorded by `stagemfu run`, from
+    the shapes.json it left beside the trace (model, config, inputs).
+
+    \b
+    Per stage (NVTX range matched by name):
+      MFU <base>  FLOPs / (time on that base x peak FLOP/s), on four bases:
+                  kernel (sum of kernel durations), busy (GPU working for the stage),
+                  span (first to last GPU op) and wall (CPU time of the range)
+      MBU         bytes / (kernel time x peak bandwidth)
+      idle %      1 - busy/span
+    Whole generation: prefill + decode (vision runs inside prefill: counted once).
+    Latency: TTFT, TPOT p50/p90/p99, decode tokens/s on wall and GPU time.
+
+    \b
+    Examples:
+      stagemfu report run.sqlite --flops flops.yaml
+      stagemfu report run.sqlite --model deepseek-ocr2 --mode base --new-tokens 32 --html report.html
+      stagemfu report run.sqlite --flops flops.json --gpu 'NVIDIA H100 80GB HBM3' --format json -o report.json
+    """
+    from stagemfu import report as rp
+
+    rep = rp.report(trace, top=top, **_report_options(locals()))
+    if html_file is not None:
+        emit(_html(rep), html_file)
+    render_report(rep, fmt, table_name, output)
+
+
+def render_report(rep: MfuReport, fmt: str, table_name: str, output: Path | None) -> None:
+    """Write ``rep`` in one format to ``output`` (standard output when None)."""
+    from stagemfu.report.render import report_data, report_view
+
+    if fmt == "json":
+        emit(json.dumps(report_data.report_document(rep), indent=2, ensure_ascii=False) + "\n", output)
+    elif fmt == "csv":
+        emit(report_data.table(rep, table_name).write_csv(), output)
+    elif fmt == "md":
+        emit(report_view.markdown_view(rep), output)
+    elif fmt == "html":
+        emit(_html(rep), output)
+    else:
+        print_rich(report_view.terminal_view(rep), output)
+
+
+def _html(rep: MfuReport) -> str:
+    from stagemfu.report.render.html import html_page
+
+    return html_page(rep)
+
+
+@click.command()
+@click.argument("a", type=click.Path(path_type=Path))
+@click.argument("b", type=click.Path(path_type=Path))
+@flops_options
+@within_options
+@peak_options
+@click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="Kernels listed.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(("table", "json", "md", "html")),
+    default="table",
+    show_default=True,
+    help="table: rich terminal tables; json: the stagemfu.compare/1 document; md: Markdown; html: one page.",
+)
+@output_option
+def compare(a: Path, b: Path, top: int, fmt: str, output: Path | None, **options: object) -> None:
+    """Two reports side by side: time and MFU per stage on each base, and the kernels that changed most.
+
+    A and B are each a `stagemfu report --format json` file or a trace (reported with the FLOPs
+    options given, the same for both). Changes read as B against A.
+
+    
+    Examples:
+      stagemfu compare before.json after.json
+      stagemfu compare eager.sqlite graphs.sqlite --model deepseek-ocr2 --format html -o diff.html
+    """
+    from stagemfu.report.compare import compare_reports
+    from stagemfu.report.render import compare_view
+
+    cmp = compare_reports(_side(a, options), _side(b, options), top=top)
+    if fmt == "json":
+        emit(json.dumps(compare_view.compare_document(cmp), indent=2, ensure_ascii=False) + "\n", output)
+    elif fmt == "md":
+        emit(compare_view.markdown_view(cmp), output)
+    elif fmt == "html":
+        from stagemfu.report.render.html import compare_page
+
+        emit(compare_page(cmp), output)
+    else:
+        print_rich(compare_view.terminal_view(cmp), output)
+
+
+@click.command()
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("calibration"),
+    show_default=True,
+    help="Directory for the trace, its export, run.json and the workload's events.json.",
+)
+@click.option("--shapes", default=None, help="GEMM shapes, S or MxNxK, comma-separated (default: 2048 to 8192).")
+@click.option("--repeats", type=click.IntRange(min=1), default=None, help="Products per GEMM range (default 50).")
+@click.option("--nsys", default=None, help="The nsys executable (default: $NSYS, PATH, /opt/nvidia).")
+@click.option(
+    "--check",
+    nargs=2,
+    type=click.Path(path_type=Path),
+    metavar="TRACE EVENTS",
+    default=None,
+    help="Check an earlier recording (its trace and events.json) instead of running the workload; needs no GPU.",
+)
+@click.option("--gpu", metavar="NAME", default=None, help="GPU whose peak to use; by default the trace's.")
+@click.option(
+    "--peak-tflops", type=float, envvar="STAGEMFU_PEAK_TFLOPS", default=None, help="Peak to use instead of the table's."
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(("table", "json", "md")),
+    default="table",
+    show_default=True,
+    help="table: terminal; json: the stagemfu.calibration/1 document; md: Markdown (for docs/).",
+)
+@output_option
+@click.pass_context
+def calibrate(
+    ctx: click.Context,
+    out_dir: Path,
+    shapes: str | None,
+    repeats: int | None,
+    nsys: str | None,
+    check: tuple[Path, Path] | None,
+    gpu: str | None,
+    peak_tflops: float | None,
+    fmt: str,
+    output: Path | None,
+) -> None:
+    """Prove the report's MFU on bf16 GEMMs of known FLOPs (needs a GPU and nsys).
+
+    Runs `python -m stagemfu.report.calibrate_workload` under nsys: GEMMs of several shapes in NVTX
+    ranges, each also timed with CUDA events. Passes when, for every GEMM, the report's kernel-time
+    MFU is within 2 % of FLOPs / (event time x peak) and the achieved TFLOP/s are plausible (never
+    above peak; the largest GEMM at 40 % of peak or more). Exit status 3 when it fails.
+
+    \b
+    Examples:
+      stagemfu calibrate --out calibration --format md -o docs/calibration-h100.md
+      stagemfu calibrate --check calibration/calibration.sqlite calibration/events.json
+    """
+    from stagemfu.report.calibrate import check_calibration, run_calibration
+    from stagemfu.report.render import calibration_view
+
+    if check is not None:
+        cal = check_calibration(*check, gpu=gpu, peak_tflops=peak_tflops)
+    else:
+        cal = run_calibration(out_dir, shapes=shapes, repeats=repeats, nsys=nsys, gpu=gpu, peak_tflops=peak_tflops)
+    if fmt == "json":
+        emit(json.dumps(calibration_view.calibration_document(cal), indent=2) + "\n", output)
+    elif fmt == "md":
+        emit(calibration_view.markdown_view(cal), output)
+    else:
+        print_rich(calibration_view.terminal_view(cal), output)
+    if not cal.passed:
+        ctx.exit(CALIBRATION_FAILED)
+
+
+def _side(path: Path, options: dict[str, object]) -> ReportSide:
+    """One side of a comparison: a report JSON as written, or a trace reported now."""
+    from stagemfu import report as rp
+    from stagemfu.report.compare import read_report_json, side_from_report
+
+    if path.suffix.lower() == ".json":
+        return read_report_json(path)
+    return side_from_report(rp.report(path, top=COMPARE_KERNELS, **_report_options(options)), str(path))
+
+
+def _report_options(given: dict[str, object]) -> dict[str, object]:
+    """Keyword arguments of :func:`stagemfu.report.report` from the shared FLOPs, within and peak options."""
+    inputs = _inputs(
+        mode=given["mode"],
+        text_tokens=given["text_tokens"],
+        new_tokens=given["new_tokens"],
+        batch=given["batch"],
+        dtype=given["dtype"],
+    )
+    return {
+        "flops_file": given["flops_file"],
+        "model": given["model"],
+        "config": given["config"],
+        "inputs": inputs,
+        "counters": tuple(c.strip() for c in str(given["counters"]).split(",") if c.strip()),
+        "within": given["within"],
+        "all_instances": given["all_instances"],
+        "gpu": given["gpu"],
+        "dtype": given["dtype"],
+        "peak_tflops": given["peak_tflops"],
+        "peak_bandwidth_gbs": given["peak_bandwidth"],
+    }
+
+
+def _inputs(**given: object) -> Inputs | None:
+    """An analyzer ``Inputs`` from the flags given, None when none was (then shapes.json or defaults apply).
+
+    ``--dtype`` also picks the peak; it reaches the analyzer when the analyzer knows it (bf16, fp16, fp32).
+    """
+    from stagemfu.models import DTYPES, Inputs
+
+    values = {k: v for k, v in given.items() if v is not None and (k != "dtype" or v in DTYPES)}
+    return Inputs(**values) if values else None

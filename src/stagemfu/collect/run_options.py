@@ -1,0 +1,198 @@
+"""The options of the built-in model runner, defined once for ``stagemfu run`` and the runner itself.
+
+``stagemfu run MODEL [OPTIONS]`` parses these flags, then starts
+``python -m stagemfu.collect.runner`` under nsys with :meth:`RunnerOptions.argv`; the runner parses
+the same flags back. Model and input flags have the names and meaning of ``stagemfu analyze``'s,
+so a run and its FLOP count describe the same shapes. No torch here: ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from stagemfu.models import DTYPES, MODES, Inputs
+
+ATTENTION = {"sdpa": "sdpa", "eager": "eager", "flash": "flash_attention_2"}  # flag -> transformers' name
+DEVICE_DEFAULT = "cuda"
+
+
+@dataclass(frozen=True)
+class RunnerOptions:
+    """One built-in run: which model, which inputs, how to run it.
+
+    Attributes
+    ----------
+    model
+        A preset name or a path to a Hugging Face config (file or directory).
+    config
+        A JSON file merged over the model's config, or None.
+    inputs
+        The generate call's shapes (mode, tokens, batch, dtype, ...).
+    attn
+        ``sdpa``, ``eager`` or ``flash`` (FlashAttention 2, when installed).
+    repeat
+        Measured repetitions after the one warm-up.
+    sync
+        Synchronize the GPU at the end of every stage range.
+    image
+        A real image for the model's own preprocessing, or None for random pixels.
+    weights
+        A local checkpoint directory, or None for random weights.
+    device
+        Where the model runs (``cuda``, ``cuda:1``, ``cpu``).
+    """
+
+    model: str
+    config: Path | None = None
+    inputs: Inputs = Inputs()
+    attn: str = "sdpa"
+    repeat: int = 1
+    sync: bool = False
+    image: Path | None = None
+    weights: Path | None = None
+    device: str = DEVICE_DEFAULT
+
+    def argv(self) -> list[str]:
+        """The runner's command-line arguments that parse back to these options.
+
+        Paths are made absolute, so the runner (and a later ``stagemfu report``) finds them from
+        any working directory.
+        """
+        inputs = self.inputs
+        args = [_absolute_if_path(self.model)]
+        args += ["--mode", inputs.mode, "--text-tokens", str(inputs.text_tokens)]
+        args += ["--new-tokens", str(inputs.new_tokens), "--batch", str(inputs.batch), "--dtype", inputs.dtype]
+        if inputs.image_size is not None:
+            args += ["--image-size", "{}x{}".format(*inputs.image_size)]
+        if inputs.crops is not None:
+            args += ["--crops", str(inputs.crops)]
+        args += ["--attn", self.attn, "--repeat", str(self.repeat), "--device", self.device]
+        args += ["--sync"] if self.sync else []
+        for flag, path in (("--config", self.config), ("--image", self.image), ("--weights", self.weights)):
+            if path is not None:
+                args += [flag, str(Path(path).resolve())]
+        return args
+
+
+def _absolute_if_path(model: str) -> str:
+    """A model given as a path (not a preset name) made absolute."""
+    path = Path(model)
+    return str(path.resolve()) if path.exists() else model
+
+
+def parse_image_size(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
+    """``WIDTHxHEIGHT`` -> (width, height)."""
+    if value is None:
+        return None
+    width, sep, height = value.lower().partition("x")
+    if not (sep and width.isdigit() and height.isdigit() and int(width) > 0 and int(height) > 0):
+        raise click.BadParameter(f"{value!r} is not WIDTHxHEIGHT in pixels, e.g. 1700x2200", ctx=ctx, param=param)
+    return int(width), int(height)
+
+
+def runner_options(fn: Callable) -> Callable:
+    """MODEL and every runner flag, as click decorators (``stagemfu run`` and the runner share them)."""
+    defaults = Inputs()
+    options = [
+        click.argument("model"),
+        click.option(
+            "--config",
+            type=click.Path(path_type=Path),
+            default=None,
+            help="JSON file deep-merged over the model's config (e.g. a smaller model).",
+        ),
+        click.option(
+            "--mode",
+            type=click.Choice(MODES),
+            default=defaults.mode,
+            show_default=True,
+            help="Image resolution mode (OCR models; ignored by decoder LMs).",
+        ),
+        click.option(
+            "--image-size",
+            metavar="WxH",
+            callback=parse_image_size,
+            default=None,
+            help="Original image size in pixels: picks the gundam crop grid as the model's processor does.",
+        ),
+        click.option(
+            "--crops",
+            type=click.IntRange(min=0),
+            default=None,
+            help="Gundam: number of local crops (overrides --image-size).",
+        ),
+        click.option(
+            "--text-tokens",
+            type=click.IntRange(min=1),
+            default=defaults.text_tokens,
+            show_default=True,
+            help="Prompt tokens besides the image tokens.",
+        ),
+        click.option(
+            "--new-tokens",
+            type=click.IntRange(min=1),
+            default=defaults.new_tokens,
+            show_default=True,
+            help="Generated tokens per sequence: generation is forced to exactly this many (no EOS stop).",
+        ),
+        click.option(
+            "--batch", type=click.IntRange(min=1), default=defaults.batch, show_default=True, help="Sequences per call."
+        ),
+        click.option(
+            "--dtype",
+            type=click.Choice(DTYPES),
+            default=defaults.dtype,
+            show_default=True,
+            help="Weights and activations (MFU uses this dtype's peak).",
+        ),
+        click.option(
+            "--attn", type=click.Choice(tuple(ATTENTION)), default="sdpa", show_default=True, help="Attention kernels."
+        ),
+        click.option(
+            "--repeat",
+            type=click.IntRange(min=1),
+            default=1,
+            show_default=True,
+            help="Measured generate calls (each in a 'measured' range) after one warm-up (in 'warmup').",
+        ),
+        click.option(
+            "--sync",
+            is_flag=True,
+            help="Synchronize the GPU at the end of every stage range: wall time then includes the stage's GPU "
+            "work, at the price of an idle GPU between stages.",
+        ),
+        click.option(
+            "--image",
+            type=click.Path(path_type=Path),
+            default=None,
+            help="A real image: its size sets the crop grid, and DeepSeek-OCR-2's own image processor makes the "
+            "pixels (else random pixels).",
+        ),
+        click.option(
+            "--weights",
+            type=click.Path(path_type=Path),
+            default=None,
+            help="Local checkpoint directory of this model class; by default random weights (timings do not "
+            "depend on weight values, generated text does).",
+        ),
+        click.option(
+            "--device", default=DEVICE_DEFAULT, show_default=True, help="Where the model runs (cuda, cuda:1, cpu)."
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def options_from_params(params: dict[str, Any]) -> RunnerOptions:
+    """The :class:`RunnerOptions` of the values click parsed with :func:`runner_options` (others are ignored)."""
+    input_fields = {f.name for f in dataclasses.fields(Inputs)}
+    inputs = Inputs(**{k: v for k, v in params.items() if k in input_fields})
+    run_fields = {f.name for f in dataclasses.fields(RunnerOptions)} - {"inputs"}
+    return RunnerOptions(inputs=inputs, **{k: v for k, v in params.items() if k in run_fields})

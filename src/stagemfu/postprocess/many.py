@@ -1,0 +1,242 @@
+"""Many traces at once (one per rank, run or node): per-trace stage times, a combined table, stragglers.
+
+Each trace is loaded on its own by :func:`stagemfu.postprocess.load`; the loads run on Dask, on a
+local cluster of ``jobs`` worker processes or on an existing cluster given by its scheduler address,
+so thousands of rank traces can be spread over machines. Only the small per-stage tables travel back
+from the workers: a trace's per-operation and per-event frames stay where they were computed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import polars as pl
+
+from stagemfu.errors import MissingDependencyError, StagemfuError, TraceError
+from stagemfu.postprocess.export import COMPRESSED_SUFFIXES, REPORT_SUFFIXES
+from stagemfu.postprocess.reader import Progress
+from stagemfu.postprocess.stages import StageTimes
+
+TRACE_SUFFIXES = (".sqlite", *(f".sqlite{s}" for s in COMPRESSED_SUFFIXES), *REPORT_SUFFIXES)
+SPREAD_METRICS = ("wall_ns", "span_ns", "busy_ns", "kernel_ns", "comm_ns")
+SUM_METRICS = ("instances", "gpu_instances", *SPREAD_METRICS, "gpu_ops", "kernels")
+DEFAULT_THRESHOLD = 0.10
+DASK_HINT = "pip install 'stagemfu[dask]' (or dask[distributed])"
+
+
+@dataclass(frozen=True)
+class CombinedTimes:
+    """Stage times of several traces and how they compare.
+
+    Attributes
+    ----------
+    traces
+        One :class:`StageTimes` per input trace, in input order, without the per-operation
+        frames (``ops``, ``trace.ops`` and ``trace.ranges`` are empty).
+    labels
+        The name each trace goes by in the tables: its path as found.
+    combined
+        One row per (domain, name) over all traces, in order of first appearance: ``traces``
+        (how many hold the range), the sums of ``instances``, ``gpu_instances``, ``wall_ns``,
+        ``span_ns``, ``busy_ns``, ``kernel_ns``, ``comm_ns``, ``gpu_ops``, ``kernels``, and for
+        each of wall, span, busy, kernel and comm the per-trace ``*_min_ns``, ``*_median_ns``,
+        ``*_max_ns`` (a median between two values is rounded to the nearest ns, ties to even).
+    per_trace
+        The per-trace ``ranges`` tables stacked, with a ``trace`` column first.
+    stragglers
+        Per (trace, domain, name) whose ``metric`` exceeds the median over the traces holding
+        that range by more than ``threshold``: ``trace``, ``domain``, ``name``, ``value_ns``,
+        ``median_ns``, ``excess`` (value / median - 1), largest excess first.
+    metric, threshold
+        What the straggler view compares (a ``*_ns`` column of the ranges table) and by how much.
+    """
+
+    traces: tuple[StageTimes, ...]
+    labels: tuple[str, ...]
+    combined: pl.DataFrame
+    per_trace: pl.DataFrame
+    stragglers: pl.DataFrame
+    metric: str = "busy_ns"
+    threshold: float = DEFAULT_THRESHOLD
+    notes: tuple[str, ...] = field(default=())
+
+
+def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
+    """Trace files named by ``inputs``: files as given, every trace file in a directory, glob matches.
+
+    Directories and patterns are expanded in sorted order; a file named twice is kept once.
+
+    Raises
+    ------
+    TraceError
+        An input that is neither a file, a directory holding traces, nor a pattern that matches one.
+    """
+    found: dict[Path, None] = {}
+    for item in map(str, inputs):
+        if any(c in item for c in "*?["):
+            matches = sorted(Path(p) for p in glob.glob(item, recursive=True) if _is_trace_file(Path(p)))
+            if not matches:
+                raise TraceError(f"{item}: the pattern matches no trace file ({', '.join(TRACE_SUFFIXES)})")
+        elif Path(item).is_dir():
+            matches = sorted(p for p in Path(item).iterdir() if _is_trace_file(p))
+            if not matches:
+                raise TraceError(f"{item}: the directory holds no trace file ({', '.join(TRACE_SUFFIXES)})")
+        else:
+            matches = [Path(item)]  # a missing file is reported by the reader, naming it
+        found.update(dict.fromkeys(matches))
+    return list(found)
+
+
+def _is_trace_file(path: Path) -> bool:
+    return path.is_file() and path.name.lower().endswith(TRACE_SUFFIXES)
+
+
+def load_many(
+    inputs: Sequence[str | Path],
+    *,
+    within: str | None = None,
+    ranges: tuple[str, ...] = (),
+    categories: str | Path | None = None,
+    chunk_ops: int | Literal["auto"] | None = None,
+    jobs: int | None = None,
+    scheduler: str | None = None,
+    metric: str = "busy_ns",
+    threshold: float = DEFAULT_THRESHOLD,
+    progress: Progress | None = None,
+) -> CombinedTimes:
+    """Load several traces (on Dask) and compare their stages.
+
+    Parameters
+    ----------
+    inputs
+        Trace files, directories of traces, or glob patterns (see :func:`expand_inputs`).
+    within, ranges, categories, chunk_ops
+        As for :func:`stagemfu.postprocess.load`, applied to every trace.
+    jobs
+        Worker processes of the local Dask cluster; by default one per trace up to the number of
+        cores. With 1 the traces load one after the other in this process, without Dask.
+    scheduler
+        Address of a running Dask scheduler (``tcp://host:8786``); the traces load on its workers,
+        which must see the same paths. Overrides ``jobs``.
+    metric
+        The ranges-table column the straggler view compares (``busy_ns`` by default).
+    threshold
+        A trace straggles on a stage when its ``metric`` exceeds the median by more than this
+        fraction (0.10: 10 %).
+    progress
+        Called as ``progress("traces", done, total)`` as traces finish.
+
+    Returns
+    -------
+    CombinedTimes
+    """
+    if metric not in SPREAD_METRICS:
+        raise StagemfuError(f"straggler metric {metric!r} is not one of {', '.join(SPREAD_METRICS)}")
+    if threshold < 0:
+        raise StagemfuError(f"straggler threshold {threshold} is negative; give a fraction such as 0.1")
+    paths = expand_inputs(inputs)
+    options = {"within": within, "ranges": ranges, "categories": categories, "chunk_ops": chunk_ops}
+    workers = jobs if jobs is not None else min(len(paths), os.cpu_count() or 1)
+    if scheduler is None and workers <= 1:
+        results = []
+        for i, path in enumerate(paths):
+            results.append(load_slim(path, **options))
+            if progress:
+                progress("traces", i + 1, len(paths))
+    else:
+        results = _on_dask(paths, options, workers=workers, scheduler=scheduler, progress=progress)
+    return combine(results, [str(p) for p in paths], metric=metric, threshold=threshold)
+
+
+def load_slim(path: Path, **options: object) -> StageTimes:
+    """:func:`stagemfu.postprocess.load` without the per-operation frames (what a worker sends back)."""
+    from stagemfu.postprocess import load
+
+    st = load(path, **options)  # type: ignore[arg-type]
+    trace = dataclasses.replace(st.trace, ops=st.trace.ops.clear(), ranges=st.trace.ranges.clear(), op_chunks=None)
+    return dataclasses.replace(st, trace=trace, ops=st.ops.clear())
+
+
+def _on_dask(
+    paths: list[Path], options: dict, *, workers: int, scheduler: str | None, progress: Progress | None
+) -> list[StageTimes]:
+    try:
+        from distributed import Client, LocalCluster, as_completed
+    except ImportError as err:
+        raise MissingDependencyError(f"loading several traces in parallel needs Dask: {DASK_HINT}") from err
+    cluster = None
+    if scheduler is None:
+        # One thread per worker: polars and the SQLite reader use the cores of their own process.
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+    try:
+        with Client(scheduler or cluster) as client:
+            futures = [client.submit(load_slim, path, pure=False, **options) for path in paths]
+            for done, _ in enumerate(as_completed(futures), start=1):
+                if progress:
+                    progress("traces", done, len(paths))
+            return client.gather(futures)
+    except OSError as err:
+        if scheduler is None:
+            raise
+        raise StagemfuError(f"Dask scheduler {scheduler}: cannot connect ({err}); is it running?") from err
+    finally:
+        if cluster is not None:
+            cluster.close()
+
+
+def combine(
+    results: Sequence[StageTimes],
+    labels: Sequence[str],
+    *,
+    metric: str = "busy_ns",
+    threshold: float = DEFAULT_THRESHOLD,
+) -> CombinedTimes:
+    """The combined table and the straggler view of per-trace results (see :class:`CombinedTimes`)."""
+    per_trace = pl.concat(
+        [st.ranges.select(pl.lit(label).alias("trace"), pl.all()) for st, label in zip(results, labels)],
+        how="vertical",
+    )
+    value, median = pl.col(metric), pl.col("_median")
+    stragglers = (
+        per_trace.with_columns(_median=value.median().over("domain", "name"))
+        .filter(median > 0, value > median * (1 + threshold))
+        .select(
+            "trace",
+            "domain",
+            "name",
+            value.alias("value_ns"),
+            median.round(0).cast(pl.Int64).alias("median_ns"),
+            (value / median - 1).alias("excess"),
+        )
+        .sort("excess", descending=True, maintain_order=True)
+    )
+    notes = tuple(f"{label}: {note}" for st, label in zip(results, labels) for note in st.notes)
+    return CombinedTimes(
+        traces=tuple(results),
+        labels=tuple(labels),
+        combined=_combined(per_trace),
+        per_trace=per_trace,
+        stragglers=stragglers,
+        metric=metric,
+        threshold=threshold,
+        notes=notes,
+    )
+
+
+def _combined(per_trace: pl.DataFrame) -> pl.DataFrame:
+    spread = [
+        agg(pl.col(m)).round(0).cast(pl.Int64).alias(f"{m.removesuffix('_ns')}_{label}_ns")
+        for m in SPREAD_METRICS
+        for label, agg in (("min", pl.Expr.min), ("median", pl.Expr.median), ("max", pl.Expr.max))
+    ]
+    return per_trace.group_by("domain", "name", maintain_order=True).agg(
+        pl.col("trace").n_unique().cast(pl.Int64).alias("traces"),
+        *[pl.col(c).sum() for c in SUM_METRICS],
+        *spread,
+    )

@@ -1,0 +1,46 @@
+"""Plain data for ``stagemfu report``: the ``stagemfu.report/1`` JSON document and the CSV tables.
+
+``stagemfu.report/1`` is a public contract (ARCHITECTURE.md): ``peak`` and ``stages`` with
+``flops``, ``wall_ns``, ``span_ns``, ``busy_ns``, ``kernel_ns``, ``mfu_wall``, ``mfu_span``,
+``mfu_busy``, ``mfu_kernel``, ``mbu`` per stage, and ``model``. Fields may be added, never
+renamed. Times are integer nanoseconds, FLOPs and bytes integers, shares and MFU fractions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import polars as pl
+
+from stagemfu.report import MfuReport
+
+SCHEMA = "stagemfu.report/1"
+
+# Tables a user can pick for CSV output.
+TABLES = ("stages", "decode_steps", "timeline", "kernels", "categories")
+
+
+def table(rep: MfuReport, name: str) -> pl.DataFrame:
+    """One of the report's tables by name."""
+    return getattr(rep, name)
+
+
+def report_document(rep: MfuReport) -> dict[str, Any]:
+    """The ``stagemfu.report/1`` JSON document."""
+    trace = rep.times.trace
+    sf = rep.flops
+    return {
+        "schema": SCHEMA,
+        "trace": {"path": str(trace.path), "nsys_version": trace.nsys_version, "schema_version": trace.schema_version},
+        "within": rep.times.within,
+        "gpus": trace.gpus.to_dicts(),
+        "run": {k: v for k, v in rep.run.items() if not k.startswith("_")},
+        "flops_source": {"source": sf.source, "model": sf.model, "dtype": sf.dtype, "inputs": sf.inputs},
+        "peak": asdict(rep.peak) | {"notes": list(rep.peak.notes)},
+        "stages": rep.stages.to_dicts(),
+        "model": rep.model,
+        "latency": rep.latency,
+        **{name: table(rep, name).to_dicts() for name in TABLES if name != "stages"},
+        "notes": list(rep.notes),
+    }

@@ -1,0 +1,180 @@
+"""Human-readable views of an :class:`MfuReport`: rich terminal tables and a Markdown document.
+
+Both show the same titled tables: MFU per stage (kernel next to wall), the whole generation,
+latency, decode steps, FLOP counters, then diagnosis lines and notes. Times print in ms, FLOPs in
+GFLOP, MFU/MBU and shares in percent. Trace strings go through :mod:`.text` first.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+from rich.console import Group, RenderableType
+from rich.text import Text
+
+from stagemfu.report import MfuReport
+from stagemfu.report.render.markdown import markdown_table
+from stagemfu.report.render.postprocess_view import _rich_table
+from stagemfu.report.render.text import markdown_cell, one_line
+
+NS_PER_MS = 1e6
+FLOPS_PER_GFLOP = 1e9
+STEPS_SHOWN = 5  # decode steps shown at each end of a long generation
+COUNTERS = ("analytic", "torch", "fvcore")
+RUN_FIELDS = ("model", "inputs", "command", "started_at", "exit_status")  # of run.json, in the summary
+
+
+def stage_rows(rep: MfuReport) -> pl.DataFrame:
+    """Per stage: FLOPs, times, idle share, kernel TFLOP/s and MFU on kernel, busy and wall time, MBU."""
+    s = rep.stages
+    return pl.DataFrame(
+        {
+            "stage": s["stage"],
+            "inst": s["instances"],
+            "GFLOP": s["flops"] / FLOPS_PER_GFLOP,
+            "wall ms": s["wall_ns"] / NS_PER_MS,
+            "busy ms": s["busy_ns"] / NS_PER_MS,
+            "kernel ms": s["kernel_ns"] / NS_PER_MS,
+            "idle %": s["idle_share"] * 100,
+            "TFLOP/s kernel": s["tflops_kernel"],
+            "MFU kernel %": s["mfu_kernel"] * 100,
+            "MFU busy %": s["mfu_busy"] * 100,
+            "MFU wall %": s["mfu_wall"] * 100,
+            "MBU %": s["mbu"] * 100,
+        }
+    )
+
+
+def model_rows(rep: MfuReport) -> pl.DataFrame:
+    m = rep.model
+    if m is None:
+        return pl.DataFrame()
+    return pl.DataFrame(
+        {
+            "stages": [" + ".join(m["stages"])],
+            "GFLOP": [m["flops"] / FLOPS_PER_GFLOP],
+            **{f"{b} ms": [m[f"{b}_ns"] / NS_PER_MS] for b in ("wall", "span", "busy", "kernel")},
+            **{f"MFU {b} %": [_pct(m[f"mfu_{b}"])] for b in ("kernel", "busy", "span", "wall")},
+        }
+    )
+
+
+def latency_rows(rep: MfuReport) -> pl.DataFrame:
+    """TTFT, TPOT quantiles (ms) and decode tokens/s, each on wall and GPU (busy) time."""
+    lat = rep.latency
+    if lat is None:
+        return pl.DataFrame()
+    rows = [("TTFT ms (vision + prefill)", _ms(lat["ttft_wall_ns"]), _ms(lat["ttft_gpu_ns"]))]
+    if "decode_tokens_per_s_wall" in lat:
+        rows += [
+            (f"TPOT {q} ms", _ms(lat[f"tpot_wall_{q}_ns"]), _ms(lat[f"tpot_gpu_{q}_ns"])) for q in ("p50", "p90", "p99")
+        ]
+        rows.append(("decode tokens/s", lat["decode_tokens_per_s_wall"], lat["decode_tokens_per_s_gpu"]))
+    return pl.DataFrame(rows, schema={"metric": pl.Utf8, "wall": pl.Float64, "GPU (busy)": pl.Float64}, orient="row")
+
+
+def decode_rows(rep: MfuReport) -> pl.DataFrame:
+    """Decode steps (the first and last few of a long generation): times, kernel TFLOP/s, MFU."""
+    d = rep.decode_steps
+    n = d.height
+    if n > 2 * STEPS_SHOWN:
+        d = d.filter((pl.int_range(pl.len()) < STEPS_SHOWN) | (pl.int_range(pl.len()) >= n - STEPS_SHOWN))
+    return pl.DataFrame(
+        {
+            "gen": d["generation"],
+            "step": d["step"],
+            "wall ms": d["wall_ns"] / NS_PER_MS,
+            "busy ms": d["busy_ns"] / NS_PER_MS,
+            "kernel ms": d["kernel_ns"] / NS_PER_MS,
+            "GFLOP": d["flops"] / FLOPS_PER_GFLOP,
+            "MFU kernel %": d["mfu_kernel"] * 100,
+            "MFU wall %": d["mfu_wall"] * 100,
+            "MBU %": d["mbu"] * 100,
+        }
+    )
+
+
+def counter_rows(rep: MfuReport) -> pl.DataFrame:
+    """Each FLOP counter's figure per stage and their spread, when the FLOPs came from the analyzer."""
+    s = rep.stages
+    cols = [f"flops_{c}" for c in COUNTERS]
+    if all(s[c].null_count() == s.height for c in cols):
+        return pl.DataFrame()
+    spread = (pl.max_horizontal(cols) - pl.min_horizontal(cols)) / pl.col("flops")
+    return s.select(
+        "stage",
+        (pl.col("flops") / FLOPS_PER_GFLOP).alias("used GFLOP"),
+        *[(pl.col(f"flops_{c}") / FLOPS_PER_GFLOP).alias(f"{c} GFLOP") for c in COUNTERS],
+        (spread * 100).alias("spread %"),
+    )
+
+
+def summary_lines(rep: MfuReport) -> list[str]:
+    p, sf, tr = rep.peak, rep.flops, rep.times.trace
+    bandwidth = f", {p.bandwidth_gbs:,.0f} GB/s" if p.bandwidth_gbs else ", bandwidth unknown (no MBU)"
+    lines = [
+        f"trace {tr.path} (nsys {tr.nsys_version}); GPU {p.gpu or 'unknown'}",
+        f"peak {p.tflops:,.1f} TFLOP/s dense {p.dtype}{bandwidth} ({p.source}: {p.model or p.gpu or '-'}; "
+        f"{p.reference})",
+        f"FLOPs from {sf.source}" + (f" (model {sf.model})" if sf.model else ""),
+    ]
+    if rep.times.within:
+        lines.append(f"times of the range instances within {one_line(rep.times.within, 48)!r}")
+    shown = {k: rep.run[k] for k in RUN_FIELDS if rep.run.get(k) is not None}
+    if shown:
+        lines.append("run: " + "; ".join(f"{k} {_plain(v)}" for k, v in shown.items()))
+    return lines
+
+
+def diagnosis_lines(rep: MfuReport) -> list[str]:
+    return [f"{s}: {d}" for s, d in zip(rep.stages["stage"], rep.stages["diagnosis"])]
+
+
+def sections(rep: MfuReport) -> list[tuple[str, pl.DataFrame]]:
+    """The titled tables both views print, empty ones left out."""
+    parts = [
+        ("MFU per stage (kernel time vs wall time)", stage_rows(rep)),
+        ("Whole generation (vision runs inside prefill and is counted once)", model_rows(rep)),
+        ("Latency per generation", latency_rows(rep)),
+        (f"Decode steps ({rep.decode_steps.height})", decode_rows(rep)),
+        ("FLOP counters", counter_rows(rep)),
+    ]
+    return [(title, frame) for title, frame in parts if frame.height]
+
+
+def terminal_view(rep: MfuReport) -> RenderableType:
+    items: list[RenderableType] = [
+        Text(line, style="bold" if i == 0 else "") for i, line in enumerate(summary_lines(rep))
+    ]
+    items += [_rich_table(title, frame) for title, frame in sections(rep)]
+    items += [Text("Diagnosis", style="bold"), *[Text(one_line(line)) for line in diagnosis_lines(rep)]]
+    items += [Text(f"note: {one_line(n)}", style="yellow") for n in rep.notes]
+    return Group(*items)
+
+
+def markdown_view(rep: MfuReport) -> str:
+    out = ["# stagemfu report", ""]
+    out += [f"- {markdown_cell(line)}" for line in summary_lines(rep)]
+    for title, frame in sections(rep):
+        out += ["", f"## {title}", "", markdown_table(frame)]
+    out += ["", "## Diagnosis", ""] + [f"- {markdown_cell(line)}" for line in diagnosis_lines(rep)]
+    if rep.notes:
+        out += ["", "## Notes", ""] + [f"- {markdown_cell(n)}" for n in rep.notes]
+    return "\n".join(out) + "\n"
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, list):
+        return " ".join(str(v) for v in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items())
+    return str(value)
+
+
+def _ms(ns: Any) -> float | None:
+    return None if ns is None else ns / NS_PER_MS
+
+
+def _pct(share: float | None) -> float | None:
+    return None if share is None else share * 100

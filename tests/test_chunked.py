@@ -1,0 +1,146 @@
+"""Time-ordered chunks (bounded memory) give the in-memory numbers exactly.
+
+Chunks are cut where no GPU operation runs, so interval unions add up; launches split across a
+cut count once. Tiny chunk sizes force many cuts on the real fixtures, the multi-process corpus
+trace and random workloads.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import TRACE_NAMES, corpus_dir, launch
+from hypothesis import given
+from hypothesis import strategies as st
+from polars.testing import assert_frame_equal
+from test_intervals_properties import PIPELINE, workloads, write
+
+from stagemfu import postprocess
+from stagemfu.cli import cli
+from stagemfu.postprocess import reader
+
+TABLES = (
+    "instances",
+    "ranges",
+    "processes",
+    "paths",
+    "instance_stats",
+    "devices",
+    "kernels",
+    "categories",
+    "unattributed",
+    "totals",
+)
+
+
+def assert_same_numbers(in_memory, chunked) -> None:
+    for table in TABLES:
+        try:
+            assert_frame_equal(getattr(in_memory, table), getattr(chunked, table), check_row_order=False)
+        except AssertionError as err:
+            raise AssertionError(f"{table}: {err}") from err
+
+
+def chunks_of(st) -> int:
+    note = next(n for n in st.notes if n.startswith("read in "))
+    return int(note.split()[2])
+
+
+@pytest.mark.parametrize("name", TRACE_NAMES)
+@pytest.mark.parametrize("chunk_ops", [25, 400])
+def test_real_fixtures_chunked_equal_in_memory(trace_paths, loaded, name, chunk_ops):
+    chunked = postprocess.load(trace_paths[name], chunk_ops=chunk_ops)
+    assert_same_numbers(loaded[name], chunked)
+    assert chunked.ops.is_empty()
+    if name == "tiny_vlm":  # 3,108 operations with idle gaps; a chunk closes once it holds chunk_ops
+        assert 1 < chunks_of(chunked) <= 3108 // chunk_ops + 1
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "nsysai_mfu_2gpu_h100_torchrun_nccl",  # two processes and GPUs, NCCL, orphan operations
+        "nvfuser_thunder_phi3_xent_h200",
+        "memfusion_tensorrt_resnet_rtx3090_nsys2023.1",
+        "dlprof_pytorch_cnn_rtx2070s_nsys2022.1",  # oldest schema
+    ],
+)
+def test_corpus_traces_chunked_equal_in_memory(name):
+    path = corpus_dir() / f"{name}.sqlite"
+    chunked = postprocess.load(path, chunk_ops=300 if name.startswith("nsysai") else 5)
+    assert chunks_of(chunked) > 1
+    assert_same_numbers(postprocess.load(path), chunked)
+
+
+@PIPELINE
+@given(workloads(), st.integers(1, 5))
+def test_random_workloads_chunked_equal_in_memory(syn, chunk_ops):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write(syn, Path(tmp))
+        assert_same_numbers(postprocess.load(path), postprocess.load(path, chunk_ops=chunk_ops))
+
+
+def test_launch_split_by_a_cut_counts_once(make_trace, tmp_path):
+    """One call's two operations run with an idle gap between them (a graph's kernels); another
+    call's kernel runs in the gap. Cuts fall in the gaps, the first call spans three chunks."""
+    first_call, first_a = launch(1, (10, 20), (100, 110))
+    _, first_b = launch(1, (10, 20), (200, 210))
+    second_call, second = launch(2, (30, 40), (150, 160))
+    path = make_trace(
+        tmp_path,
+        ranges=[{"start": 0, "end": 50, "text": "step"}, {"start": 5, "end": 25, "text": "graph"}],
+        calls=[first_call, second_call],
+        kernels=[first_a, first_b, second],
+    )
+    chunked = postprocess.load(path, chunk_ops=1)
+    assert chunks_of(chunked) == 3
+    assert_same_numbers(postprocess.load(path), chunked)
+    gpu_ops = dict(chunked.ranges.select("name", "gpu_ops").iter_rows())
+    assert gpu_ops == {"step": 2, "graph": 1}
+    assert chunked.totals["gpu_ops"].item() == 2
+
+
+def test_gpu_never_idle_means_one_chunk(make_trace, tmp_path):
+    """Each kernel starts before the previous ends: no instant to cut at, so no cut is made."""
+    pairs = [launch(i, (10 * i, 10 * i + 5), (100 + 10 * i, 115 + 10 * i)) for i in range(1, 6)]
+    path = make_trace(
+        tmp_path,
+        ranges=[{"start": 0, "end": 100, "text": "step"}],
+        calls=[c for c, _ in pairs],
+        kernels=[k for _, k in pairs],
+    )
+    chunked = postprocess.load(path, chunk_ops=1)
+    assert chunks_of(chunked) == 1
+    assert_same_numbers(postprocess.load(path), chunked)
+
+
+def test_auto_reads_small_exports_at_once_and_large_ones_in_chunks(trace_paths, monkeypatch):
+    small = postprocess.load(trace_paths["tiny_vlm"], chunk_ops="auto")
+    assert not small.ops.is_empty()
+    monkeypatch.setattr(reader, "AUTO_IN_MEMORY_OPS", 1_000)
+    monkeypatch.setattr(reader, "AUTO_CHUNK_OPS", 500)
+    large = postprocess.load(trace_paths["tiny_vlm"], chunk_ops="auto")
+    assert large.ops.is_empty() and chunks_of(large) > 3
+    assert_same_numbers(small, large)
+
+
+def test_cli_chunk_ops_gives_the_same_json(trace_paths):
+    def run(*args: str) -> dict:
+        result = CliRunner().invoke(cli, ["postprocess", str(trace_paths["tiny_vlm"]), "--format", "json", *args])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    chunked, whole = run("--chunk-ops", "100"), run("--chunk-ops", "0")
+    assert chunked.pop("notes")[0].startswith("read in ")
+    whole.pop("notes")
+    assert chunked == whole
+
+
+def test_cli_bad_chunk_ops_exits_2(trace_paths):
+    result = CliRunner().invoke(cli, ["postprocess", str(trace_paths["tiny_vlm"]), "--chunk-ops", "-3"])
+    assert result.exit_code == 2
+    assert "--chunk-ops" in result.output
