@@ -1,32 +1,49 @@
 # stagemfu: two commands do everything on a fresh Linux machine with Python >= 3.10.
-#   make demo   create .venv, install, run the offline pipeline on a recorded real trace
-#   make test   install what the tests need and run them
-#   make bench  postprocess speed and memory on inflated real traces (docs/benchmarks.md)
+#   make demo   create .venv, install, report per-stage MFU of the embedded real trace, write report.html
+#   make test   install what the tests need (model extra, headless Chromium) and run them
+#   make bench  speed and memory: postprocess on inflated real traces, analyzer, NVTX API cost
 #   make lint   ruff checks and formatting
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-DEMO_TRACE := tests/fixtures/traces/tiny_vlm.sqlite.xz
+TEST_STAMP := $(VENV)/.installed-test
+# The CPU build of torch: on machines that keep it on local disk pip takes it from there;
+# elsewhere this pin downloads torch 2.13.0 from PyPI.
+TORCH  ?= torch==2.13.0
 # The cache of decompressed/exported traces stays inside the checkout.
 export XDG_CACHE_HOME := $(CURDIR)/.cache
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test browser bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e .
 	touch $(STAMP)
 
-demo: $(STAMP)
-	$(BIN)/stagemfu postprocess $(DEMO_TRACE) --within measured
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet '$(TORCH)' -e '.[test,model]'
+	touch $(TEST_STAMP)
 
-test: $(STAMP)
+# The HTML report is tested in a real headless Chromium (Debian's package; playwright drives it).
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { echo "installing Debian's chromium for the browser test"; \
+	    $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
+	    $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq chromium >/dev/null; }
+
+demo: $(STAMP)
+	$(BIN)/stagemfu report --html report.html
+	@echo "wrote report.html"
+
+test: $(TEST_STAMP) browser
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)
-	$(BIN)/python bench/bench_postprocess.py --copies 700,3500 --out bench-out
+bench: $(TEST_STAMP)
+	$(BIN)/python bench/bench_postprocess.py --copies 14,140,700 --ranks 4 --rank-copies 140 --out bench-out
+	$(BIN)/python bench/bench_analyze.py --out bench-out/analyze
+	$(BIN)/python bench/bench_nvtx_api.py
 
 lint: $(STAMP)
 	$(BIN)/python -m pip install --quiet 'ruff>=0.8'
@@ -34,4 +51,4 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests bench
 
 clean:
-	rm -rf $(VENV) .cache bench-out .pytest_cache .hypothesis
+	rm -rf $(VENV) .cache bench-out .pytest_cache .hypothesis report.html

@@ -23,6 +23,17 @@ import sqlite_utils
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "traces"
 TRACE_NAMES = ("tiny_vlm", "named_domain", "cuda_graph_node", "cuda_graph_graph")
+# `stagemfu run` recordings of the built-in models (tests/fixtures/record_models.sh); the first is the
+# embedded default trace, shipped in the package's data folder.
+EMBEDDED_TRACE = ROOT / "src" / "stagemfu" / "data" / "deepseek_ocr2_base.sqlite.xz"
+MODEL_TRACE_NAMES = (
+    "deepseek_ocr2_base",
+    "deepseek_ocr2_gundam",
+    "deepseek_ocr_base",
+    "deepseek_ocr_gundam",
+    "llama_3_2_1b",
+)
+ALL_TRACE_NAMES = TRACE_NAMES + MODEL_TRACE_NAMES
 STATS_REPORTS = (
     "nvtx_gpu_proj_sum",
     "nvtx_gpu_proj_trace",
@@ -84,14 +95,19 @@ def _isolated_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterable[
 # Real traces and their nsys stats CSVs.
 
 
+def fixture_trace(name: str) -> Path:
+    """The compressed export of a recorded fixture (the embedded trace lives in the package)."""
+    return EMBEDDED_TRACE if EMBEDDED_TRACE.name.startswith(f"{name}.") else FIXTURES / f"{name}.sqlite.xz"
+
+
 @pytest.fixture(scope="session")
 def trace_paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Each recorded fixture decompressed once: name -> path of the .sqlite file."""
     out = tmp_path_factory.mktemp("fixture-traces")
     paths = {}
-    for name in TRACE_NAMES:
+    for name in ALL_TRACE_NAMES:
         target = out / f"{name}.sqlite"
-        with lzma.open(FIXTURES / f"{name}.sqlite.xz", "rb") as src, target.open("wb") as dst:
+        with lzma.open(fixture_trace(name), "rb") as src, target.open("wb") as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
         paths[name] = target
     return paths
@@ -102,7 +118,7 @@ def nsys_stats() -> dict[str, dict[str, pl.DataFrame]]:
     """The ``nsys stats`` CSVs of each fixture: name -> report -> frame."""
     return {
         name: {report: read_nsys_csv(FIXTURES / f"{name}.stats" / f"{report}.csv") for report in STATS_REPORTS}
-        for name in TRACE_NAMES
+        for name in ALL_TRACE_NAMES
     }
 
 

@@ -28,6 +28,19 @@ FAKE_NSYS = project_root() / "tests" / "fixtures" / "fake_nsys" / "nsys"
 PY = sys.executable
 
 
+def strings(value):
+    """Every string in a JSON document, keys included."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield key
+            yield from strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from strings(item)
+
+
 @pytest.fixture
 def fake_nsys(monkeypatch) -> str:
     monkeypatch.setenv("NSYS", str(FAKE_NSYS))
@@ -57,7 +70,7 @@ def test_run_json_holds_no_environment_and_no_host_name(tmp_path, fake_nsys, mon
     result = collect([PY, "-c", "pass"], out_dir=tmp_path)
     text = result.run_json.read_text()
     assert "hunter2-token" not in text and "STAGEMFU_TEST_SECRET" not in text
-    assert os.uname().nodename not in text
+    assert os.uname().nodename not in set(strings(json.loads(text)))
     assert set(json.loads(text)) == {
         "schema", "command", "nsys_command", "capture", "exit_status", "interrupted", "started_at",
         "duration_s", "gpus", "gpu_source", "versions", "files", "notes",
@@ -99,6 +112,13 @@ def test_nsys_without_its_importer_is_explained(tmp_path, fake_nsys, monkeypatch
     assert doc["files"] == {"rep": None, "sqlite": None} and "QdstrmImporter" in doc["notes"][0]
     cli_result = CliRunner().invoke(cli, ["collect", "-d", str(tmp_path), "--", PY, "-c", "pass"])
     assert cli_result.exit_code == 2 and "QdstrmImporter" in cli_result.output
+
+
+def test_an_earlier_runs_report_never_passes_for_this_ones(tmp_path, fake_nsys, monkeypatch):
+    assert collect([PY, "-c", "pass"], out_dir=tmp_path).sqlite is not None
+    monkeypatch.setenv("FAKE_NSYS_QDSTRM", "1")
+    result = collect([PY, "-c", "pass"], out_dir=tmp_path)
+    assert result.sqlite is None and not result.rep.exists() and not (tmp_path / "trace.sqlite").exists()
 
 
 def test_extra_nsys_arguments_and_options_reach_nsys(tmp_path, fake_nsys):

@@ -7,6 +7,7 @@ Needs Debian's ``chromium`` (``apt-get install chromium``) and the ``playwright`
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -30,6 +31,9 @@ HOSTILE_IMG = '<img src=x onerror="window.__pwned=1">'
 HOSTILE_SCRIPT = "</script><script>window.__pwned=2</script>"
 CHARTS = ("chart-mfu", "chart-timeline", "chart-decode", "chart-categories")
 
+# CI sets STAGEMFU_REQUIRE_BROWSER=1: there a missing browser is a failure, not a skip.
+if os.environ.get("STAGEMFU_REQUIRE_BROWSER") == "1" and CHROMIUM is None:
+    raise RuntimeError("STAGEMFU_REQUIRE_BROWSER=1 but no chromium on PATH (apt-get install chromium)")
 sync_api = pytest.importorskip("playwright.sync_api", reason="the browser test needs `pip install playwright`")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="the browser test needs Debian's chromium package")
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import polars as pl
 import pytest
-from conftest import TRACE_NAMES, read_nsys_csv
+from conftest import ALL_TRACE_NAMES, read_nsys_csv
 
 from stagemfu import postprocess
 from stagemfu.postprocess.attribution import attribute
@@ -21,7 +21,7 @@ from stagemfu.postprocess.attribution import attribute
 KEY = pl.concat_str([pl.col("domain"), pl.lit(":"), pl.col("name")]).alias("key")
 
 
-@pytest.fixture(params=TRACE_NAMES)
+@pytest.fixture(params=ALL_TRACE_NAMES)
 def name(request: pytest.FixtureRequest) -> str:
     return request.param
 
@@ -269,17 +269,27 @@ def test_kernels_outside_ranges_match_nvtx_kern_sum_unranged_rows(loaded, nsys_s
 
 
 def test_range_instances_in_nvtx_kern_sum_match(loaded, nsys_stats, name):
-    """nvtx_kern_sum's "NVTX Inst" counts the range's instances (on that thread) that ran kernels."""
+    """nvtx_kern_sum's "NVTX Inst" counts, per kernel name, the range's instances that ran it.
+
+    So the range's instances with kernels lie between its largest row and the sum of its rows,
+    and equal the count exactly when the range ran one kernel name. Real traces have both kinds:
+    CUB's scan ranges ran an int scan kernel in 22 instances and a long one in 2; the gundam
+    projector runs once on the global view and once on the crops, each with its own GEMM kernel.
+    """
     st = loaded[name]
     theirs = (
-        kern_sum(nsys_stats, name).filter(pl.col("key") != "").group_by("key", "TID").agg(pl.col("NVTX Inst").first())
+        kern_sum(nsys_stats, name)
+        .filter(pl.col("key") != "")
+        .group_by("key", "TID")
+        .agg(low=pl.col("NVTX Inst").max(), high=pl.col("NVTX Inst").sum())
     )
     ours = st.instances.filter(pl.col("kernels") > 0).with_columns(KEY).group_by("key", "tid").agg(pl.len().alias("n"))
     # A range whose only ops are graph-level replays (cuda_graph_graph) has no kernel row in nsys.
     with_kernels = set(st.kernels.filter(pl.col("kind") == "kernel").select(KEY).to_series())
     ours = ours.filter(pl.col("key").is_in(with_kernels))
     joined = ours.join(theirs, left_on=["key", "tid"], right_on=["key", "TID"], how="full", coalesce=True)
-    assert_columns_equal(joined, "n", "NVTX Inst")
+    outside = joined.filter(~pl.col("n").is_between(pl.col("low"), pl.col("high")) | pl.col("n").is_null())
+    assert outside.is_empty(), outside
 
 
 # --------------------------------------------------------------------------------------------

@@ -99,3 +99,20 @@ def test_workload_shapes_and_flops():
     assert range_name(1, 2, 3) == "gemm_1x2x3"
     with pytest.raises(click.BadParameter):
         parse_shapes("12x0x3")
+
+
+def test_recorded_h100_calibration_passes():
+    """The H100 recording (tests/fixtures/calibration, `stagemfu calibrate` under nsys 2025.3.1):
+    every GEMM's kernel-time MFU is within 2 % of its CUDA-event MFU, and 8192³ runs near 74 %."""
+    from pathlib import Path
+
+    here = Path(__file__).parent / "fixtures" / "calibration"
+    result = check_calibration(here / "calibration.sqlite.xz", here / "events.json")
+    assert result.passed
+    assert result.peak.tflops == pytest.approx(989.4)
+    rows = {row["range"]: row for row in result.gemms.iter_rows(named=True)}
+    assert set(rows) == {"gemm_6144x6144x6144", "gemm_8192x8192x8192", "gemm_8192x8192x2048"}
+    big = rows["gemm_8192x8192x8192"]
+    assert big["flops"] == 200 * gemm_flops(8192, 8192, 8192)
+    assert big["mfu_kernel"] == pytest.approx(0.739, abs=0.005)
+    assert all(abs(row["difference"]) < 0.02 for row in rows.values())

@@ -27,7 +27,7 @@ def collect_options(fn: Callable) -> Callable:
             type=click.Path(file_okay=False, path_type=Path),
             default=Path("stagemfu-out"),
             show_default=True,
-            help="Output directory: NAME.nsys-rep, NAME.sqlite, run.json (files of the same name are replaced).",
+            help="Output directory: NAME.nsys-rep, NAME.sqlite, run.json (an earlier run's files there are replaced).",
         ),
         click.option("--name", default=DEFAULT_NAME, show_default=True, help="Base name of the trace files."),
         click.option("--nsys", "nsys", default=None, help="The nsys executable (default: $NSYS, PATH, /opt/nvidia)."),

@@ -111,7 +111,7 @@ def flops_options(fn: Callable) -> Callable:
 
 
 @click.command()
-@click.argument("trace", type=click.Path(path_type=Path))
+@click.argument("trace", type=click.Path(path_type=Path), required=False)
 @flops_options
 @within_options
 @peak_options
@@ -142,7 +142,7 @@ def flops_options(fn: Callable) -> Callable:
 )
 @output_option
 def report(
-    trace: Path,
+    trace: Path | None,
     flops_file: Path | None,
     model: str | None,
     config: Path | None,
@@ -167,7 +167,8 @@ def report(
 
     TRACE is an nsys SQLite export (also compressed) or report. FLOPs per stage come from
     --flops FILE, from the analyzer (--model), or, for a trace recorded by `stagemfu run`, from
-    the shapes.json it left beside the trace (model, config, inputs).
+    the shapes.json it left beside the trace (model, config, inputs). Without TRACE: the embedded
+    real trace (DeepSeek-OCR-2 base, random weights, 8 new tokens, H100, nsys 2025.3.1).
 
     \b
     Per stage (NVTX range matched by name):
@@ -181,12 +182,15 @@ def report(
 
     \b
     Examples:
+      stagemfu report --html report.html              (the embedded trace)
       stagemfu report run.sqlite --flops flops.yaml
       stagemfu report run.sqlite --model deepseek-ocr2 --mode base --new-tokens 32 --html report.html
       stagemfu report run.sqlite --flops flops.json --gpu 'NVIDIA H100 80GB HBM3' --format json -o report.json
     """
     from stagemfu import report as rp
+    from stagemfu.data import default_trace
 
+    trace = default_trace() if trace is None else trace
     rep = rp.report(trace, top=top, **_report_options(locals()))
     if html_file is not None:
         emit(_html(rep), html_file)
@@ -267,8 +271,12 @@ def compare(a: Path, b: Path, top: int, fmt: str, output: Path | None, **options
     show_default=True,
     help="Directory for the trace, its export, run.json and the workload's events.json.",
 )
-@click.option("--shapes", default=None, help="GEMM shapes, S or MxNxK, comma-separated (default: 2048 to 8192).")
-@click.option("--repeats", type=click.IntRange(min=1), default=None, help="Products per GEMM range (default 50).")
+@click.option(
+    "--shapes",
+    default=None,
+    help="GEMM shapes, S or MxNxK, comma-separated (default: 6144³, 8192³, 8192x8192x2048).",
+)
+@click.option("--repeats", type=click.IntRange(min=1), default=None, help="Products per GEMM range (default 200).")
 @click.option("--nsys", default=None, help="The nsys executable (default: $NSYS, PATH, /opt/nvidia).")
 @click.option(
     "--check",

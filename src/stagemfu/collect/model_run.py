@@ -33,6 +33,7 @@ def collect_model(runner: RunnerOptions, /, *, out_dir: Path, **collect_options:
     wrote ``shapes.json``, its ``model``, ``config`` and ``inputs`` become top-level keys of
     ``run.json`` and the whole document its ``runner`` key.
     """
+    Path(out_dir, SHAPES_FILE).unlink(missing_ok=True)  # an earlier run's must not pass for this one's
     result = collect(runner_command(runner, out_dir=out_dir), out_dir=out_dir, **collect_options)
     merge_shapes(result.run_json, Path(out_dir) / SHAPES_FILE)
     return result

@@ -17,13 +17,15 @@ from pathlib import Path
 from typing import Any
 
 RUN_SCHEMA = "stagemfu.run/1"
-VERSIONED_PACKAGES = ("stagemfu", "torch", "transformers", "nvtx")
+VERSIONED_PACKAGES = ("torch", "transformers", "nvtx")
 NVIDIA_SMI_QUERY = "index,name,driver_version,memory.total"
 
 
 def package_versions(packages: tuple[str, ...] = VERSIONED_PACKAGES) -> dict[str, str | None]:
-    """Installed versions of ``packages`` in this interpreter (None when absent), read without importing them."""
-    versions: dict[str, str | None] = {"python": platform.python_version()}
+    """Python's, stagemfu's and the installed ``packages``' versions (None when absent), without importing them."""
+    from stagemfu import __version__
+
+    versions: dict[str, str | None] = {"python": platform.python_version(), "stagemfu": __version__}
     for name in packages:
         try:
             versions[name] = importlib.metadata.version(name)

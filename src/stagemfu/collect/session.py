@@ -132,7 +132,8 @@ def collect(
     command
         The program and its arguments.
     out_dir
-        Where the report, its export and ``run.json`` go (created when missing).
+        Where the report, its export and ``run.json`` go (created when missing; files of the
+        same names left by an earlier run are removed first).
     nsys
         The nsys executable; by default the one :func:`stagemfu.collect.nsys.find_nsys` finds.
     capture
@@ -165,8 +166,10 @@ def collect(
     )
     try:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
+        for stale in (plan.rep, plan.rep.with_suffix(".qdstrm"), plan.sqlite, plan.run_json):
+            stale.unlink(missing_ok=True)  # an earlier run's files must not pass for this run's
     except OSError as err:
-        raise CollectError(f"{out_dir}: cannot create the output directory ({err.strerror})") from err
+        raise CollectError(f"{out_dir}: cannot prepare the output directory ({err.strerror})") from err
     version = nsys_version(plan.nsys)
     started = datetime.now(timezone.utc)
     status, interrupted = run_forwarding_signals(list(plan.profile))

@@ -21,8 +21,11 @@ def one_line(text: str, width: int | None = None) -> str:
 
 
 def markdown_cell(text: str, width: int | None = None) -> str:
-    """A Markdown table cell: one line, HTML escaped, pipes and backslashes escaped."""
-    return html.escape(one_line(text, width)).replace("\\", "\\\\").replace("|", "\\|")
+    """A Markdown table cell: one line, &, < and > as HTML entities, pipes and backslashes escaped.
+
+    Quotes stay as they are: outside an HTML attribute they cannot start markup.
+    """
+    return html.escape(one_line(text, width), quote=False).replace("\\", "\\\\").replace("|", "\\|")
 
 
 def stage_label(domain: str, name: str) -> str:
