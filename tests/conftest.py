@@ -343,3 +343,23 @@ def launch(
             "deviceId": device,
         },
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Report fixtures shared by the report test modules.
+
+
+@pytest.fixture
+def toy(make_trace, tmp_path: Path) -> Path:
+    """A small generation trace (``report_traces.generation_trace``) in the test's directory."""
+    from report_traces import generation_trace
+
+    return generation_trace(make_trace, tmp_path)
+
+
+@pytest.fixture
+def analysis(tmp_path: Path) -> Path:
+    """``report_traces.ANALYSIS`` written as ``analysis.json``."""
+    from report_traces import ANALYSIS, write_json
+
+    return write_json(tmp_path / "analysis.json", ANALYSIS)

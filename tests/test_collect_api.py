@@ -6,24 +6,10 @@ import subprocess
 import sys
 
 import pytest
+from collect_helpers import Recorder
 
 from stagemfu.collect import api
 from stagemfu.errors import MissingDependencyError, ModelConfigError
-
-
-class Recorder:
-    """A range sink that keeps every range opened, as its nesting path."""
-
-    def __init__(self) -> None:
-        self.stack: list[str] = []
-        self.paths: list[str] = []
-
-    def push(self, name: str) -> None:
-        self.stack.append(name)
-        self.paths.append("/".join(self.stack))
-
-    def pop(self) -> None:
-        self.stack.pop()
 
 
 @pytest.fixture

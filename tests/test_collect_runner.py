@@ -8,7 +8,9 @@ import sys
 
 import pytest
 from click.testing import CliRunner
+from collect_helpers import Recorder
 from conftest import project_root
+from tiny_models import TINY_LM, TINY_LMS
 
 from stagemfu.collect import api
 from stagemfu.collect.model_run import merge_shapes
@@ -20,28 +22,7 @@ pytest.importorskip("transformers")
 
 from stagemfu.collect.runner import main, run_model  # noqa: E402
 
-TINY_LLAMA = {
-    "model_type": "llama",
-    "hidden_size": 64,
-    "intermediate_size": 96,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "vocab_size": 1000,
-}
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.stack: list[str] = []
-        self.paths: list[str] = []
-
-    def push(self, name: str) -> None:
-        self.stack.append(name)
-        self.paths.append("/".join(self.stack))
-
-    def pop(self) -> None:
-        self.stack.pop()
+TINY_LLAMA = {"model_type": "llama", **TINY_LM, **TINY_LMS["llama"]}
 
 
 @pytest.fixture

@@ -7,23 +7,16 @@ import json
 import polars as pl
 import pytest
 from click.testing import CliRunner
-from report_traces import ANALYSIS, generation_trace, write_json
+from report_traces import (
+    generation_trace,
+    write_json,
+)
 
 from stagemfu.cli import cli
 
 
 def invoke(*args, env=None):
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False, env=env)
-
-
-@pytest.fixture
-def toy(make_trace, tmp_path):
-    return generation_trace(make_trace, tmp_path)
-
-
-@pytest.fixture
-def analysis(tmp_path):
-    return write_json(tmp_path / "analysis.json", ANALYSIS)
 
 
 def one_line_error(result, *words):
@@ -129,3 +122,19 @@ def test_trace_recorded_by_stagemfu_run_needs_no_flops_flags(make_trace, tmp_pat
 def test_broken_run_file_is_one_line_error(toy, tmp_path):
     (tmp_path / "shapes.json").write_text("{not json")
     one_line_error(invoke("report", toy), "shapes.json", "fix or remove it")
+
+
+def test_analyzer_image_flags_reach_the_flop_count(toy):
+    # report spells the model and input flags as analyze does, --image-size, --crops and --full-logits included.
+    args = ("report", toy, "--model", "deepseek-ocr2", "--mode", "gundam", "--counters", "analytic", "--format", "json")
+    result = invoke(*args, "--image-size", "1700x2200", "--crops", "3", "--full-logits")
+    assert result.exit_code == 0, result.output
+    inputs = json.loads(result.stdout)["flops_source"]["inputs"]
+    assert (inputs["mode"], inputs["crops"], inputs["full_logits"]) == ("gundam", 3, True)
+    assert inputs["image_size"] == [1700, 2200]
+
+
+def test_input_flags_say_their_default_comes_from_the_trace():
+    help_text = " ".join(invoke("report", "--help").stdout.split())
+    assert "--image-size" in help_text and "--full-logits" in help_text
+    assert "the run's shapes.json, else 32" in help_text  # --new-tokens

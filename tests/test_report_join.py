@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import pytest
-from report_traces import ANALYSIS, PEAK_TFLOPS, generation_trace, write_json
+from report_traces import (
+    ANALYSIS,
+    PEAK_TFLOPS,
+    write_json,
+)
 
 from stagemfu import report
 from stagemfu.errors import StagemfuError
 from stagemfu.postprocess import load
-
-
-@pytest.fixture
-def toy(make_trace, tmp_path):
-    return generation_trace(make_trace, tmp_path)
-
-
-@pytest.fixture
-def analysis(tmp_path):
-    return write_json(tmp_path / "analysis.json", ANALYSIS)
 
 
 def rows(rep):

@@ -13,21 +13,25 @@ from stagemfu.models import ModelSpec, load_model_spec
 
 # Tiny versions of each family, merged over the presets with --config semantics. Every block type
 # stays (windowed + global SAM layers, dense + MoE LM layers); only the sizes shrink.
+TINY_LM = {
+    "hidden_size": 64,
+    "intermediate_size": 96,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "vocab_size": 1000,
+}
+# The DeepSeek-MoE language model both OCR presets carry; each names its dense layers its own way.
+TINY_OCR_LM = {
+    **TINY_LM,
+    "moe_intermediate_size": 32,
+    "num_key_value_heads": 4,
+    "n_routed_experts": 8,
+    "num_experts_per_tok": 2,
+    "n_shared_experts": 1,
+}
 TINY_OCR1 = {
     "image_token_id": 999,
-    "language_config": {
-        "hidden_size": 64,
-        "intermediate_size": 96,
-        "moe_intermediate_size": 32,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 4,
-        "n_routed_experts": 8,
-        "num_experts_per_tok": 2,
-        "n_shared_experts": 1,
-        "vocab_size": 1000,
-        "first_k_dense_replace": 1,
-    },
+    "language_config": {**TINY_OCR_LM, "first_k_dense_replace": 1},
     "vision_config": {
         "width": {
             "sam_vit_b": {
@@ -61,49 +65,25 @@ TINY_OCR2 = {
             "num_key_value_heads": 2,
         },
     },
-    "text_config": {
-        "hidden_size": 64,
-        "intermediate_size": 96,
-        "moe_intermediate_size": 32,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 4,
-        "n_routed_experts": 8,
-        "num_experts_per_tok": 2,
-        "n_shared_experts": 1,
-        "vocab_size": 1000,
-        "mlp_layer_types": ["dense", "sparse"],
-    },
+    "text_config": {**TINY_OCR_LM, "mlp_layer_types": ["dense", "sparse"]},
+}
+# MoE and MLA sizes shared by DeepSeek-V2 and V3; V3 adds group routing and a low-rank q.
+_TINY_DEEPSEEK = {
+    "moe_intermediate_size": 32,
+    "n_routed_experts": 4,
+    "num_experts_per_tok": 2,
+    "n_shared_experts": 1,
+    "first_k_dense_replace": 1,
+    "kv_lora_rank": 16,
+    "qk_nope_head_dim": 16,
+    "qk_rope_head_dim": 8,
+    "v_head_dim": 16,
 }
 TINY_LMS = {
     "llama": {"num_key_value_heads": 2},
     "mixtral": {"num_local_experts": 4, "num_experts_per_tok": 2, "num_key_value_heads": 2},
-    "deepseek_v2": {
-        "moe_intermediate_size": 32,
-        "n_routed_experts": 4,
-        "num_experts_per_tok": 2,
-        "n_shared_experts": 1,
-        "first_k_dense_replace": 1,
-        "kv_lora_rank": 16,
-        "q_lora_rank": None,
-        "qk_nope_head_dim": 16,
-        "qk_rope_head_dim": 8,
-        "v_head_dim": 16,
-    },
-    "deepseek_v3": {
-        "moe_intermediate_size": 32,
-        "n_routed_experts": 4,
-        "num_experts_per_tok": 2,
-        "n_shared_experts": 1,
-        "first_k_dense_replace": 1,
-        "n_group": 2,
-        "topk_group": 1,
-        "kv_lora_rank": 16,
-        "q_lora_rank": 24,
-        "qk_nope_head_dim": 16,
-        "qk_rope_head_dim": 8,
-        "v_head_dim": 16,
-    },
+    "deepseek_v2": {**_TINY_DEEPSEEK, "q_lora_rank": None},
+    "deepseek_v3": {**_TINY_DEEPSEEK, "n_group": 2, "topk_group": 1, "q_lora_rank": 24},
 }
 
 
@@ -113,16 +93,7 @@ def tiny_spec(tmp_path, model: str, **overrides) -> ModelSpec:
         override = tmp_path / f"{model}-tiny.json"
         override.write_text(json.dumps(TINY_OCR1 if model == "deepseek-ocr" else TINY_OCR2), encoding="utf-8")
         return load_model_spec(model, config=override)
-    config = {
-        "model_type": model,
-        "hidden_size": 64,
-        "intermediate_size": 96,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "vocab_size": 1000,
-        **TINY_LMS[model],
-        **overrides,
-    }
+    config = {"model_type": model, **TINY_LM, **TINY_LMS[model], **overrides}
     path = tmp_path / model / "config.json"
     path.parent.mkdir()
     path.write_text(json.dumps(config), encoding="utf-8")

@@ -10,8 +10,9 @@ line on stderr and exit status 2 (exit 1 is kept for a failed child command in `
 from __future__ import annotations
 
 import io
+import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,16 +59,9 @@ class StagemfuGroup(click.Group):
         sys.exit(status if isinstance(status, int) else 0)
 
 
-def format_option(fn: Callable) -> Callable:
-    return click.option(
-        "--format",
-        "fmt",
-        type=click.Choice(FORMATS),
-        default="table",
-        show_default=True,
-        help="table: rich terminal tables; json: the stagemfu.postprocess/1 document; "
-        "csv: one table (see --table); md: every table as Markdown.",
-    )(fn)
+def format_option(choices: Sequence[str], help: str) -> Callable[[Callable], Callable]:
+    """``--format``: one spelling for every command; each names its formats and what they write."""
+    return click.option("--format", "fmt", type=click.Choice(choices), default="table", show_default=True, help=help)
 
 
 def output_option(fn: Callable) -> Callable:
@@ -78,6 +72,80 @@ def output_option(fn: Callable) -> Callable:
         default=None,
         help="Write to this file instead of standard output.",
     )(fn)
+
+
+def input_options(*, from_trace: bool = False) -> Callable[[Callable], Callable]:
+    """The analyzer's model and input options, one spelling for ``analyze`` and ``report``.
+
+    ``stagemfu run`` parses the same flags with the same meaning through
+    :func:`stagemfu.collect.run_options.runner_options`, which its runner shares.
+
+    With ``from_trace`` (``report``) every input defaults to None: no input flag means the inputs
+    of the trace's shapes.json, else the :class:`~stagemfu.models.Inputs` defaults. ``--dtype`` is
+    then left to ``report``'s peak options, where it also picks the peak.
+    """
+    from stagemfu.collect.run_options import parse_image_size
+    from stagemfu.models import DTYPES, MODES, Inputs
+
+    defaults = Inputs()
+
+    def default_option(*decls: str, default: object, help: str, **kwargs: Any) -> Callable:
+        if from_trace:
+            help = f"{help} [default: the run's shapes.json, else {default}]"
+            return click.option(*decls, default=None, help=help, **kwargs)
+        return click.option(*decls, default=default, show_default=True, help=help, **kwargs)
+
+    dtype_option = click.option(
+        "--dtype", type=click.Choice(DTYPES), default=defaults.dtype, show_default=True, help="Precision (bytes)."
+    )
+    dtype = [] if from_trace else [dtype_option]  # report's --dtype is a peak option: it also picks the peak
+    options = [
+        click.option(
+            "--config",
+            type=click.Path(dir_okay=False, path_type=Path),
+            default=None,
+            help="JSON file merged over the model's config (nested keys merge), e.g. a smaller model for tests.",
+        ),
+        default_option("--mode", type=click.Choice(MODES), default=defaults.mode, help="DeepSeek-OCR resolution mode."),
+        click.option(
+            "--image-size",
+            metavar="WxH",
+            callback=parse_image_size,
+            help="Original image size in pixels: picks the gundam crop grid by the model's own rule.",
+        ),
+        click.option("--crops", type=int, default=None, help="Gundam local crops (overrides --image-size's rule)."),
+        default_option(
+            "--text-tokens", type=int, default=defaults.text_tokens, help="Prompt tokens besides image tokens."
+        ),
+        default_option(
+            "--new-tokens",
+            type=int,
+            default=defaults.new_tokens,
+            help="Generated tokens: 1 from prefill + N-1 decode steps.",
+        ),
+        default_option("--batch", type=int, default=defaults.batch, help="Sequences generated together."),
+        *dtype,
+        click.option("--full-logits", is_flag=True, help="Count lm_head on every prompt position in prefill."),
+        click.option(
+            "--counters",
+            default="analytic,torch,fvcore",
+            show_default=True,
+            help="Comma-separated FLOP counters to run; analytic alone skips the model build (fastest); "
+            "torch and fvcore need stagemfu[model].",
+        ),
+    ]
+
+    def decorate(fn: Callable) -> Callable:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return decorate
+
+
+def counter_names(counters: str) -> tuple[str, ...]:
+    """``--counters`` split into names: ``"analytic, torch"`` -> ``("analytic", "torch")``."""
+    return tuple(c.strip() for c in counters.split(",") if c.strip())
 
 
 @click.group(cls=StagemfuGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -113,6 +181,24 @@ def print_rich(renderable: Any, output: Path | None) -> None:
     console = Console(record=True, width=PIPE_WIDTH, highlight=False, file=io.StringIO())
     console.print(renderable)
     emit(console.export_text(), output)
+
+
+def json_text(document: object) -> str:
+    """A JSON document as every command writes it: indented, non-ASCII kept, one final newline."""
+    return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+
+
+def render(result: Any, fmt: str, output: Path | None, writers: dict[str, Callable[[Any], Any]]) -> None:
+    """Write ``result`` in ``fmt`` to ``output`` (standard output when None).
+
+    ``writers`` maps each format a command offers to its renderer: ``"table"``'s returns a rich
+    renderable, every other one the text to write.
+    """
+    write = writers[fmt]
+    if fmt == "table":
+        print_rich(write(result), output)
+    else:
+        emit(write(result), output)
 
 
 def _register_commands() -> None:

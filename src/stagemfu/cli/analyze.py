@@ -6,56 +6,14 @@ from pathlib import Path
 
 import click
 
-from stagemfu.cli import FORMATS, emit, output_option, print_rich
-from stagemfu.models import DTYPES, MODES
-
-
-def _image_size(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
-    if value is None:
-        return None
-    width, sep, height = value.lower().partition("x")
-    if not (sep and width.isdigit() and height.isdigit()):
-        raise click.BadParameter(f"{value!r} is not WIDTHxHEIGHT in pixels, e.g. 1700x2200")
-    return int(width), int(height)
+from stagemfu.cli import FORMATS, counter_names, format_option, input_options, output_option, render
 
 
 @click.command()
 @click.argument("model")
-@click.option(
-    "--config",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="JSON file merged over the model's config (nested keys merge), e.g. a smaller model for tests.",
-)
-@click.option(
-    "--mode", type=click.Choice(MODES), default="base", show_default=True, help="DeepSeek-OCR resolution mode."
-)
-@click.option(
-    "--image-size",
-    metavar="WxH",
-    callback=_image_size,
-    help="Original image size in pixels: picks the gundam crop grid by the model's own rule.",
-)
-@click.option("--crops", type=int, default=None, help="Gundam local crops (overrides --image-size's rule).")
-@click.option("--text-tokens", type=int, default=64, show_default=True, help="Prompt tokens besides image tokens.")
-@click.option(
-    "--new-tokens", type=int, default=32, show_default=True, help="Generated tokens: 1 from prefill + N-1 decode steps."
-)
-@click.option("--batch", type=int, default=1, show_default=True, help="Sequences generated together.")
-@click.option("--dtype", type=click.Choice(DTYPES), default="bf16", show_default=True, help="Precision (bytes).")
-@click.option("--full-logits", is_flag=True, help="Count lm_head on every prompt position in prefill.")
-@click.option(
-    "--counters",
-    default="analytic,torch,fvcore",
-    show_default=True,
-    help="Comma-separated counters to run; analytic alone skips the model build (fastest).",
-)
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(FORMATS),
-    default="table",
-    show_default=True,
+@input_options()
+@format_option(
+    FORMATS,
     help="table: rich terminal table; json: the stagemfu.analyze/1 document; csv: one row per stage "
     "(integers); md: the table and notes as Markdown.",
 )
@@ -110,12 +68,11 @@ def analyze(
 
     spec = load_model_spec(model, config=config)
     inputs = Inputs(mode, image_size, crops, text_tokens, new_tokens, batch, dtype, full_logits)
-    result = run_analysis(spec, inputs, counters=tuple(c.strip() for c in counters.split(",") if c.strip()))
-    if fmt == "json":
-        emit(analyze_data.analyze_json(result), output)
-    elif fmt == "csv":
-        emit(analyze_data.stage_table(result).write_csv(), output)
-    elif fmt == "md":
-        emit(analyze_view.markdown_view(result), output)
-    else:
-        print_rich(analyze_view.terminal_view(result), output)
+    result = run_analysis(spec, inputs, counters=counter_names(counters))
+    writers = {
+        "table": analyze_view.terminal_view,
+        "json": analyze_data.analyze_json,
+        "csv": lambda r: analyze_data.stage_table(r).write_csv(),
+        "md": analyze_view.markdown_view,
+    }
+    render(result, fmt, output, writers)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,7 +10,7 @@ from typing import TYPE_CHECKING, Literal
 
 import click
 
-from stagemfu.cli import emit, format_option, output_option, print_rich
+from stagemfu.cli import FORMATS, format_option, json_text, output_option, render
 from stagemfu.postprocess.many import DEFAULT_THRESHOLD, SPREAD_METRICS
 from stagemfu.postprocess.reader import Progress
 from stagemfu.report.render.postprocess_data import TABLES
@@ -97,7 +96,11 @@ PROGRESS_DELAY_S = 1.0  # loads shorter than this draw no progress bar
     "of 1M above 2M operations.",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar (it appears on a terminal for loads over a second).")
-@format_option
+@format_option(
+    FORMATS,
+    help="table: rich terminal tables; json: the stagemfu.postprocess/1 document; "
+    "csv: one table (see --table); md: every table as Markdown.",
+)
 @output_option
 def postprocess(
     traces: tuple[str, ...],
@@ -183,28 +186,25 @@ def _chunk_ops(value: str) -> int | Literal["auto"] | None:
 def _show_one(st: StageTimes, *, fmt: str, table_name: str, top: int, instances: bool, output: Path | None) -> None:
     from stagemfu.report.render import postprocess_data, postprocess_view
 
-    if fmt == "json":
-        doc = postprocess_data.postprocess_document(st, top=top, instances=instances)
-        emit(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", output)
-    elif fmt == "csv":
-        emit(postprocess_data.table(st, table_name, top=top).write_csv(), output)
-    elif fmt == "md":
-        emit(postprocess_view.markdown_view(st, top=top), output)
-    else:
-        print_rich(postprocess_view.terminal_view(st, top=top), output)
+    writers = {
+        "table": lambda t: postprocess_view.terminal_view(t, top=top),
+        "json": lambda t: json_text(postprocess_data.postprocess_document(t, top=top, instances=instances)),
+        "csv": lambda t: postprocess_data.table(t, table_name, top=top).write_csv(),
+        "md": lambda t: postprocess_view.markdown_view(t, top=top),
+    }
+    render(st, fmt, output, writers)
 
 
 def _show_many(ct: CombinedTimes, *, fmt: str, table_name: str, top: int, output: Path | None) -> None:
     from stagemfu.report.render import postprocess_many
 
-    if fmt == "json":
-        emit(json.dumps(postprocess_many.many_document(ct, top=top), indent=2, ensure_ascii=False) + "\n", output)
-    elif fmt == "csv":
-        emit(postprocess_many.many_table(ct, table_name, top=top).write_csv(), output)
-    elif fmt == "md":
-        emit(postprocess_many.markdown_view(ct), output)
-    else:
-        print_rich(postprocess_many.terminal_view(ct), output)
+    writers = {
+        "table": postprocess_many.terminal_view,
+        "json": lambda c: json_text(postprocess_many.many_document(c, top=top)),
+        "csv": lambda c: postprocess_many.many_table(c, table_name, top=top).write_csv(),
+        "md": postprocess_many.markdown_view,
+    }
+    render(ct, fmt, output, writers)
 
 
 @contextmanager

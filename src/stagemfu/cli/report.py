@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
-from stagemfu.cli import emit, output_option, print_rich
+from stagemfu.cli import counter_names, emit, format_option, input_options, json_text, output_option, render
 
 if TYPE_CHECKING:
     from stagemfu.models import Inputs
@@ -37,7 +37,8 @@ def peak_options(fn: Callable) -> Callable:
                 "--dtype",
                 type=click.Choice(("bf16", "fp16", "fp32", "tf32", "fp8")),
                 default=None,
-                help="Precision of the peak; by default the FLOPs' dtype (bf16 when unstated).",
+                help="Precision of the peak (and of the analyzer's count, for bf16, fp16, fp32); by default the "
+                "FLOPs' dtype (bf16 when unstated).",
             ),
             click.option(
                 "--peak-tflops",
@@ -76,38 +77,16 @@ def within_options(fn: Callable) -> Callable:
 
 def flops_options(fn: Callable) -> Callable:
     """Where FLOPs come from: ``--flops FILE`` or ``--model`` with the analyzer's input options."""
-    options = [
-        click.option(
-            "--flops",
-            "flops_file",
-            type=click.Path(path_type=Path),
-            default=None,
-            help="FLOPs per stage: the analyzer's JSON, or a JSON/YAML mapping stage -> FLOPs "
-            "(or {flops, bytes, instances}).",
-        ),
-        click.option("--model", default=None, help="Count FLOPs with the analyzer for this preset or HF config."),
-        click.option(
-            "--config",
-            type=click.Path(path_type=Path),
-            default=None,
-            help="JSON merged over the model's config (with --model).",
-        ),
-        click.option("--mode", default=None, help="Image mode for the analyzer (tiny|small|base|large|gundam)."),
-        click.option(
-            "--text-tokens", type=click.IntRange(min=0), default=None, help="Prompt tokens besides the image."
-        ),
-        click.option("--new-tokens", type=click.IntRange(min=1), default=None, help="Generated tokens."),
-        click.option("--batch", type=click.IntRange(min=1), default=None, help="Sequences per generate call."),
-        click.option(
-            "--counters",
-            default="analytic,torch,fvcore",
-            show_default=True,
-            help="FLOP counters the analyzer runs (comma-separated); torch and fvcore need stagemfu[model].",
-        ),
-    ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
+    fn = input_options(from_trace=True)(fn)
+    fn = click.option("--model", default=None, help="Count FLOPs with the analyzer for this preset or HF config.")(fn)
+    return click.option(
+        "--flops",
+        "flops_file",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="FLOPs per stage: the analyzer's JSON, or a JSON/YAML mapping stage -> FLOPs "
+        "(or {flops, bytes, instances}).",
+    )(fn)
 
 
 @click.command()
@@ -116,12 +95,8 @@ def flops_options(fn: Callable) -> Callable:
 @within_options
 @peak_options
 @click.option("--top", type=click.IntRange(min=1), default=5, show_default=True, help="Kernels listed per stage.")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(REPORT_FORMATS),
-    default="table",
-    show_default=True,
+@format_option(
+    REPORT_FORMATS,
     help="table: rich terminal tables; json: the stagemfu.report/1 document; csv: one table (see --table); "
     "md: Markdown; html: one self-contained page.",
 )
@@ -147,9 +122,12 @@ def report(
     model: str | None,
     config: Path | None,
     mode: str | None,
+    image_size: tuple[int, int] | None,
+    crops: int | None,
     text_tokens: int | None,
     new_tokens: int | None,
     batch: int | None,
+    full_logits: bool,
     counters: str,
     within: str | None,
     all_instances: bool,
@@ -201,16 +179,14 @@ def render_report(rep: MfuReport, fmt: str, table_name: str, output: Path | None
     """Write ``rep`` in one format to ``output`` (standard output when None)."""
     from stagemfu.report.render import report_data, report_view
 
-    if fmt == "json":
-        emit(json.dumps(report_data.report_document(rep), indent=2, ensure_ascii=False) + "\n", output)
-    elif fmt == "csv":
-        emit(report_data.table(rep, table_name).write_csv(), output)
-    elif fmt == "md":
-        emit(report_view.markdown_view(rep), output)
-    elif fmt == "html":
-        emit(_html(rep), output)
-    else:
-        print_rich(report_view.terminal_view(rep), output)
+    writers = {
+        "table": report_view.terminal_view,
+        "json": lambda r: json_text(report_data.report_document(r)),
+        "csv": lambda r: report_data.table(r, table_name).write_csv(),
+        "md": report_view.markdown_view,
+        "html": _html,
+    }
+    render(rep, fmt, output, writers)
 
 
 def _html(rep: MfuReport) -> str:
@@ -226,12 +202,8 @@ def _html(rep: MfuReport) -> str:
 @within_options
 @peak_options
 @click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="Kernels listed.")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(("table", "json", "md", "html")),
-    default="table",
-    show_default=True,
+@format_option(
+    ("table", "json", "md", "html"),
     help="table: rich terminal tables; json: the stagemfu.compare/1 document; md: Markdown; html: one page.",
 )
 @output_option
@@ -248,18 +220,16 @@ def compare(a: Path, b: Path, top: int, fmt: str, output: Path | None, **options
     """
     from stagemfu.report.compare import compare_reports
     from stagemfu.report.render import compare_view
+    from stagemfu.report.render.html import compare_page
 
     cmp = compare_reports(_side(a, options), _side(b, options), top=top)
-    if fmt == "json":
-        emit(json.dumps(compare_view.compare_document(cmp), indent=2, ensure_ascii=False) + "\n", output)
-    elif fmt == "md":
-        emit(compare_view.markdown_view(cmp), output)
-    elif fmt == "html":
-        from stagemfu.report.render.html import compare_page
-
-        emit(compare_page(cmp), output)
-    else:
-        print_rich(compare_view.terminal_view(cmp), output)
+    writers = {
+        "table": compare_view.terminal_view,
+        "json": lambda c: json_text(compare_view.compare_document(c)),
+        "md": compare_view.markdown_view,
+        "html": compare_page,
+    }
+    render(cmp, fmt, output, writers)
 
 
 @click.command()
@@ -290,12 +260,8 @@ def compare(a: Path, b: Path, top: int, fmt: str, output: Path | None, **options
 @click.option(
     "--peak-tflops", type=float, envvar="STAGEMFU_PEAK_TFLOPS", default=None, help="Peak to use instead of the table's."
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(("table", "json", "md")),
-    default="table",
-    show_default=True,
+@format_option(
+    ("table", "json", "md"),
     help="table: terminal; json: the stagemfu.calibration/1 document; md: Markdown (for docs/).",
 )
 @output_option
@@ -331,12 +297,12 @@ def calibrate(
         cal = check_calibration(*check, gpu=gpu, peak_tflops=peak_tflops)
     else:
         cal = run_calibration(out_dir, shapes=shapes, repeats=repeats, nsys=nsys, gpu=gpu, peak_tflops=peak_tflops)
-    if fmt == "json":
-        emit(json.dumps(calibration_view.calibration_document(cal), indent=2) + "\n", output)
-    elif fmt == "md":
-        emit(calibration_view.markdown_view(cal), output)
-    else:
-        print_rich(calibration_view.terminal_view(cal), output)
+    writers = {
+        "table": calibration_view.terminal_view,
+        "json": lambda c: json_text(calibration_view.calibration_document(c)),
+        "md": calibration_view.markdown_view,
+    }
+    render(cal, fmt, output, writers)
     if not cal.passed:
         ctx.exit(CALIBRATION_FAILED)
 
@@ -353,19 +319,13 @@ def _side(path: Path, options: dict[str, object]) -> ReportSide:
 
 def _report_options(given: dict[str, object]) -> dict[str, object]:
     """Keyword arguments of :func:`stagemfu.report.report` from the shared FLOPs, within and peak options."""
-    inputs = _inputs(
-        mode=given["mode"],
-        text_tokens=given["text_tokens"],
-        new_tokens=given["new_tokens"],
-        batch=given["batch"],
-        dtype=given["dtype"],
-    )
+    inputs = _inputs(given)
     return {
         "flops_file": given["flops_file"],
         "model": given["model"],
         "config": given["config"],
         "inputs": inputs,
-        "counters": tuple(c.strip() for c in str(given["counters"]).split(",") if c.strip()),
+        "counters": counter_names(str(given["counters"])),
         "within": given["within"],
         "all_instances": given["all_instances"],
         "gpu": given["gpu"],
@@ -375,12 +335,14 @@ def _report_options(given: dict[str, object]) -> dict[str, object]:
     }
 
 
-def _inputs(**given: object) -> Inputs | None:
-    """An analyzer ``Inputs`` from the flags given, None when none was (then shapes.json or defaults apply).
+def _inputs(given: dict[str, object]) -> Inputs | None:
+    """An analyzer ``Inputs`` from the input flags given, None when none was (then shapes.json or defaults apply).
 
-    ``--dtype`` also picks the peak; it reaches the analyzer when the analyzer knows it (bf16, fp16, fp32).
+    An unset flag reads None, or False for ``--full-logits``. ``--dtype`` also picks the peak; it
+    reaches the analyzer when the analyzer knows it (bf16, fp16, fp32).
     """
     from stagemfu.models import DTYPES, Inputs
 
-    values = {k: v for k, v in given.items() if v is not None and (k != "dtype" or v in DTYPES)}
+    flags = {field.name: given[field.name] for field in dataclasses.fields(Inputs)}
+    values = {k: v for k, v in flags.items() if v is not None and v is not False and (k != "dtype" or v in DTYPES)}
     return Inputs(**values) if values else None

@@ -96,17 +96,22 @@ def parse_image_size(ctx: click.Context, param: click.Parameter, value: str | No
     return int(width), int(height)
 
 
+def _count_option(flag: str, default: int, help_text: str) -> Callable:
+    """A flag counting something there must be at least one of, its default shown in ``--help``."""
+    return click.option(flag, type=click.IntRange(min=1), default=default, show_default=True, help=help_text)
+
+
+def _path_option(flag: str, help_text: str) -> Callable:
+    """An optional file flag; :meth:`RunnerOptions.argv` hands its value on to the runner made absolute."""
+    return click.option(flag, type=click.Path(path_type=Path), default=None, help=help_text)
+
+
 def runner_options(fn: Callable) -> Callable:
     """MODEL and every runner flag, as click decorators (``stagemfu run`` and the runner share them)."""
     defaults = Inputs()
     options = [
         click.argument("model"),
-        click.option(
-            "--config",
-            type=click.Path(path_type=Path),
-            default=None,
-            help="JSON file deep-merged over the model's config (e.g. a smaller model).",
-        ),
+        _path_option("--config", "JSON file deep-merged over the model's config (e.g. a smaller model)."),
         click.option(
             "--mode",
             type=click.Choice(MODES),
@@ -127,23 +132,13 @@ def runner_options(fn: Callable) -> Callable:
             default=None,
             help="Gundam: number of local crops (overrides --image-size).",
         ),
-        click.option(
-            "--text-tokens",
-            type=click.IntRange(min=1),
-            default=defaults.text_tokens,
-            show_default=True,
-            help="Prompt tokens besides the image tokens.",
-        ),
-        click.option(
+        _count_option("--text-tokens", defaults.text_tokens, "Prompt tokens besides the image tokens."),
+        _count_option(
             "--new-tokens",
-            type=click.IntRange(min=1),
-            default=defaults.new_tokens,
-            show_default=True,
-            help="Generated tokens per sequence: generation is forced to exactly this many (no EOS stop).",
+            defaults.new_tokens,
+            "Generated tokens per sequence: generation is forced to exactly this many (no EOS stop).",
         ),
-        click.option(
-            "--batch", type=click.IntRange(min=1), default=defaults.batch, show_default=True, help="Sequences per call."
-        ),
+        _count_option("--batch", defaults.batch, "Sequences per call."),
         click.option(
             "--dtype",
             type=click.Choice(DTYPES),
@@ -154,12 +149,8 @@ def runner_options(fn: Callable) -> Callable:
         click.option(
             "--attn", type=click.Choice(tuple(ATTENTION)), default="sdpa", show_default=True, help="Attention kernels."
         ),
-        click.option(
-            "--repeat",
-            type=click.IntRange(min=1),
-            default=1,
-            show_default=True,
-            help="Measured generate calls (each in a 'measured' range) after one warm-up (in 'warmup').",
+        _count_option(
+            "--repeat", 1, "Measured generate calls (each in a 'measured' range) after one warm-up (in 'warmup')."
         ),
         click.option(
             "--sync",
@@ -167,18 +158,14 @@ def runner_options(fn: Callable) -> Callable:
             help="Synchronize the GPU at the end of every stage range: wall time then includes the stage's GPU "
             "work, at the price of an idle GPU between stages.",
         ),
-        click.option(
+        _path_option(
             "--image",
-            type=click.Path(path_type=Path),
-            default=None,
-            help="A real image: its size sets the crop grid, and DeepSeek-OCR-2's own image processor makes the "
+            "A real image: its size sets the crop grid, and DeepSeek-OCR-2's own image processor makes the "
             "pixels (else random pixels).",
         ),
-        click.option(
+        _path_option(
             "--weights",
-            type=click.Path(path_type=Path),
-            default=None,
-            help="Local checkpoint directory of this model class; by default random weights (timings do not "
+            "Local checkpoint directory of this model class; by default random weights (timings do not "
             "depend on weight values, generated text does).",
         ),
         click.option(

@@ -46,21 +46,16 @@ from transformers.models.deepseek_ocr2.modeling_deepseek_ocr2 import (
 )
 
 from stagemfu.errors import ModelConfigError
+from stagemfu.models.presets import DEEPSEEK_OCR_FIXED
 
 # The DeepSeek tokenizer's "<image>" id, shared by DeepSeek-OCR and DeepSeek-OCR-2 (the latter's
 # published transformers config: https://huggingface.co/deepseek-community/DeepSeek-OCR-2).
 IMAGE_TOKEN_ID = 128815
 
-# SAM ViT-B constants that DeepSeek-OCR's config.json does not spell out: the encoder is SAM's
-# image encoder with its published ViT-B settings (https://github.com/facebookresearch/segment-anything,
-# build_sam_vit_b: patch 16, window 14, neck 256 channels) and DeepSeek's 1024-channel second conv.
-SAM_PATCH_SIZE = 16
-SAM_WINDOW_SIZE = 14
-SAM_NECK_CHANNELS = 256
-
-# CLIP-L/14 (https://huggingface.co/openai/clip-vit-large-patch14/blob/main/config.json): 4x MLP,
-# quick_gelu, layer norm eps 1e-5. DeepSeek-OCR's "mlp_ratio" key belongs to no block of v1.
-CLIP_MLP_RATIO = 4
+# CLIP-L/14 (https://huggingface.co/openai/clip-vit-large-patch14/blob/main/config.json): quick_gelu,
+# layer norm eps 1e-5. The sizes config.json leaves out (SAM ViT-B's patch, window and neck, CLIP's
+# 4x MLP) are presets.DEEPSEEK_OCR_FIXED, which the analytic counter reads too, so the two never
+# disagree. DeepSeek-OCR's "mlp_ratio" key belongs to no block of v1.
 CLIP_ACTIVATION = "quick_gelu"
 CLIP_LAYER_NORM_EPS = 1e-5
 
@@ -142,13 +137,13 @@ def config_from_published(published: dict[str, Any]) -> DeepseekOcrConfig:
             "global_attn_indexes": list(sam["global_attn_indexes"]),
             "downsample_channels": list(sam["downsample_channels"]),
             "image_size": published["vision_config"].get("image_size", 1024),
-            "patch_size": SAM_PATCH_SIZE,
-            "window_size": SAM_WINDOW_SIZE,
-            "output_channels": SAM_NECK_CHANNELS,
+            "patch_size": DEEPSEEK_OCR_FIXED["sam_patch_size"],
+            "window_size": DEEPSEEK_OCR_FIXED["sam_window_size"],
+            "output_channels": DEEPSEEK_OCR_FIXED["sam_neck_channels"],
         }
         clip_config = {
             "hidden_size": clip["width"],
-            "intermediate_size": CLIP_MLP_RATIO * clip["width"],
+            "intermediate_size": DEEPSEEK_OCR_FIXED["clip_mlp_ratio"] * clip["width"],
             "num_hidden_layers": clip["layers"],
             "num_attention_heads": clip["heads"],
             "image_size": clip["image_size"],

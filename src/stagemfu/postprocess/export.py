@@ -11,12 +11,11 @@ import hashlib
 import lzma
 import os
 import shutil
-import subprocess
 import tempfile
 import zlib
 from pathlib import Path
 
-from stagemfu.collect.nsys import find_nsys
+from stagemfu.collect.nsys import export_report, find_nsys
 from stagemfu.errors import ExportError
 from stagemfu.postprocess.reader import SQLITE_MAGIC, not_an_export
 
@@ -35,19 +34,20 @@ def is_compressed(path: Path) -> bool:
     return path.suffix.lower() in COMPRESSED_SUFFIXES
 
 
-def _cache_target(source: Path, suffix: str) -> Path:
+def _cache_target(source: Path) -> Path:
+    """Where ``source``'s SQLite lives in the cache: a changed file (size, mtime) gets a new entry."""
+    if not source.is_file():
+        raise ExportError(f"{source}: no such file")
     stat = source.stat()
     key = hashlib.sha256(f"{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:20]
-    return cache_dir() / f"{source.name}-{key}{suffix}"
+    return cache_dir() / f"{source.name}-{key}.sqlite"
 
 
 def decompress_cached(path: Path) -> Path:
     """Decompress a compressed export once into the cache directory and return the copy's path."""
     import importlib
 
-    if not path.is_file():
-        raise ExportError(f"{path}: no such file")
-    target = _cache_target(path, ".sqlite")
+    target = _cache_target(path)
     if target.is_file():
         return target
     module = importlib.import_module(COMPRESSED_SUFFIXES[path.suffix.lower()])
@@ -69,6 +69,7 @@ def decompress_cached(path: Path) -> Path:
 
 
 def cache_dir() -> Path:
+    """The export cache, ``$XDG_CACHE_HOME/stagemfu/exports`` (``~/.cache`` when unset)."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "stagemfu" / "exports"
 
@@ -79,11 +80,9 @@ def export_sqlite(report: Path) -> Path:
     Raises
     ------
     ExportError
-        nsys is not found, or it failed to export this report.
+        ``report`` is missing, nsys is not found, or it failed to export this report.
     """
-    if not report.is_file():
-        raise ExportError(f"{report}: no such file")
-    target = _cache_target(report, ".sqlite")
+    target = _cache_target(report)
     if target.is_file():
         return target
     nsys = find_nsys()
@@ -94,16 +93,7 @@ def export_sqlite(report: Path) -> Path:
         )
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        out = Path(tmp) / "export.sqlite"
-        cmd = [nsys, "export", "--type", "sqlite", "--force-overwrite", "true", "--output", str(out), str(report)]
-        try:
-            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        except OSError as err:
-            raise ExportError(f"{report}: could not run {nsys} ({err.strerror}); {HOW_TO_EXPORT}") from err
-        if done.returncode != 0 or not out.is_file():
-            said = next(
-                (line.strip() for line in (done.stderr + done.stdout).splitlines() if line.strip()), "no message"
-            )
-            raise ExportError(f"{report}: `nsys export` failed ({said[:200]}); {HOW_TO_EXPORT}")
+        out = Path(tmp) / "export.sqlite"  # a failed export never leaves a half-written cache entry
+        export_report(nsys, report, out, how_to=HOW_TO_EXPORT)
         os.replace(out, target)
     return target

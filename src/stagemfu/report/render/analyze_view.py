@@ -6,14 +6,12 @@ FLOPs show in GFLOP, bytes in GB and parameters in millions; the JSON and CSV ke
 from __future__ import annotations
 
 import polars as pl
-from rich.console import Group, RenderableType
-from rich.text import Text
+from rich.console import RenderableType
 
 from stagemfu.analyzer import Analysis
 from stagemfu.report.render.analyze_data import stage_table
-from stagemfu.report.render.markdown import markdown_table
-from stagemfu.report.render.postprocess_view import _rich_table
-from stagemfu.report.render.text import markdown_cell, one_line
+from stagemfu.report.render.markdown import markdown_document
+from stagemfu.report.render.postprocess_view import summary_text, terminal_document
 
 GIGA, MEGA = 1e9, 1e6
 
@@ -53,18 +51,14 @@ def summary_lines(analysis: Analysis) -> list[str]:
 
 def terminal_view(analysis: Analysis) -> RenderableType:
     """Rich renderables: summary, the stage table, the notes."""
-    items: list[RenderableType] = [
-        Text(line, style="bold" if i == 0 else "") for i, line in enumerate(summary_lines(analysis))
-    ]
-    items.append(_rich_table("FLOPs, bytes and parameters per stage", display_rows(analysis)))
-    items.extend(Text(f"note: {one_line(n)}", style="yellow") for n in (*stage_notes(analysis), *analysis.notes))
-    return Group(*items)
+    table = ("FLOPs, bytes and parameters per stage", display_rows(analysis))
+    notes = (*stage_notes(analysis), *analysis.notes)
+    return terminal_document(summary_text(summary_lines(analysis)), [table], notes)
 
 
 def markdown_view(analysis: Analysis) -> str:
-    """The same content as a Markdown document."""
-    out = ["# stagemfu analyze", ""]
-    out += [f"- {markdown_cell(line)}" for line in summary_lines(analysis)]
-    out += ["", "## Stages", "", markdown_table(display_rows(analysis)), "", "## Notes", ""]
-    out += [f"- {markdown_cell(n)}" for n in (*stage_notes(analysis), *analysis.notes)]
-    return "\n".join(out) + "\n"
+    """The same content as a Markdown document; its Notes section is there even when empty."""
+    notes = [*stage_notes(analysis), *analysis.notes]
+    return markdown_document(
+        "stagemfu analyze", summary_lines(analysis), [("Stages", display_rows(analysis))], lists=[("Notes", notes)]
+    )

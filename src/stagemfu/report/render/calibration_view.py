@@ -10,7 +10,7 @@ from rich.text import Text
 
 from stagemfu.report.calibrate import MIN_LARGEST_MFU, TOLERANCE, Calibration
 from stagemfu.report.render.markdown import markdown_table
-from stagemfu.report.render.postprocess_view import _rich_table
+from stagemfu.report.render.postprocess_view import rich_table
 from stagemfu.report.render.text import markdown_cell
 
 SCHEMA = "stagemfu.calibration/1"
@@ -51,7 +51,7 @@ def summary_lines(cal: Calibration) -> list[str]:
 def terminal_view(cal: Calibration) -> RenderableType:
     lines = summary_lines(cal)
     style = "bold green" if cal.passed else "bold red"
-    return Group(Text(lines[0], style=style), *[Text(x) for x in lines[1:]], _rich_table("GEMMs", gemm_rows(cal)))
+    return Group(Text(lines[0], style=style), *[Text(x) for x in lines[1:]], rich_table("GEMMs", gemm_rows(cal)))
 
 
 def markdown_view(cal: Calibration) -> str:

@@ -8,14 +8,13 @@ from __future__ import annotations
 from typing import Any
 
 import polars as pl
-from rich.console import Group, RenderableType
+from rich.console import RenderableType
 from rich.text import Text
 
 from stagemfu.report.compare import Comparison
 from stagemfu.report.join import BASES
-from stagemfu.report.render.markdown import markdown_table
-from stagemfu.report.render.postprocess_view import _rich_table
-from stagemfu.report.render.text import markdown_cell, one_line
+from stagemfu.report.render.markdown import markdown_document
+from stagemfu.report.render.postprocess_view import terminal_document
 
 SCHEMA = "stagemfu.compare/1"
 NS_PER_MS = 1e6
@@ -70,19 +69,11 @@ def header_lines(cmp: Comparison) -> list[str]:
 
 
 def terminal_view(cmp: Comparison) -> RenderableType:
-    items: list[RenderableType] = [Text(line, style="bold") for line in header_lines(cmp)]
-    items += [_rich_table(title, frame) for title, frame in sections(cmp)]
-    items += [Text(f"note: {one_line(n)}", style="yellow") for n in cmp.notes]
-    return Group(*items)
+    return terminal_document([Text(line, style="bold") for line in header_lines(cmp)], sections(cmp), cmp.notes)
 
 
 def markdown_view(cmp: Comparison) -> str:
-    out = ["# stagemfu compare", ""] + [f"- {markdown_cell(line)}" for line in header_lines(cmp)]
-    for title, frame in sections(cmp):
-        out += ["", f"## {title}", "", markdown_table(frame)]
-    if cmp.notes:
-        out += ["", "## Notes", ""] + [f"- {markdown_cell(n)}" for n in cmp.notes]
-    return "\n".join(out) + "\n"
+    return markdown_document("stagemfu compare", header_lines(cmp), sections(cmp), notes=cmp.notes)
 
 
 def compare_document(cmp: Comparison) -> dict[str, Any]:

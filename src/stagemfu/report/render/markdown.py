@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
 import polars as pl
 
 from stagemfu.report.render.text import markdown_cell, number
@@ -15,6 +17,28 @@ def markdown_table(frame: pl.DataFrame) -> str:
     rule = "|" + "|".join("---:" if frame.schema[c].is_numeric() else "---" for c in frame.columns) + "|"
     rows = ["| " + " | ".join(_cell(v, c) for v, c in zip(row, frame.columns)) + " |" for row in frame.iter_rows()]
     return "\n".join([header, rule, *rows])
+
+
+def markdown_document(
+    heading: str,
+    lines: Iterable[str],
+    sections: Iterable[tuple[str, pl.DataFrame]],
+    *,
+    lists: Iterable[tuple[str, Sequence[str]]] = (),
+    notes: Sequence[str] = (),
+) -> str:
+    """The layout every Markdown view shares: a bullet summary, one table per section, titled bullet
+    lists (shown even when empty), then the notes when there are any."""
+    out = [f"# {heading}", ""] + _bullets(lines)
+    for title, frame in sections:
+        out += ["", f"## {title}", "", markdown_table(frame)]
+    for title, items in [*lists, *([("Notes", notes)] if notes else [])]:
+        out += ["", f"## {title}", ""] + _bullets(items)
+    return "\n".join(out) + "\n"
+
+
+def _bullets(lines: Iterable[str]) -> list[str]:
+    return [f"- {markdown_cell(line)}" for line in lines]
 
 
 def _cell(value: object, column: str) -> str:

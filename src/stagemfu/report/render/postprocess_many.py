@@ -8,18 +8,19 @@ data and milliseconds on screen, as for one trace.
 from __future__ import annotations
 
 import polars as pl
-from rich.console import Group, RenderableType
+from rich.console import RenderableType
 from rich.text import Text
 
 from stagemfu.postprocess.many import CombinedTimes
 from stagemfu.report.render import postprocess_data
-from stagemfu.report.render.markdown import markdown_table
-from stagemfu.report.render.postprocess_view import NS_PER_MS, _rich_table
-from stagemfu.report.render.text import markdown_cell, one_line, stage_label
+from stagemfu.report.render.markdown import markdown_document
+from stagemfu.report.render.postprocess_view import NS_PER_MS, ms_columns, summary_text, terminal_document
+from stagemfu.report.render.text import stage_labels
 
 SCHEMA = "stagemfu.postprocess.many/1"
 MANY_TABLES = ("combined", "stragglers")
 PER_TRACE_ROWS_SHOWN = 16  # traces whose stage tables the terminal and Markdown views print
+RANGE_TIMES = ("wall", "span", "busy", "kernel", "comm")  # the times the combined and per-trace tables show
 
 
 def many_document(ct: CombinedTimes, *, top: int | None = None) -> dict:
@@ -48,16 +49,12 @@ def many_table(ct: CombinedTimes, name: str, *, top: int | None = None) -> pl.Da
     )
 
 
-def _labels(frame: pl.DataFrame) -> pl.Series:
-    return pl.Series([stage_label(d, n) for d, n in zip(frame["domain"], frame["name"])], dtype=pl.Utf8)
-
-
 def combined_rows(ct: CombinedTimes) -> pl.DataFrame:
     """Sums over traces, and the straggler metric's spread over traces, in ms."""
     c, m = ct.combined, ct.metric.removesuffix("_ns")
-    sums = {f"{k} ms": c[f"{k}_ns"] / NS_PER_MS for k in ("wall", "span", "busy", "kernel", "comm")}
+    sums = ms_columns(c, *RANGE_TIMES)
     spread = {f"{m} {s} ms": c[f"{m}_{s}_ns"] / NS_PER_MS for s in ("min", "median", "max")}
-    return pl.DataFrame({"range": _labels(c), "traces": c["traces"], "inst": c["instances"], **sums, **spread})
+    return pl.DataFrame({"range": stage_labels(c), "traces": c["traces"], "inst": c["instances"], **sums, **spread})
 
 
 def straggler_rows(ct: CombinedTimes) -> pl.DataFrame:
@@ -65,7 +62,7 @@ def straggler_rows(ct: CombinedTimes) -> pl.DataFrame:
     return pl.DataFrame(
         {
             "trace": s["trace"],
-            "range": _labels(s),
+            "range": stage_labels(s),
             f"{m} ms": s["value_ns"] / NS_PER_MS,
             "median ms": s["median_ns"] / NS_PER_MS,
             "over median %": s["excess"] * 100,
@@ -78,9 +75,9 @@ def per_trace_rows(ct: CombinedTimes) -> pl.DataFrame:
     return pl.DataFrame(
         {
             "trace": p["trace"],
-            "range": _labels(p),
+            "range": stage_labels(p),
             "inst": p["instances"],
-            **{f"{k} ms": p[f"{k}_ns"] / NS_PER_MS for k in ("wall", "span", "busy", "kernel", "comm")},
+            **ms_columns(p, *RANGE_TIMES),
         }
     )
 
@@ -110,21 +107,11 @@ def sections(ct: CombinedTimes) -> list[tuple[str, pl.DataFrame]]:
 
 
 def terminal_view(ct: CombinedTimes) -> RenderableType:
-    items: list[RenderableType] = [
-        Text(line, style="bold" if i == 0 else "") for i, line in enumerate(summary_lines(ct))
-    ]
+    head = summary_text(summary_lines(ct))
     if ct.stragglers.is_empty():
-        items.append(Text("no stragglers", style="green"))
-    items += [_rich_table(title, frame) for title, frame in sections(ct)]
-    items.extend(Text(f"note: {one_line(n)}", style="yellow") for n in ct.notes)
-    return Group(*items)
+        head.append(Text("no stragglers", style="green"))
+    return terminal_document(head, sections(ct), ct.notes)
 
 
 def markdown_view(ct: CombinedTimes) -> str:
-    out = ["# stagemfu postprocess: several traces", ""]
-    out += [f"- {markdown_cell(line)}" for line in summary_lines(ct)]
-    for title, frame in sections(ct):
-        out += ["", f"## {title}", "", markdown_table(frame)]
-    if ct.notes:
-        out += ["", "## Notes", ""] + [f"- {markdown_cell(n)}" for n in ct.notes]
-    return "\n".join(out) + "\n"
+    return markdown_document("stagemfu postprocess: several traces", summary_lines(ct), sections(ct), notes=ct.notes)

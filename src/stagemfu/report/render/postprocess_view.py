@@ -6,46 +6,53 @@ percent. Every trace string goes through :mod:`stagemfu.report.render.text` firs
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
 import polars as pl
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
 from stagemfu.postprocess.stages import StageTimes
-from stagemfu.report.render.markdown import markdown_table
+from stagemfu.report.render.markdown import markdown_document
 from stagemfu.report.render.postprocess_data import table
-from stagemfu.report.render.text import markdown_cell, number, one_line, stage_label
+from stagemfu.report.render.text import number, one_line, stage_labels
 
 NAME_WIDTH = 48
 LABEL_MIN_WIDTH = 12  # a narrow terminal shrinks numbers' headers, never the stage names away
 KERNEL_WIDTH = 70
 NS_PER_MS = 1e6
+TIMES = {"wall ms": "wall_ns", "span ms": "span_ns", "busy ms": "busy_ns"}  # in the stage, path and process tables
 
 
-def _display(frame: pl.DataFrame, label: tuple[str, pl.Series], columns: dict[str, str]) -> pl.DataFrame:
-    """A displayed table: the label column, then each column renamed; *_ns in ms, shares in %."""
+def ms_columns(frame: pl.DataFrame, *bases: str) -> dict[str, pl.Series]:
+    """``{base} ms`` for each ``{base}_ns`` column, so every table converts nanoseconds the same way."""
+    return {f"{b} ms": frame[f"{b}_ns"] / NS_PER_MS for b in bases}
+
+
+def _display(
+    frame: pl.DataFrame, columns: dict[str, str], *, label: tuple[str, pl.Series] | None = None
+) -> pl.DataFrame:
+    """A displayed table: the label column (by default ``range``, each row's stage label), then each
+    column renamed; *_ns in ms, shares in %."""
+    name, values = label or ("range", stage_labels(frame))
 
     def shown(column: str) -> pl.Series:
         if column.endswith("_ns"):
             return frame[column] / NS_PER_MS
         return frame[column] * 100 if column.endswith("_share") else frame[column]
 
-    return pl.DataFrame({label[0]: label[1], **{title: shown(col) for title, col in columns.items()}})
+    return pl.DataFrame({name: values, **{title: shown(col) for title, col in columns.items()}})
 
 
 def stage_rows(st: StageTimes) -> pl.DataFrame:
     """The per-stage table as displayed: label, counts, times in ms, idle share in %."""
-    r = st.ranges
-    labels = pl.Series([stage_label(d, n) for d, n in zip(r["domain"], r["name"])], dtype=pl.Utf8)
     return _display(
-        r,
-        ("range", labels),
+        st.ranges,
         {
             "inst": "instances",
             "gpu inst": "gpu_instances",
-            "wall ms": "wall_ns",
-            "span ms": "span_ns",
-            "busy ms": "busy_ns",
+            **TIMES,
             "kernel ms": "kernel_ns",
             "idle %": "idle_share",
             "gpu ops": "gpu_ops",
@@ -57,16 +64,14 @@ def stage_rows(st: StageTimes) -> pl.DataFrame:
 def path_rows(st: StageTimes) -> pl.DataFrame:
     return _display(
         st.paths,
-        ("path", st.paths["path"]),
         {
             "inst": "instances",
-            "wall ms": "wall_ns",
-            "span ms": "span_ns",
-            "busy ms": "busy_ns",
+            **TIMES,
             "excl ms": "exclusive_busy_ns",
             "kernel ms": "kernel_ns",
             "idle %": "idle_share",
         },
+        label=("path", st.paths["path"]),
     )
 
 
@@ -76,7 +81,7 @@ def repeated_rows(st: StageTimes) -> pl.DataFrame:
     cols = ["first_ns", "mean_ns", "p50_ns", "p90_ns", "p99_ns", "min_ns", "max_ns"]
     return pl.DataFrame(
         {
-            "range": [stage_label(d, n) for d, n in zip(s["domain"], s["name"])],
+            "range": stage_labels(s),
             "time": s["metric"].str.replace("_ns", ""),
             "count": s["count"],
             **{c.replace("_ns", " ms"): s[c] / NS_PER_MS for c in cols},
@@ -108,7 +113,7 @@ def kernel_rows(st: StageTimes, top: int) -> pl.DataFrame:
     k = k.sort("_o", maintain_order=True)
     return pl.DataFrame(
         {
-            "range": [stage_label(d, n) for d, n in zip(k["domain"], k["name"])],
+            "range": stage_labels(k),
             "kernel": k["kernel"],
             "category": k["category"],
             "count": k["count"],
@@ -122,13 +127,9 @@ def device_rows(st: StageTimes) -> pl.DataFrame:
     d = st.devices
     return pl.DataFrame(
         {
-            "range": [stage_label(a, b) for a, b in zip(d["domain"], d["name"])],
+            "range": stage_labels(d),
             "device": d["device"],
-            "span ms": d["span_ns"] / NS_PER_MS,
-            "busy ms": d["busy_ns"] / NS_PER_MS,
-            "kernel ms": d["kernel_ns"] / NS_PER_MS,
-            "comm ms": d["comm_ns"] / NS_PER_MS,
-            "overlap ms": d["overlap_ns"] / NS_PER_MS,
+            **ms_columns(d, "span", "busy", "kernel", "comm", "overlap"),
             "gpu ops": d["gpu_ops"],
         }
     )
@@ -136,16 +137,12 @@ def device_rows(st: StageTimes) -> pl.DataFrame:
 
 def process_rows(st: StageTimes) -> pl.DataFrame:
     """Stage times per process (one row per process that ran the range), for multi-process traces."""
-    p = st.processes
     return _display(
-        p,
-        ("range", pl.Series([stage_label(d, n) for d, n in zip(p["domain"], p["name"])], dtype=pl.Utf8)),
+        st.processes,
         {
             "pid": "pid",
             "inst": "instances",
-            "wall ms": "wall_ns",
-            "span ms": "span_ns",
-            "busy ms": "busy_ns",
+            **TIMES,
             "kernel ms": "kernel_ns",
             "comm ms": "comm_ns",
             "overlap ms": "overlap_ns",
@@ -162,7 +159,6 @@ def communication_rows(st: StageTimes) -> pl.DataFrame:
     )
     return _display(
         r.hstack(shares),
-        ("range", pl.Series([stage_label(d, n) for d, n in zip(r["domain"], r["name"])], dtype=pl.Utf8)),
         {
             "comm ms": "comm_ns",
             "comm busy ms": "comm_busy_ns",
@@ -209,27 +205,32 @@ def sections(st: StageTimes, top: int) -> list[tuple[str, pl.DataFrame]]:
 
 def terminal_view(st: StageTimes, *, top: int = 5) -> RenderableType:
     """Rich renderables for the terminal."""
-    items: list[RenderableType] = [
-        Text(line, style="bold" if i == 0 else "") for i, line in enumerate(summary_lines(st))
-    ]
-    for title, frame in sections(st, top):
-        items.append(_rich_table(title, frame))
-    items.extend(Text(f"note: {one_line(n)}", style="yellow") for n in st.notes)
-    return Group(*items)
+    return terminal_document(summary_text(summary_lines(st)), sections(st, top), st.notes)
 
 
 def markdown_view(st: StageTimes, *, top: int = 5) -> str:
     """The same content as a Markdown document."""
-    out = ["# stagemfu postprocess", ""]
-    out += [f"- {markdown_cell(line)}" for line in summary_lines(st)]
-    for title, frame in sections(st, top):
-        out += ["", f"## {title}", "", markdown_table(frame)]
-    if st.notes:
-        out += ["", "## Notes", ""] + [f"- {markdown_cell(n)}" for n in st.notes]
-    return "\n".join(out) + "\n"
+    return markdown_document("stagemfu postprocess", summary_lines(st), sections(st, top), notes=st.notes)
 
 
-def _rich_table(title: str, frame: pl.DataFrame) -> Table:
+def summary_text(lines: Iterable[str]) -> list[Text]:
+    """Summary lines for the terminal, the first (what was read) in bold."""
+    return [Text(line, style="bold" if i == 0 else "") for i, line in enumerate(lines)]
+
+
+def terminal_document(
+    head: Sequence[RenderableType],
+    sections: Iterable[tuple[str, pl.DataFrame]],
+    notes: Iterable[str],
+    *,
+    tail: Sequence[RenderableType] = (),
+) -> Group:
+    """The layout every terminal view shares: the head, one table per section, the tail, then notes in yellow."""
+    tables = [rich_table(title, frame) for title, frame in sections]
+    return Group(*head, *tables, *tail, *(Text(f"note: {one_line(n)}", style="yellow") for n in notes))
+
+
+def rich_table(title: str, frame: pl.DataFrame) -> Table:
     """A displayed table (see :func:`_display`) as a rich table: numbers right-aligned, names escaped."""
     tbl = Table(title=title, title_justify="left", title_style="bold")
     for name, dtype in frame.schema.items():

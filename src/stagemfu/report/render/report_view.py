@@ -10,13 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 import polars as pl
-from rich.console import Group, RenderableType
+from rich.console import RenderableType
 from rich.text import Text
 
 from stagemfu.report import MfuReport
-from stagemfu.report.render.markdown import markdown_table
-from stagemfu.report.render.postprocess_view import _rich_table
-from stagemfu.report.render.text import markdown_cell, one_line
+from stagemfu.report.render.markdown import markdown_document
+from stagemfu.report.render.postprocess_view import ms_columns, summary_text, terminal_document
+from stagemfu.report.render.text import one_line
 
 NS_PER_MS = 1e6
 FLOPS_PER_GFLOP = 1e9
@@ -33,15 +33,10 @@ def stage_rows(rep: MfuReport) -> pl.DataFrame:
             "stage": s["stage"],
             "inst": s["instances"],
             "GFLOP": s["flops"] / FLOPS_PER_GFLOP,
-            "wall ms": s["wall_ns"] / NS_PER_MS,
-            "busy ms": s["busy_ns"] / NS_PER_MS,
-            "kernel ms": s["kernel_ns"] / NS_PER_MS,
+            **ms_columns(s, "wall", "busy", "kernel"),
             "idle %": s["idle_share"] * 100,
             "TFLOP/s kernel": s["tflops_kernel"],
-            "MFU kernel %": s["mfu_kernel"] * 100,
-            "MFU busy %": s["mfu_busy"] * 100,
-            "MFU wall %": s["mfu_wall"] * 100,
-            "MBU %": s["mbu"] * 100,
+            **_mfu_columns(s, "kernel", "busy", "wall"),
         }
     )
 
@@ -84,13 +79,9 @@ def decode_rows(rep: MfuReport) -> pl.DataFrame:
         {
             "gen": d["generation"],
             "step": d["step"],
-            "wall ms": d["wall_ns"] / NS_PER_MS,
-            "busy ms": d["busy_ns"] / NS_PER_MS,
-            "kernel ms": d["kernel_ns"] / NS_PER_MS,
+            **ms_columns(d, "wall", "busy", "kernel"),
             "GFLOP": d["flops"] / FLOPS_PER_GFLOP,
-            "MFU kernel %": d["mfu_kernel"] * 100,
-            "MFU wall %": d["mfu_wall"] * 100,
-            "MBU %": d["mbu"] * 100,
+            **_mfu_columns(d, "kernel", "wall"),
         }
     )
 
@@ -144,24 +135,23 @@ def sections(rep: MfuReport) -> list[tuple[str, pl.DataFrame]]:
 
 
 def terminal_view(rep: MfuReport) -> RenderableType:
-    items: list[RenderableType] = [
-        Text(line, style="bold" if i == 0 else "") for i, line in enumerate(summary_lines(rep))
-    ]
-    items += [_rich_table(title, frame) for title, frame in sections(rep)]
-    items += [Text("Diagnosis", style="bold"), *[Text(one_line(line)) for line in diagnosis_lines(rep)]]
-    items += [Text(f"note: {one_line(n)}", style="yellow") for n in rep.notes]
-    return Group(*items)
+    diagnosis = [Text("Diagnosis", style="bold"), *[Text(one_line(line)) for line in diagnosis_lines(rep)]]
+    return terminal_document(summary_text(summary_lines(rep)), sections(rep), rep.notes, tail=diagnosis)
 
 
 def markdown_view(rep: MfuReport) -> str:
-    out = ["# stagemfu report", ""]
-    out += [f"- {markdown_cell(line)}" for line in summary_lines(rep)]
-    for title, frame in sections(rep):
-        out += ["", f"## {title}", "", markdown_table(frame)]
-    out += ["", "## Diagnosis", ""] + [f"- {markdown_cell(line)}" for line in diagnosis_lines(rep)]
-    if rep.notes:
-        out += ["", "## Notes", ""] + [f"- {markdown_cell(n)}" for n in rep.notes]
-    return "\n".join(out) + "\n"
+    return markdown_document(
+        "stagemfu report",
+        summary_lines(rep),
+        sections(rep),
+        lists=[("Diagnosis", diagnosis_lines(rep))],
+        notes=rep.notes,
+    )
+
+
+def _mfu_columns(frame: pl.DataFrame, *bases: str) -> dict[str, pl.Series]:
+    """``MFU {base} %`` for each base, then ``MBU %``: stage and decode-step tables end the same way."""
+    return {**{f"MFU {b} %": frame[f"mfu_{b}"] * 100 for b in bases}, "MBU %": frame["mbu"] * 100}
 
 
 def _plain(value: Any) -> str:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import html
 
+import polars as pl
+
 ELLIPSIS = "…"
 
 
@@ -31,6 +33,11 @@ def markdown_cell(text: str, width: int | None = None) -> str:
 def stage_label(domain: str, name: str) -> str:
     """``name`` for the default domain, ``domain:name`` otherwise (nsys writes ``:name``)."""
     return f"{domain}:{name}" if domain else name
+
+
+def stage_labels(frame: pl.DataFrame) -> pl.Series:
+    """:func:`stage_label` for each row of a frame with ``domain`` and ``name`` columns (Utf8 even when empty)."""
+    return pl.Series([stage_label(d, n) for d, n in zip(frame["domain"], frame["name"])], dtype=pl.Utf8)
 
 
 def number(value: float | int, column: str) -> str:
