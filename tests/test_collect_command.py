@@ -276,3 +276,22 @@ def test_image_size_must_be_width_x_height(bad):
 
     with pytest.raises(click.BadParameter):
         parse_runner_args(["deepseek-ocr2", "--image-size", bad])
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["deepseek-ocr2", "--mode", "tiny"], ["mode 'tiny'", "base, gundam"]),
+        (["deepseek-ocr", "--text-tokens", "0"], ["--text-tokens 0"]),
+        (["deepseek-ocr2", "--mode", "gundam", "--crops", "-3"], ["--crops -3"]),
+        (["no-such-model"], ["not a preset"]),
+    ],
+)
+def test_run_rejects_bad_model_or_inputs_before_starting_nsys(tmp_path, args, words):
+    """The runner would fail inside nsys minutes later; `run` checks the shapes first."""
+    exe = fake_executable(tmp_path / "nsys")
+    result = CliRunner().invoke(cli, ["run", *args, "--nsys", exe, "--dry-run"])
+    assert result.exit_code == 2, result.output
+    assert result.stdout == ""  # no nsys command printed: nothing was planned
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("Error: ") and all(word in line for word in words), line

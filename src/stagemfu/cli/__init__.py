@@ -75,72 +75,23 @@ def output_option(fn: Callable) -> Callable:
 
 
 def input_options(*, from_trace: bool = False) -> Callable[[Callable], Callable]:
-    """The analyzer's model and input options, one spelling for ``analyze`` and ``report``.
+    """The analyzer's model and input options (:func:`stagemfu.models.options.input_options`, which
+    ``stagemfu run`` shares) plus ``--counters``.
 
-    ``stagemfu run`` parses the same flags with the same meaning through
-    :func:`stagemfu.collect.run_options.runner_options`, which its runner shares.
-
-    With ``from_trace`` (``report``) every input defaults to None: no input flag means the inputs
-    of the trace's shapes.json, else the :class:`~stagemfu.models.Inputs` defaults. ``--dtype`` is
-    then left to ``report``'s peak options, where it also picks the peak.
+    With ``from_trace`` (``report``) every input defaults to the trace's shapes.json, and
+    ``--dtype`` is left to ``report``'s peak options, where it also picks the peak.
     """
-    from stagemfu.collect.run_options import parse_image_size
-    from stagemfu.models import DTYPES, MODES, Inputs
+    from stagemfu.models.options import input_options as model_input_options
 
-    defaults = Inputs()
-
-    def default_option(*decls: str, default: object, help: str, **kwargs: Any) -> Callable:
-        if from_trace:
-            help = f"{help} [default: the run's shapes.json, else {default}]"
-            return click.option(*decls, default=None, help=help, **kwargs)
-        return click.option(*decls, default=default, show_default=True, help=help, **kwargs)
-
-    dtype_option = click.option(
-        "--dtype", type=click.Choice(DTYPES), default=defaults.dtype, show_default=True, help="Precision (bytes)."
+    inputs = model_input_options(from_trace=from_trace, dtype=not from_trace)
+    counters = click.option(
+        "--counters",
+        default="analytic,torch,fvcore",
+        show_default=True,
+        help="Comma-separated FLOP counters to run; analytic alone skips the model build (fastest); "
+        "torch and fvcore need stagemfu[model].",
     )
-    dtype = [] if from_trace else [dtype_option]  # report's --dtype is a peak option: it also picks the peak
-    options = [
-        click.option(
-            "--config",
-            type=click.Path(dir_okay=False, path_type=Path),
-            default=None,
-            help="JSON file merged over the model's config (nested keys merge), e.g. a smaller model for tests.",
-        ),
-        default_option("--mode", type=click.Choice(MODES), default=defaults.mode, help="DeepSeek-OCR resolution mode."),
-        click.option(
-            "--image-size",
-            metavar="WxH",
-            callback=parse_image_size,
-            help="Original image size in pixels: picks the gundam crop grid by the model's own rule.",
-        ),
-        click.option("--crops", type=int, default=None, help="Gundam local crops (overrides --image-size's rule)."),
-        default_option(
-            "--text-tokens", type=int, default=defaults.text_tokens, help="Prompt tokens besides image tokens."
-        ),
-        default_option(
-            "--new-tokens",
-            type=int,
-            default=defaults.new_tokens,
-            help="Generated tokens: 1 from prefill + N-1 decode steps.",
-        ),
-        default_option("--batch", type=int, default=defaults.batch, help="Sequences generated together."),
-        *dtype,
-        click.option("--full-logits", is_flag=True, help="Count lm_head on every prompt position in prefill."),
-        click.option(
-            "--counters",
-            default="analytic,torch,fvcore",
-            show_default=True,
-            help="Comma-separated FLOP counters to run; analytic alone skips the model build (fastest); "
-            "torch and fvcore need stagemfu[model].",
-        ),
-    ]
-
-    def decorate(fn: Callable) -> Callable:
-        for option in reversed(options):
-            fn = option(fn)
-        return fn
-
-    return decorate
+    return lambda fn: inputs(counters(fn))
 
 
 def counter_names(counters: str) -> tuple[str, ...]:

@@ -131,6 +131,7 @@ def run(dry_run: bool, **params: Any) -> int:
     from stagemfu.collect.model_run import collect_model, runner_command
 
     options = options_from_params(params)
+    options.shapes()  # a bad model or input fails here, in one line, before nsys starts
     kwargs = _collect_kwargs(params)
     plan = plan_collection(runner_command(options, out_dir=kwargs["out_dir"]), **kwargs)
     if _announce(plan, dry_run):

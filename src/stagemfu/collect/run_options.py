@@ -16,7 +16,8 @@ from typing import Any
 
 import click
 
-from stagemfu.models import DTYPES, MODES, Inputs
+from stagemfu.models import Inputs, Shapes, load_model_spec, resolve_shapes
+from stagemfu.models.options import input_options
 
 ATTENTION = {"sdpa": "sdpa", "eager": "eager", "flash": "flash_attention_2"}  # flag -> transformers' name
 DEVICE_DEFAULT = "cuda"
@@ -58,6 +59,11 @@ class RunnerOptions:
     weights: Path | None = None
     device: str = DEVICE_DEFAULT
 
+    def shapes(self) -> Shapes:
+        """The generate call's shapes; raises ModelConfigError for a model or input the runner
+        would reject, so ``stagemfu run`` says so before starting nsys (pure Python, no torch)."""
+        return resolve_shapes(load_model_spec(self.model, config=self.config), self.inputs)
+
     def argv(self) -> list[str]:
         """The runner's command-line arguments that parse back to these options.
 
@@ -86,16 +92,6 @@ def _absolute_if_path(model: str) -> str:
     return str(path.resolve()) if path.exists() else model
 
 
-def parse_image_size(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
-    """``WIDTHxHEIGHT`` -> (width, height)."""
-    if value is None:
-        return None
-    width, sep, height = value.lower().partition("x")
-    if not (sep and width.isdigit() and height.isdigit() and int(width) > 0 and int(height) > 0):
-        raise click.BadParameter(f"{value!r} is not WIDTHxHEIGHT in pixels, e.g. 1700x2200", ctx=ctx, param=param)
-    return int(width), int(height)
-
-
 def _count_option(flag: str, default: int, help_text: str) -> Callable:
     """A flag counting something there must be at least one of, its default shown in ``--help``."""
     return click.option(flag, type=click.IntRange(min=1), default=default, show_default=True, help=help_text)
@@ -107,45 +103,14 @@ def _path_option(flag: str, help_text: str) -> Callable:
 
 
 def runner_options(fn: Callable) -> Callable:
-    """MODEL and every runner flag, as click decorators (``stagemfu run`` and the runner share them)."""
-    defaults = Inputs()
+    """MODEL and every runner flag, as click decorators (``stagemfu run`` and the runner share them).
+
+    The model and input flags are :func:`stagemfu.models.options.input_options`, the spelling
+    ``stagemfu analyze`` and ``stagemfu report`` use too, without ``--full-logits``.
+    """
     options = [
         click.argument("model"),
-        _path_option("--config", "JSON file deep-merged over the model's config (e.g. a smaller model)."),
-        click.option(
-            "--mode",
-            type=click.Choice(MODES),
-            default=defaults.mode,
-            show_default=True,
-            help="Image resolution mode (OCR models; ignored by decoder LMs).",
-        ),
-        click.option(
-            "--image-size",
-            metavar="WxH",
-            callback=parse_image_size,
-            default=None,
-            help="Original image size in pixels: picks the gundam crop grid as the model's processor does.",
-        ),
-        click.option(
-            "--crops",
-            type=click.IntRange(min=0),
-            default=None,
-            help="Gundam: number of local crops (overrides --image-size).",
-        ),
-        _count_option("--text-tokens", defaults.text_tokens, "Prompt tokens besides the image tokens."),
-        _count_option(
-            "--new-tokens",
-            defaults.new_tokens,
-            "Generated tokens per sequence: generation is forced to exactly this many (no EOS stop).",
-        ),
-        _count_option("--batch", defaults.batch, "Sequences per call."),
-        click.option(
-            "--dtype",
-            type=click.Choice(DTYPES),
-            default=defaults.dtype,
-            show_default=True,
-            help="Weights and activations (MFU uses this dtype's peak).",
-        ),
+        input_options(full_logits=False),
         click.option(
             "--attn", type=click.Choice(tuple(ATTENTION)), default="sdpa", show_default=True, help="Attention kernels."
         ),
