@@ -22,6 +22,7 @@ import sqlite_utils
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "traces"
+FAKE_NSYS = ROOT / "tests" / "fixtures" / "fake_nsys" / "nsys"  # writes a real fixture as its "recording"
 TRACE_NAMES = ("tiny_vlm", "named_domain", "cuda_graph_node", "cuda_graph_graph")
 # `stagemfu run` recordings of the built-in models (tests/fixtures/record_models.sh); the first is the
 # embedded default trace, shipped in the package's data folder.
@@ -52,11 +53,6 @@ NVTX_MARK = 34
 NVTX_PUSHPOP = 59
 NVTX_STARTEND = 60
 NVTX_DOMAIN_CREATE = 75
-
-
-def project_root() -> Path:
-    """The checkout's root (the folder holding pyproject.toml)."""
-    return ROOT
 
 
 def corpus_dir() -> Path:

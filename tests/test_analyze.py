@@ -15,6 +15,7 @@ from stagemfu.analyzer.formulas import attention_groups, rel_pos
 from stagemfu.analyzer.memory import expected_experts, lm_params, model_params, stage_bytes
 from stagemfu.errors import MissingDependencyError, ModelConfigError
 from stagemfu.models import Inputs, load_model_spec, resolve_shapes
+from stagemfu.report import flops_file
 
 LM = {"hidden_size": 64, "intermediate_size": 96, "moe_intermediate_size": 32, "num_hidden_layers": 2,
       "num_attention_heads": 4, "num_key_value_heads": 4, "vocab_size": 200, "n_routed_experts": 4,
@@ -146,7 +147,6 @@ def test_unknown_counter_is_refused():
 
 
 def test_document_is_read_back_by_the_report():
-    flops_file = pytest.importorskip("stagemfu.report.flops_file")
     analysis = analyze(load_model_spec("deepseek-ocr2"), Inputs(new_tokens=5), counters=("analytic",))
     doc = json.loads(json.dumps(analysis.document()))
     assert doc["schema"] == SCHEMA and doc["counters"] == ["analytic"]

@@ -9,28 +9,21 @@ META_DATA_CAPTURE, no ``NAME=value`` strings in StringIds.
 
 from __future__ import annotations
 
-import lzma
 import re
-import shutil
 import sqlite3
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, project_root
+from conftest import EMBEDDED_TRACE, FIXTURES
 
-EMBEDDED = sorted((project_root() / "src" / "stagemfu" / "data").glob("*.sqlite.xz"))
-SHIPPED = sorted(FIXTURES.glob("*.sqlite.xz")) + EMBEDDED
+from stagemfu.postprocess.export import decompress_cached
+
+# Every export in the repository: the fixtures (traces/, calibration/) and the embedded trace.
+SHIPPED = sorted(FIXTURES.parent.glob("**/*.sqlite.xz")) + [EMBEDDED_TRACE]
 HOST_FIELDS = ("Hostname", "DeviceEnvironment", "SystemUID", "CpuInfo", "TargetInstallDir")
 ENV_STRING = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=|PATH=/")
 # `stagemfu run deepseek-ocr2` ranges (docs/collect.md); `warmup` is absent under --capture nvtx:measured
 OCR2_STAGES = {"measured", "prefill", "decode", "vision", "sam", "encoder", "projector"}
-
-
-def decompressed(path: Path, directory: Path) -> Path:
-    target = directory / path.name.removesuffix(".xz")
-    with lzma.open(path, "rb") as src, target.open("wb") as dst:
-        shutil.copyfileobj(src, dst)
-    return target
 
 
 def environment_left(path: Path) -> list[str]:
@@ -54,8 +47,8 @@ def environment_left(path: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("trace", SHIPPED, ids=lambda p: p.name)
-def test_shipped_traces_hold_no_host_environment(trace, tmp_path):
-    assert environment_left(decompressed(trace, tmp_path)) == []
+def test_shipped_traces_hold_no_host_environment(trace):
+    assert environment_left(decompress_cached(trace)) == []
 
 
 def test_an_unscrubbed_export_is_caught(tmp_path):
@@ -75,11 +68,10 @@ def test_an_unscrubbed_export_is_caught(tmp_path):
     ]
 
 
-@pytest.mark.parametrize("trace", EMBEDDED, ids=lambda p: p.name)
-def test_embedded_trace_postprocesses_to_the_documented_stages(trace):
+def test_embedded_trace_postprocesses_to_the_documented_stages():
     from stagemfu import postprocess
 
-    st = postprocess.load(trace, within="measured")
+    st = postprocess.load(EMBEDDED_TRACE, within="measured")
     ranges = st.ranges.filter(st.ranges["domain"] == "stagemfu")
     assert set(ranges["name"].to_list()) >= OCR2_STAGES
     paths = set(st.paths["path"].to_list())

@@ -9,7 +9,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 from collect_helpers import Recorder
-from conftest import project_root
+from conftest import FAKE_NSYS, ROOT
 from tiny_models import TINY_LM, TINY_LMS
 
 from stagemfu.collect import api
@@ -133,7 +133,7 @@ def test_runner_runs_as_a_module_without_nsys(tmp_path, llama_dir):
         [sys.executable, "-m", "stagemfu.collect.runner", *args, "--out-dir", str(tmp_path)],
         capture_output=True,
         text=True,
-        cwd=project_root(),
+        cwd=ROOT,
     )
     assert done.returncode == 0, done.stderr
     assert "1 warm-up + 1 measured" in done.stdout and "weights: random" in done.stdout
@@ -143,7 +143,7 @@ def test_runner_runs_as_a_module_without_nsys(tmp_path, llama_dir):
 def test_stagemfu_run_profiles_the_runner_and_records_its_shapes(tmp_path, llama_dir, monkeypatch):
     from stagemfu.cli import cli
 
-    monkeypatch.setenv("NSYS", str(project_root() / "tests" / "fixtures" / "fake_nsys" / "nsys"))
+    monkeypatch.setenv("NSYS", str(FAKE_NSYS))
     args = ["run", str(llama_dir), "--device", "cpu", "--dtype", "fp32", "--text-tokens", "4", "--new-tokens", "2"]
     result = CliRunner().invoke(cli, [*args, "-d", str(tmp_path / "o")])
     assert result.exit_code == 0, result.output

@@ -17,14 +17,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import make_trace, project_root
+from conftest import FAKE_NSYS, make_trace
 
 from stagemfu.cli import cli
 from stagemfu.collect import collect
 from stagemfu.collect.command import ProfileOptions
 from stagemfu.collect.run_info import parse_nvidia_smi
 
-FAKE_NSYS = project_root() / "tests" / "fixtures" / "fake_nsys" / "nsys"
 PY = sys.executable
 
 
