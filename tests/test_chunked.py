@@ -144,3 +144,19 @@ def test_cli_bad_chunk_ops_exits_2(trace_paths):
     result = CliRunner().invoke(cli, ["postprocess", str(trace_paths["tiny_vlm"]), "--chunk-ops", "-3"])
     assert result.exit_code == 2
     assert "--chunk-ops" in result.output
+
+
+def test_operations_outside_the_estimated_time_span_still_count(make_trace, tmp_path, monkeypatch):
+    """The time bins span the starts of the first and last rows only; a table out of time order
+    puts operations outside that span, which must land in the end chunks, not be lost."""
+    monkeypatch.setattr(reader, "END_ROWS", 0)
+    calls, kernels = zip(
+        *[
+            launch(c, (10 * c, 10 * c + 5), (1000 + 100 * k, 1050 + 100 * k))
+            for c, k in [(1, 3), (2, 0), (3, 5), (4, 1)]
+        ]
+    )
+    path = make_trace(tmp_path, ranges=[{"start": 0, "end": 100, "text": "all"}], calls=calls, kernels=kernels)
+    chunked = postprocess.load(path, chunk_ops=1)
+    assert_same_numbers(postprocess.load(path), chunked)
+    assert chunked.totals["gpu_ops"].item() == 4

@@ -23,17 +23,22 @@ BITMAP_LIMIT = 1 << 28  # widest id range (largest - smallest) given a membershi
 def match_calls(op_pid: np.ndarray, op_corr: np.ndarray, call_tid: np.ndarray, call_corr: np.ndarray) -> np.ndarray:
     """For each operation, the index of the call that launched it, or -1.
 
-    A key that appears twice among the calls resolves to the first of them.
+    A key that appears twice among the calls resolves to the first of them. An operation with a
+    negative correlation id (none recorded) has no call.
 
     Raises
     ------
     ValueError
         Correlation ids outside [0, 2^40), which no nsys export holds.
     """
+    if (len(call_corr) and call_corr.min() < 0) or any(
+        len(c) and c.max() >= CORRELATION_LIMIT for c in (op_corr, call_corr)
+    ):
+        raise ValueError("correlation ids outside [0, 2^40)")
     call_pid = call_tid - call_tid % TID_BITS
     pids = np.sort(pl.concat([pl.Series(call_pid), pl.Series(op_pid)]).unique().to_numpy())
     call_key = _key(pids, call_pid, call_corr)
-    op_key = _key(pids, op_pid, op_corr)
+    op_key = np.where(op_corr >= 0, _key(pids, op_pid, op_corr), -1)  # -1: no call has a negative key
     if len(call_key) == 0:
         return np.full(len(op_key), -1, dtype=np.int64)
     order = np.argsort(call_key, kind="stable")
@@ -44,8 +49,6 @@ def match_calls(op_pid: np.ndarray, op_corr: np.ndarray, call_tid: np.ndarray, c
 
 def _key(pids: np.ndarray, global_pid: np.ndarray, correlation_id: np.ndarray) -> np.ndarray:
     """One int64 per (process, correlation id): the process's rank in the high bits."""
-    if len(correlation_id) and (correlation_id.min() < 0 or correlation_id.max() >= CORRELATION_LIMIT):
-        raise ValueError("correlation ids outside [0, 2^40)")
     return np.searchsorted(pids, global_pid).astype(np.int64) * CORRELATION_LIMIT + correlation_id
 
 

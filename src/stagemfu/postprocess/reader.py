@@ -91,6 +91,7 @@ AUTO_CHUNK_OPS = 500_000  # 10.5 M kernels, 2 cores: 708 MiB in 22.0 s; 1 M: 928
 BINS_PER_CHUNK = 16  # fine time bins per chunk: the cut points are chosen among their edges
 MIN_BINS = 4096
 CORR_BIN = 4096  # correlation ids per bin of the launching-call index
+END_ROWS = 4096  # rows read at each end of an activity table to find the time span of its operations
 # Progress callback: ``progress(what, done, total)`` as a long step advances (the CLI draws a bar).
 Progress = Callable[[str, int, int], None]
 READ_STEPS = ("NVTX ranges", "GPU operations", "launching calls")
@@ -289,26 +290,15 @@ def read_trace(
         notes.append("the trace has no TARGET_INFO_GPU table: GPU names and SM counts are unknown")
     step(1)
     if chunk_ops is not None:
-        chunks = _plan_chunks(
+        chunks, name_ids = _plan_chunks(
             uri, path, {t: columns[t] for t in op_tables}, columns[RUNTIME_TABLE], launcher_ids, chunk_ops, progress
         )
-        name_ids = pl.concat(
-            [
-                _fetch(
-                    uri,
-                    path,
-                    f'SELECT DISTINCT {_name_id_sql(t, columns[t])} AS name_id FROM "{t}"',
-                    schema={"name_id": pl.Int64},
-                )
-                for t in op_tables
-            ]
-        ).get_column("name_id")
-        names = _op_names(uri, path, name_ids, op_tables, columns.get(KERNEL_TABLE, set()), memcpy_names)
+        names = _op_names(uri, path, name_ids, memcpy_names)
         notes.append(f"read in {len(chunks)} time-ordered chunk(s) of about {chunk_ops:,} GPU operations")
         ops = pl.DataFrame(schema={**OPS_SCHEMA, **CALL_COLUMNS})
         return Trace(path, nsys_version, schema_version, ranges, ops, names, gpus, tuple(notes), chunks)
     ops = pl.concat([_read_ops(uri, path, t, columns[t]) for t in op_tables], how="vertical")
-    names = _op_names(uri, path, ops["name_id"], op_tables, columns.get(KERNEL_TABLE, set()), memcpy_names)
+    names = _op_names(uri, path, ops["name_id"], memcpy_names)
     step(2)
     ops = _with_calls(uri, path, ops, columns[RUNTIME_TABLE], launcher_ids)
     return Trace(path, nsys_version, schema_version, ranges, ops, names, gpus, tuple(notes))
@@ -480,20 +470,18 @@ def _name_id_sql(table: str, cols: set[str]) -> str:
     return f"{GRAPH_NAME_ID} - COALESCE({'graphId' if 'graphId' in cols else 'NULL'}, 0)"
 
 
-def _op_names(
-    uri: str, path: Path, name_ids: pl.Series, tables: list[str], kernel_cols: set[str], memcpy_names: dict[int, str]
-) -> pl.DataFrame:
+def _op_names(uri: str, path: Path, name_ids: pl.Series, memcpy_names: dict[int, str]) -> pl.DataFrame:
     """``name_id`` → ``name`` for the operations' name ids; strings are loaded once, not per row."""
     frames = []
-    name_col = next((c for c in KERNEL_NAME_COLUMNS if c in kernel_cols), None)
-    if KERNEL_TABLE in tables and name_col:
+    kernel_ids = name_ids.filter(name_ids >= 0).unique().sort()
+    if len(kernel_ids):  # the ids are known already: asking SQLite for them again would scan the kernels
         frames.append(
             _fetch(
                 uri,
                 path,
                 f"""
             SELECT id AS name_id, COALESCE(value, '') AS name FROM StringIds
-            WHERE id IN (SELECT DISTINCT {name_col} FROM {KERNEL_TABLE})
+            WHERE id IN ({", ".join(map(str, kernel_ids.to_list()))})
         """,
                 schema={"name_id": pl.Int64, "name": pl.Utf8},
             )
@@ -543,8 +531,7 @@ def _fetch_rows(
 def _slices(path: Path, table: str, rowids: tuple[int, int] | None = None) -> list[str]:
     """Conditions splitting ``table`` (or its rowids in [lo, hi]) into rowid slices, one per reading thread."""
     if rowids is None:
-        with _open(path) as db:
-            lo, hi = db.execute(f'SELECT MIN(rowid), MAX(rowid) FROM "{table}"').fetchone()
+        lo, hi = _rowid_range(path, table)
     else:
         lo, hi = rowids if rowids[0] <= rowids[1] else (None, None)
     if lo is None:
@@ -552,6 +539,18 @@ def _slices(path: Path, table: str, rowids: tuple[int, int] | None = None) -> li
     parts = max(1, min(READ_THREADS, (hi - lo + 1) // MIN_SLICE_ROWS))
     edges = np.linspace(lo, hi + 1, parts + 1).astype(np.int64)
     return [f"rowid >= {a} AND rowid < {b}" for a, b in zip(edges[:-1], edges[1:])]
+
+
+def _rowid_range(path: Path, table: str) -> tuple[int | None, int | None]:
+    """The smallest and largest rowid of ``table``: two B-tree descents.
+
+    Asked together in one statement, SQLite would scan the whole table for them (its min/max
+    shortcut takes a single aggregate only): seconds on a runtime table of tens of millions of rows.
+    """
+    with _open(path) as db:
+        lo = db.execute(f'SELECT MIN(rowid) FROM "{table}"').fetchone()[0]
+        hi = db.execute(f'SELECT MAX(rowid) FROM "{table}"').fetchone()[0]
+    return lo, hi
 
 
 def _with_calls(
@@ -659,7 +658,7 @@ def _plan_chunks(
     launcher_ids: list[int],
     chunk_ops: int,
     progress: Progress | None,
-) -> OpChunks:
+) -> tuple[OpChunks, pl.Series]:
     """Choose time-ordered chunks of about ``chunk_ops`` operations, cut where no operation runs.
 
     One pass over the start/end columns of the activity tables counts operations per fine time
@@ -667,11 +666,11 @@ def _plan_chunks(
     second pass, at the same time on another connection, records the rowid span of the
     launching calls of each correlation id bin. A chunk closes at the first unstraddled edge
     after it holds ``chunk_ops`` operations, so a trace whose GPUs never all rest gets fewer,
-    larger chunks, never a wrong number.
+    larger chunks, never a wrong number. Also returns the name ids of all operations.
     """
     with ThreadPoolExecutor(2) as pool:  # SQLite and the driver release the GIL: the two scans overlap
         calls = pool.submit(_call_index, uri, path, runtime_cols, launcher_ids)
-        edges, counts, clear, spans = _time_bins(uri, path, list(tables), chunk_ops)
+        edges, counts, clear, spans, name_ids = _time_bins(uri, path, tables, chunk_ops)
         call_rowids = calls.result()
     cut_bins, held = [], 0
     for j in range(1, len(counts)):  # one step per time bin (thousands), not per operation
@@ -681,31 +680,51 @@ def _plan_chunks(
             held = 0
     bounds = [0, *cut_bins, len(counts)]
     op_rowids = {t: np.array([_span(spans[t][a:b]) for a, b in zip(bounds[:-1], bounds[1:])]) for t in tables}
-    return OpChunks(
+    chunks = OpChunks(
         uri, path, tables, runtime_cols, tuple(launcher_ids), edges[cut_bins], op_rowids, call_rowids, progress
     )
+    return chunks, name_ids
 
 
 def _time_bins(
-    uri: str, path: Path, tables: list[str], chunk_ops: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    uri: str, path: Path, tables: dict[str, set[str]], chunk_ops: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray], pl.Series]:
     """Fine time bins over the operations' starts: edges, operations per bin, which edges no
-    operation straddles, and per table the rowid span of each bin."""
+    operation straddles, per table the rowid span of each bin, and the operations' name ids.
+
+    The bins span the starts of each table's first and last ``END_ROWS`` rows (nsys writes
+    activity in time order, give or take a buffer) and are sized from the rowid range: B-tree
+    reads, not scans. An operation outside that span counts in the first or last bin, so a table
+    out of order gets fewer cuts, never a wrong one: whether an edge is straddled is decided on
+    the true start and end.
+    """
+    sizes = {}
     with _open(path) as db:
-        sizes = [db.execute(f'SELECT MIN(start), MAX(start), COUNT(*) FROM "{t}"').fetchone() for t in tables]
-    filled = [v for v in sizes if v[2]]
-    bins = max(MIN_BINS, BINS_PER_CHUNK * -(-sum(v[2] for v in filled) // max(chunk_ops, 1)))
-    lo, hi = (min(v[0] for v in filled), max(v[1] for v in filled)) if filled else (0, 0)
+        for t in tables:
+            first, last = _rowid_range(path, t)
+            if first is not None:
+                sql = f'SELECT MIN(start), MAX(start) FROM "{t}" WHERE rowid BETWEEN ? AND ?'
+                ends = [
+                    db.execute(sql, span).fetchone() for span in ((first, first + END_ROWS), (last - END_ROWS, last))
+                ]
+                sizes[t] = (min(e[0] for e in ends), max(e[1] for e in ends), last - first + 1)
+    bins = max(MIN_BINS, BINS_PER_CHUNK * -(-sum(v[2] for v in sizes.values()) // max(chunk_ops, 1)))
+    lo, hi = (min(v[0] for v in sizes.values()), max(v[1] for v in sizes.values())) if sizes else (0, 0)
     edges = np.unique(np.linspace(lo, hi + 1, bins + 1).astype(np.int64))
     n = len(edges) - 1
 
-    def scan(table: str, piece: str) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
+    def scan(table: str, piece: str) -> tuple[str, np.ndarray, np.ndarray, np.ndarray, pl.Series]:
         counts = np.zeros(n, dtype=np.int64)
         straddled = np.zeros(n + 2, dtype=np.int64)  # +1/-1 marks; cumsum: operations straddling each edge
         spans = _empty_spans(n)
-        sql = f'SELECT rowid AS r, start AS s, COALESCE("end", start) AS e FROM "{table}" WHERE {piece}'
+        names = []
+        sql = (
+            f'SELECT rowid AS r, start AS s, COALESCE("end", start) AS e, {_name_id_sql(table, tables[table])} AS n '
+            f'FROM "{table}" WHERE {piece}'
+        )
         for batch in _batches(uri, path, sql):
             rowid, start, end = (batch[c].to_numpy() for c in ("r", "s", "e"))
+            names.append(batch["n"].cast(pl.Int64).unique())
             where = np.clip(np.searchsorted(edges, start, side="right") - 1, 0, n - 1)
             counts += np.bincount(where, minlength=n)
             _widen(spans, where, rowid)
@@ -713,15 +732,16 @@ def _time_bins(
             inside = first <= last
             np.add.at(straddled, first[inside], 1)
             np.add.at(straddled, np.minimum(last[inside], n) + 1, -1)
-        return table, counts, straddled, spans
+        return table, counts, straddled, spans, pl.concat(names) if names else pl.Series("n", [], pl.Int64)
 
-    jobs = [(t, piece) for t in tables for piece in _slices(path, t)]
+    jobs = [(t, piece) for t in sizes for piece in _slices(path, t)]
     with ThreadPoolExecutor(max(1, min(READ_THREADS, len(jobs)))) as pool:
         parts = list(pool.map(lambda job: scan(*job), jobs))
     counts = sum((p[1] for p in parts), np.zeros(n, dtype=np.int64))
     straddled = sum((p[2] for p in parts), np.zeros(n + 2, dtype=np.int64))
     spans = {t: _merge_spans([p[3] for p in parts if p[0] == t], n) for t in tables}
-    return edges, counts, np.cumsum(straddled)[: len(edges)] == 0, spans
+    name_ids = pl.concat([p[4] for p in parts]).unique() if parts else pl.Series("n", [], pl.Int64)
+    return edges, counts, np.cumsum(straddled)[: len(edges)] == 0, spans, name_ids.alias("name_id")
 
 
 def _call_index(uri: str, path: Path, runtime_cols: set[str], launcher_ids: list[int]) -> np.ndarray:
