@@ -1,5 +1,6 @@
 """Matching operations to their launching calls agrees with a plain dictionary on dense, sparse,
 repeated and multi-process keys, and on operations without a correlation id."""
+
 from __future__ import annotations
 
 import numpy as np

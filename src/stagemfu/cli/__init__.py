@@ -108,6 +108,9 @@ def cli() -> None:
     span (first to last GPU operation it launched, = nsys "projected" time), busy (time the GPU
     ran at least one of its operations) and kernel time (sum of kernel durations).
     """
+    from stagemfu.heap import return_large_blocks
+
+    return_large_blocks()
 
 
 def emit(text: str, output: Path | None) -> None:

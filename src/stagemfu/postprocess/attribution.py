@@ -334,22 +334,24 @@ class _LaunchOrder:
     """
 
     def __init__(self, ops: pl.DataFrame, comm_name_ids: tuple[int, ...], fresh: np.ndarray) -> None:
-        launched = np.flatnonzero(ops["call_start"].is_not_null().to_numpy())
-        tids, tid_rank = _dense_rank(ops["global_tid"].to_numpy()[launched])
-        corr = ops["correlation_id"].to_numpy()[launched]
-        call_start = ops["call_start"].to_numpy()[launched]
-        order = np.argsort(ops["start"].to_numpy()[launched], kind="stable")
-        # Stable sorts from the last key to the first; timsort is near-linear on these nearly
-        # ordered columns, and the thread rank (a small int) sorts by radix.
-        for key in (corr, call_start, tid_rank.astype(np.int32 if len(tids) > 1 << 15 else np.int16)):
-            order = order[np.argsort(key[order], kind="stable")]
-        self.row = launched[order]
+        keys = ["global_tid", "call_start", "correlation_id", "start"]
+        # One multi-column sort on polars' thread pool (3x faster than four stable numpy sorts on
+        # two cores, more on more), of the launched operations only.
+        self.row = (
+            ops.select(keys)
+            .with_row_index("row")
+            .filter(pl.col("call_start").is_not_null())
+            .sort(keys, maintain_order=True)
+            .get_column("row")
+            .cast(pl.Int64)
+            .to_numpy()
+        )
         self.start = ops["start"].to_numpy()[self.row]
         self.end = ops["end"].to_numpy()[self.row]
-        self.call_start = call_start[order]
+        self.call_start = ops["call_start"].to_numpy()[self.row]
         self.call_end = ops["call_end"].to_numpy()[self.row]
-        self.tid = tids[tid_rank[order]]
-        corr = corr[order]
+        self.tid = ops["global_tid"].to_numpy()[self.row]
+        corr = ops["correlation_id"].to_numpy()[self.row]
         first = (
             np.concatenate([[True], (corr[1:] != corr[:-1]) | (self.tid[1:] != self.tid[:-1])])
             if len(corr)

@@ -155,9 +155,14 @@ def load_many(
 
 
 def load_slim(path: Path, **options: object) -> StageTimes:
-    """:func:`stagemfu.postprocess.load` without the per-operation frames (what a worker sends back)."""
+    """:func:`stagemfu.postprocess.load` without the per-operation frames (what a worker sends back).
+
+    Runs in Dask worker processes, which the command's own heap setting does not reach.
+    """
+    from stagemfu.heap import return_large_blocks
     from stagemfu.postprocess import load
 
+    return_large_blocks()
     st = load(path, **options)  # type: ignore[arg-type]
     trace = dataclasses.replace(st.trace, ops=st.trace.ops.clear(), ranges=st.trace.ranges.clear(), op_chunks=None)
     return dataclasses.replace(st, trace=trace, ops=st.ops.clear())

@@ -78,13 +78,18 @@ MEMCPY_KINDS = {
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 FETCH_BATCH_ROWS = 1 << 18
+# The planning scans of chunked reading run on every core at once and keep nothing of a batch but
+# counts: small batches keep their working memory small (16 threads: 850 MiB at 1 << 18 rows).
+SCAN_BATCH_ROWS = 1 << 15
 # CUDA API functions that can launch GPU work: kernel launches, graph launches, copies, fills.
 LAUNCHER_NAMES_SQL = """
     SELECT id FROM StringIds WHERE value LIKE 'cu%' AND
         (value LIKE '%Launch%' OR value LIKE '%Memcpy%' OR value LIKE '%Memset%')
 """
 READ_THREADS = min(16, os.cpu_count() or 1)
-MIN_SLICE_ROWS = 250_000
+MIN_SLICE_ROWS = 1 << 16
+# Read the next chunk while the current one is attributed, where there are cores for both.
+READ_AHEAD = (os.cpu_count() or 1) >= 4
 # chunk_ops="auto": exports with more GPU operations than this are read in chunks of AUTO_CHUNK_OPS.
 AUTO_IN_MEMORY_OPS = 2_000_000
 AUTO_CHUNK_OPS = 500_000  # 10.5 M kernels, 2 cores: 708 MiB in 22.0 s; 1 M: 928 MiB in 20.8 s
@@ -202,10 +207,17 @@ class OpChunks:
         return len(self.cuts) + 1
 
     def __iter__(self) -> Iterator[pl.DataFrame]:
-        for k in range(len(self)):
-            if self.progress:
-                self.progress(f"{self.path.name}: chunk", k, len(self))
-            yield self.chunk(k)
+        """The chunks in time order. With ``READ_AHEAD`` set, the next chunk is read while the caller
+        works on this one (SQLite and numpy release the GIL): one chunk more in memory, for the
+        overlap of reading and computing on machines with cores to spare."""
+        with ThreadPoolExecutor(1) as pool:
+            ahead = pool.submit(self.chunk, 0) if READ_AHEAD and len(self) > 1 else None
+            for k in range(len(self)):
+                if self.progress:
+                    self.progress(f"{self.path.name}: chunk", k, len(self))
+                current = ahead.result() if ahead is not None else self.chunk(k)
+                ahead = pool.submit(self.chunk, k + 1) if ahead is not None and k + 1 < len(self) else None
+                yield current
 
     def chunk(self, k: int) -> pl.DataFrame:
         """The operations of chunk ``k`` with their launching calls, as ``Trace.ops``."""
@@ -283,25 +295,29 @@ def read_trace(
         if progress:
             progress(f"reading {path.name}: {READ_STEPS[done]}", done, len(READ_STEPS))
 
-    step(0)
-    ranges = _read_ranges(uri, path, columns["NVTX_EVENTS"])
-    notes = []
-    if gpus.is_empty():
-        notes.append("the trace has no TARGET_INFO_GPU table: GPU names and SM counts are unknown")
-    step(1)
-    if chunk_ops is not None:
-        chunks, name_ids = _plan_chunks(
-            uri, path, {t: columns[t] for t in op_tables}, columns[RUNTIME_TABLE], launcher_ids, chunk_ops, progress
-        )
-        names = _op_names(uri, path, name_ids, memcpy_names)
-        notes.append(f"read in {len(chunks)} time-ordered chunk(s) of about {chunk_ops:,} GPU operations")
-        ops = pl.DataFrame(schema={**OPS_SCHEMA, **CALL_COLUMNS})
-        return Trace(path, nsys_version, schema_version, ranges, ops, names, gpus, tuple(notes), chunks)
-    ops = pl.concat([_read_ops(uri, path, t, columns[t]) for t in op_tables], how="vertical")
-    names = _op_names(uri, path, ops["name_id"], memcpy_names)
-    step(2)
-    ops = _with_calls(uri, path, ops, columns[RUNTIME_TABLE], launcher_ids)
-    return Trace(path, nsys_version, schema_version, ranges, ops, names, gpus, tuple(notes))
+    with ThreadPoolExecutor(1) as pool:  # the NVTX ranges are read while the operations are
+        step(0)
+        pending_ranges = pool.submit(_read_ranges, uri, path, columns["NVTX_EVENTS"])
+        notes = []
+        if gpus.is_empty():
+            notes.append("the trace has no TARGET_INFO_GPU table: GPU names and SM counts are unknown")
+        if chunk_ops is not None:
+            chunks, name_ids = _plan_chunks(
+                uri, path, {t: columns[t] for t in op_tables}, columns[RUNTIME_TABLE], launcher_ids, chunk_ops, progress
+            )
+            names = _op_names(uri, path, name_ids, memcpy_names)
+            notes.append(f"read in {len(chunks)} time-ordered chunk(s) of about {chunk_ops:,} GPU operations")
+            ops = pl.DataFrame(schema={**OPS_SCHEMA, **CALL_COLUMNS})
+            step(1)
+            return Trace(
+                path, nsys_version, schema_version, pending_ranges.result(), ops, names, gpus, tuple(notes), chunks
+            )
+        step(1)
+        ops = pl.concat([_read_ops(uri, path, t, columns[t]) for t in op_tables], how="vertical")
+        names = _op_names(uri, path, ops["name_id"], memcpy_names)
+        step(2)
+        ops = _with_calls(uri, path, ops, columns[RUNTIME_TABLE], launcher_ids)
+        return Trace(path, nsys_version, schema_version, pending_ranges.result(), ops, names, gpus, tuple(notes))
 
 
 def _check_file(path: Path) -> None:
@@ -574,8 +590,8 @@ def _with_calls(
     columns = "start, end, globalTid AS global_tid, correlationId AS correlation_id"
     corr, pid = ops["correlation_id"].fill_null(-1).to_numpy(), ops["global_pid"].fill_null(-1).to_numpy()
 
-    def read_calls(where: str, wanted: np.ndarray, rowids: tuple[int, int] | None) -> pl.DataFrame:
-        test = membership(wanted)
+    def read_calls(where: str, wanted: np.ndarray | None, rowids: tuple[int, int] | None) -> pl.DataFrame:
+        test = membership(wanted) if wanted is not None else None
         return _fetch_rows(
             uri,
             path,
@@ -583,13 +599,16 @@ def _with_calls(
             columns,
             schema=CALLS_SCHEMA,
             where=where,
-            keep=lambda b: b.filter(test(b["correlation_id"].fill_null(-1).to_numpy())),
+            keep=(lambda b: b.filter(test(b["correlation_id"].fill_null(-1).to_numpy()))) if test else None,
             rowids=rowids,
         )
 
     by_name = "nameId" in runtime_cols and launcher_ids
     id_list = ", ".join(str(i) for i in launcher_ids)
-    calls = read_calls(f"nameId IN ({id_list})" if by_name else "1", corr[corr >= 0], rowids)
+    # Launching calls of the whole table are about one per operation: kept as they come. Any other
+    # read (a chunk's span, or every API call) keeps only the calls some operation asks for.
+    wanted = corr[corr >= 0] if rowids is not None or not by_name else None
+    calls = read_calls(f"nameId IN ({id_list})" if by_name else "1", wanted, rowids)
     rows = _match(calls, pid, corr, path)
     if by_name and (rows < 0).any():
         rest = read_calls(f"nameId NOT IN ({id_list}) OR nameId IS NULL", corr[(rows < 0) & (corr >= 0)], None)
@@ -634,13 +653,13 @@ def _fetch(
     return frame.select([pl.col(c).cast(t) for c, t in schema.items()])
 
 
-def _batches(uri: str, path: Path, sql: str) -> Iterator[pl.DataFrame]:
-    """The result of one query through ADBC, as polars frames of up to ``FETCH_BATCH_ROWS`` rows."""
+def _batches(uri: str, path: Path, sql: str, rows: int = FETCH_BATCH_ROWS) -> Iterator[pl.DataFrame]:
+    """The result of one query through ADBC, as polars frames of up to ``rows`` rows."""
     import adbc_driver_sqlite.dbapi as adbc  # deferred: import cost only when a trace is read
 
     try:
         with adbc.connect(uri) as conn, conn.cursor() as cur:
-            cur.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": str(FETCH_BATCH_ROWS)})
+            cur.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": str(rows)})
             cur.execute(sql)
             for batch in cur.fetch_record_batch():
                 frame = pl.from_arrow(batch)
@@ -722,7 +741,7 @@ def _time_bins(
             f'SELECT rowid AS r, start AS s, COALESCE("end", start) AS e, {_name_id_sql(table, tables[table])} AS n '
             f'FROM "{table}" WHERE {piece}'
         )
-        for batch in _batches(uri, path, sql):
+        for batch in _batches(uri, path, sql, SCAN_BATCH_ROWS):
             rowid, start, end = (batch[c].to_numpy() for c in ("r", "s", "e"))
             names.append(batch["n"].cast(pl.Int64).unique())
             where = np.clip(np.searchsorted(edges, start, side="right") - 1, 0, n - 1)
@@ -756,7 +775,7 @@ def _call_index(uri: str, path: Path, runtime_cols: set[str], launcher_ids: list
     def scan(piece: str) -> np.ndarray:
         spans = _empty_spans(0)
         sql = f"SELECT rowid AS r, correlationId AS c FROM {RUNTIME_TABLE} WHERE {piece} AND ({where})"
-        for batch in _batches(uri, path, sql):
+        for batch in _batches(uri, path, sql, SCAN_BATCH_ROWS):
             where_bin = batch["c"].to_numpy() // CORR_BIN
             top = int(where_bin.max()) + 1
             if top > len(spans):
