@@ -41,7 +41,8 @@ test: $(TEST_STAMP) browser
 	$(BIN)/python -m pytest -q
 
 bench: $(TEST_STAMP)
-	$(BIN)/python bench/bench_postprocess.py --copies 14,140,700 --ranks 4 --rank-copies 140 --out bench-out
+	$(BIN)/python bench/bench_postprocess.py --copies 14,140,700 --ranks 4 --rank-copies 140 --out bench-out --workdir bench-out/traces --keep
+	$(BIN)/python bench/bench_loading.py bench-out/traces/inflated-x700.sqlite --out bench-out/loading.json
 	$(BIN)/python bench/bench_analyze.py --out bench-out/analyze
 	$(BIN)/python bench/bench_nvtx_api.py
 
