@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stagemfu import postprocess
-from stagemfu.postprocess.intervals import containment_pairs, group_union, segment_union
+from stagemfu.postprocess.intervals import containment_pairs, group_union, segment_union, union_length
 
 TIMELINE = 80  # GPU op coordinates stay below this, so a boolean array measures unions exactly
 PIPELINE = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -95,6 +95,15 @@ def test_group_union_equals_boolean_timeline(rows):
     got_keys, got = group_union(keys, start, end)
     expected = {k: brute_union([(s, s + d) for kk, s, d in rows if kk == k]) for k in {r[0] for r in rows}}
     assert dict(zip(got_keys.tolist(), got.tolist())) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 60), st.integers(0, 15)), max_size=25), st.booleans())
+def test_union_length_equals_boolean_timeline(rows, ordered):
+    rows = sorted(rows) if ordered else rows  # sorted input skips the sort: both paths
+    start = np.array([s for s, _ in rows], dtype=np.int64)
+    end = start + np.array([d for _, d in rows], dtype=np.int64)
+    assert union_length(start, end) == brute_union([(s, s + d) for s, d in rows])
 
 
 @settings(max_examples=200, deadline=None)

@@ -32,8 +32,9 @@ from stagemfu.postprocess.intervals import (
     masked_segment_union,
     segment_bounds,
     segment_union,
+    union_length,
 )
-from stagemfu.postprocess.launches import TID_BITS
+from stagemfu.postprocess.launches import CORRELATION_LIMIT, TID_BITS
 from stagemfu.postprocess.reader import OP_KIND_TYPE, Trace
 
 KERNEL_KINDS = ("kernel", "graph")
@@ -280,14 +281,15 @@ def _attribute_ops(
     by_row = np.full(frame.height, -1, dtype=np.int64)
     by_row[ops.row] = innermost
     outside = by_row < 0
+    columns = _OpColumns.of(frame, fresh)
     return _Part(
         stats=stats,
         exclusive=exclusive,
         devices=devices.select("rid", "device", *METRICS_SCHEMA),
         names=per_name,
         innermost=by_row,
-        totals=_op_totals(frame, fresh),
-        unattributed=_op_totals(frame.filter(pl.Series(outside)), fresh[outside]),
+        totals=_op_totals(columns, slice(None)),
+        unattributed=_op_totals(columns, np.flatnonzero(outside)),
         orphans=frame.height - len(ops.row),
     )
 
@@ -462,30 +464,58 @@ def _sum_names(parts: list[pl.DataFrame]) -> pl.DataFrame:
     return summed.with_columns(kind=kinds.gather(summed["kind"]).cast(OP_KIND_TYPE)).select(list(schema))
 
 
-def _op_totals(ops: pl.DataFrame, fresh: np.ndarray) -> pl.DataFrame:
-    """Counts, kernel time, busy (union) and first start/last end of a set of GPU operations, as one row.
+def _op_totals(columns: _OpColumns, rows: np.ndarray | slice) -> pl.DataFrame:
+    """Counts, kernel time, busy (union) and first start/last end of the operations at ``rows``, as one row.
 
-    ``fresh`` marks the operations whose launch was not counted before (in an earlier chunk).
+    A GPU op is one launch: a (process, correlation id) pair (a graph's kernels share one), counted
+    only when fresh (not counted in an earlier chunk).
     """
-    is_kernel = pl.col("kind").is_in(KERNEL_KINDS)
-    sums = ops.select(
-        is_kernel.sum().cast(pl.Int64).alias("kernels"),
-        pl.when(is_kernel).then(pl.col("end") - pl.col("start")).otherwise(0).sum().cast(pl.Int64).alias("kernel_ns"),
-        pl.col("start").min().cast(pl.Int64).alias("gpu_start_ns"),
-        pl.col("end").max().cast(pl.Int64).alias("gpu_end_ns"),
+    start, end, kernel = columns.start[rows], columns.end[rows], columns.is_kernel[rows]
+    fresh = columns.fresh[rows]
+    launches = _distinct(columns.launch_key[rows][fresh])
+    empty = len(start) == 0
+    return pl.DataFrame(
+        {
+            "kernels": [int(kernel.sum())],
+            "kernel_ns": [int(np.where(kernel, end - start, 0).sum())],
+            "gpu_start_ns": [None if empty else int(start.min())],
+            "gpu_end_ns": [None if empty else int(end.max())],
+            "gpu_ops": [launches],
+            "busy_ns": [union_length(start, end)],
+        },
+        schema={c: pl.Int64 for c in ("kernels", "kernel_ns", "gpu_start_ns", "gpu_end_ns", "gpu_ops", "busy_ns")},
     )
-    # A GPU op is one launch: a correlation id within one process (a graph's kernels share one).
-    keys = ops.select("global_pid", "correlation_id")
-    launches = (
-        (keys if fresh.all() else keys.filter(pl.Series(fresh)))
-        .group_by("global_pid")
-        .agg(pl.col("correlation_id").n_unique())
-        .get_column("correlation_id")
-        .sum()
-    )
-    start, end = ops["start"].to_numpy(), ops["end"].to_numpy()
-    _, busy = group_union(np.zeros(len(start), dtype=np.int64), start, end)
-    return sums.with_columns(gpu_ops=pl.lit(int(launches or 0), pl.Int64), busy_ns=pl.lit(int(busy.sum()), pl.Int64))
+
+
+def _distinct(keys: np.ndarray) -> int:
+    """Number of distinct values; a stable sort is near-linear on these nearly ordered ids."""
+    if len(keys) == 0:
+        return 0
+    ordered = np.sort(keys, kind="stable")
+    return 1 + int(np.count_nonzero(ordered[1:] != ordered[:-1]))
+
+
+@dataclass(frozen=True)
+class _OpColumns:
+    """The columns of one set of operations that the totals need, as numpy arrays in frame order."""
+
+    start: np.ndarray
+    end: np.ndarray
+    is_kernel: np.ndarray
+    launch_key: np.ndarray  # (process rank, correlation id) in one int64; a null id counts as one id
+    fresh: np.ndarray
+
+    @classmethod
+    def of(cls, ops: pl.DataFrame, fresh: np.ndarray) -> _OpColumns:
+        _, pid_rank = _dense_rank(ops["global_pid"].fill_null(-1).to_numpy())
+        corr = ops["correlation_id"].fill_null(-1).to_numpy()
+        return cls(
+            start=ops["start"].to_numpy(),
+            end=ops["end"].to_numpy(),
+            is_kernel=ops["kind"].is_in(KERNEL_KINDS).to_numpy(),
+            launch_key=pid_rank.astype(np.int64) * CORRELATION_LIMIT + (corr + 1),
+            fresh=fresh,
+        )
 
 
 def _closed_ranges(ranges: pl.DataFrame, notes: list[str]) -> pl.DataFrame:

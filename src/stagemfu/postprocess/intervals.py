@@ -76,7 +76,8 @@ def _slices(
     hi = np.zeros(len(outer_tid), dtype=np.int64)
     if len(inner_tid) == 0 or len(outer_tid) == 0:
         return lo, hi
-    tids, first = np.unique(inner_tid, return_index=True)
+    first = segment_bounds(inner_tid)  # the inners are sorted by tid: no sort needed to group them
+    tids = inner_tid[first]
     last = np.append(first[1:], len(inner_tid))
     group = np.searchsorted(tids, outer_tid)
     group_clipped = np.minimum(group, len(tids) - 1)
@@ -149,6 +150,18 @@ def masked_segment_union(bounds: np.ndarray, start: np.ndarray, end: np.ndarray,
         sub = segment_bounds(segment)
         out[segment[sub]] = segment_union(sub, start[mask], end[mask])
     return out
+
+
+def union_length(start: np.ndarray, end: np.ndarray) -> int:
+    """Length of the union of [start, end) intervals, any row order (sorted first if need be)."""
+    if len(start) == 0:
+        return 0
+    if len(start) > 1 and not bool(np.all(start[1:] >= start[:-1])):
+        order = np.argsort(start, kind="stable")  # near-linear on almost ordered rows
+        start, end = start[order], end[order]
+    covered = np.maximum.accumulate(end)
+    gain = end[1:] - np.maximum(start[1:], covered[:-1])
+    return max(int(end[0] - start[0]), 0) + int(np.maximum(gain, 0).sum())
 
 
 def group_union(keys: np.ndarray, start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
