@@ -60,6 +60,20 @@ def test_real_fixtures_chunked_equal_in_memory(trace_paths, loaded, name, chunk_
         assert 1 < chunks_of(chunked) <= 3108 // chunk_ops + 1
 
 
+@pytest.mark.parametrize("read_ahead", [False, True])
+def test_reading_the_next_chunk_ahead_changes_nothing(trace_paths, loaded, monkeypatch, read_ahead):
+    """Machines with 4 or more cores read chunk k+1 while chunk k is attributed; CI has 2 cores,
+    so both ways are forced here."""
+    monkeypatch.setattr(reader, "READ_AHEAD", read_ahead)
+    seen = []
+    chunked = postprocess.load(
+        trace_paths["tiny_vlm"], chunk_ops=100, progress=lambda what, done, total: seen.append((what, done, total))
+    )
+    assert_same_numbers(loaded["tiny_vlm"], chunked)
+    steps = [(done, total) for what, done, total in seen if what.endswith(": chunk")]
+    assert steps == [(k, chunks_of(chunked)) for k in range(chunks_of(chunked))]
+
+
 @pytest.mark.parametrize(
     "name",
     [
