@@ -57,6 +57,8 @@ def test_a_repeated_key_resolves_to_the_first_call():
     call_corr = np.array([5, 6, 5], dtype=np.int64)
     got = match_calls(np.array([PIDS[0]]), np.array([5]), call_tid, call_corr)
     assert got.tolist() == [0]
+    ordered = match_calls(np.array([PIDS[0]] * 2), np.array([6, 5]), call_tid, np.array([5, 5, 6]))
+    assert ordered.tolist() == [2, 0]  # calls already in id order take the path without a sort
 
 
 def test_correlation_ids_out_of_range_are_refused():

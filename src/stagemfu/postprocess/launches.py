@@ -35,16 +35,29 @@ def match_calls(op_pid: np.ndarray, op_corr: np.ndarray, call_tid: np.ndarray, c
         len(c) and c.max() >= CORRELATION_LIMIT for c in (op_corr, call_corr)
     ):
         raise ValueError("correlation ids outside [0, 2^40)")
+    if len(call_corr) == 0:
+        return np.full(len(op_corr), -1, dtype=np.int64)
     call_pid = call_tid - call_tid % TID_BITS
-    pids = np.sort(pl.concat([pl.Series(call_pid), pl.Series(op_pid)]).unique().to_numpy())
-    call_key = _key(pids, call_pid, call_corr)
-    op_key = np.where(op_corr >= 0, _key(pids, op_pid, op_corr), -1)  # -1: no call has a negative key
-    if len(call_key) == 0:
-        return np.full(len(op_key), -1, dtype=np.int64)
+    if _one_value(call_pid, op_pid):  # one process (the usual case): the correlation id is the key
+        call_key, op_key = call_corr, op_corr  # a negative id matches no call
+    else:
+        pids = np.sort(pl.concat([pl.Series(call_pid), pl.Series(op_pid)]).unique().to_numpy())
+        call_key = _key(pids, call_pid, call_corr)
+        op_key = np.where(op_corr >= 0, _key(pids, op_pid, op_corr), -1)  # -1: no call has a negative key
+    if bool(np.all(call_key[1:] >= call_key[:-1])):  # calls come in id order within a process: no sort
+        pos = np.minimum(np.searchsorted(call_key, op_key), len(call_key) - 1)
+        return np.where(call_key[pos] == op_key, pos, -1)
     order = np.argsort(call_key, kind="stable")
     sorted_keys = call_key[order]
     pos = np.minimum(np.searchsorted(sorted_keys, op_key), len(order) - 1)
     return np.where(sorted_keys[pos] == op_key, order[pos], -1)
+
+
+def _one_value(*arrays: np.ndarray) -> bool:
+    """True when all the (non-empty) arrays hold one and the same value."""
+    filled = [a for a in arrays if len(a)]
+    lows, highs = {int(a.min()) for a in filled}, {int(a.max()) for a in filled}
+    return len(lows) == 1 and lows == highs
 
 
 def _key(pids: np.ndarray, global_pid: np.ndarray, correlation_id: np.ndarray) -> np.ndarray:
