@@ -337,8 +337,8 @@ class _LaunchOrder:
 
     def __init__(self, ops: pl.DataFrame, comm_name_ids: tuple[int, ...], fresh: np.ndarray) -> None:
         keys = ["global_tid", "call_start", "correlation_id", "start"]
-        # One multi-column sort on polars' thread pool (3x faster than four stable numpy sorts on
-        # two cores, more on more), of the launched operations only.
+        # One multi-column polars sort of the launched operations (four stable numpy sorts took
+        # 3.0 s for 10.5 M kernels on two cores; this takes 1.7 s).
         self.row = (
             ops.select(keys)
             .with_row_index("row")
