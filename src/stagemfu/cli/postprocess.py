@@ -93,7 +93,7 @@ PROGRESS_DELAY_S = 1.0  # loads shorter than this draw no progress bar
     callback=lambda _ctx, _param, value: _chunk_ops(value),
     help="Read and attribute GPU operations in time-ordered chunks of about N, so memory stays bounded "
     "on exports of tens of millions of kernels (the same numbers, in about the same time: 10.5M kernels "
-    "took 11 s in 761 MiB on 16 cores, 12 s in 3.6 GiB at once); 0: all at once; auto: chunks of 500k "
+    "took 11 s in 761 MiB on 16 cores, 12 s in 3.5 GiB at once); 0: all at once; auto: chunks of 500k "
     "above 2M operations.",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar (it appears on a terminal for loads over a second).")
