@@ -222,7 +222,8 @@ def _attribute_ops(
         fresh = seen.fresh(
             frame["global_pid"].fill_null(-1).to_numpy(), frame["correlation_id"].fill_null(-1).to_numpy()
         )
-    ops = _LaunchOrder(frame, comm_name_ids, fresh)
+    columns = _OpColumns.of(frame, fresh)
+    ops = _LaunchOrder(frame, columns, comm_name_ids)
     rids = ranges["rid"].to_numpy()
     innermost = np.full(len(ops.start), -1, dtype=np.int64)
     per_range, per_device, per_name = [], [], []
@@ -281,7 +282,6 @@ def _attribute_ops(
     by_row = np.full(frame.height, -1, dtype=np.int64)
     by_row[ops.row] = innermost
     outside = by_row < 0
-    columns = _OpColumns.of(frame, fresh)
     return _Part(
         stats=stats,
         exclusive=exclusive,
@@ -335,7 +335,7 @@ class _LaunchOrder:
     contiguous.
     """
 
-    def __init__(self, ops: pl.DataFrame, comm_name_ids: tuple[int, ...], fresh: np.ndarray) -> None:
+    def __init__(self, ops: pl.DataFrame, columns: _OpColumns, comm_name_ids: tuple[int, ...]) -> None:
         keys = ["global_tid", "call_start", "correlation_id", "start"]
         # One multi-column polars sort of the launched operations (four stable numpy sorts took
         # 3.0 s for 10.5 M kernels on two cores; this takes 1.7 s).
@@ -348,8 +348,8 @@ class _LaunchOrder:
             .cast(pl.Int64)
             .to_numpy()
         )
-        self.start = ops["start"].to_numpy()[self.row]
-        self.end = ops["end"].to_numpy()[self.row]
+        self.start = columns.start[self.row]
+        self.end = columns.end[self.row]
         self.call_start = ops["call_start"].to_numpy()[self.row]
         self.call_end = ops["call_end"].to_numpy()[self.row]
         self.tid = ops["global_tid"].to_numpy()[self.row]
@@ -359,8 +359,8 @@ class _LaunchOrder:
             if len(corr)
             else np.zeros(0, dtype=bool)
         )
-        self.new_call = first & fresh[self.row]  # first operation of a launch not counted in an earlier chunk
-        self.is_kernel = ops["kind"].is_in(KERNEL_KINDS).to_numpy()[self.row]
+        self.new_call = first & columns.fresh[self.row]  # first operation of a launch not counted before
+        self.is_kernel = columns.is_kernel[self.row]
         self.name_id = ops["name_id"].to_numpy()[self.row]
         is_comm = self.is_kernel & np.isin(self.name_id, np.asarray(comm_name_ids, dtype=np.int64))
         self.is_comm = is_comm if is_comm.any() else None
@@ -497,7 +497,8 @@ def _distinct(keys: np.ndarray) -> int:
 
 @dataclass(frozen=True)
 class _OpColumns:
-    """The columns of one set of operations that the totals need, as numpy arrays in frame order."""
+    """The columns of one set of operations that both the launch order and the totals need, as
+    numpy arrays in frame order (converted from polars once)."""
 
     start: np.ndarray
     end: np.ndarray

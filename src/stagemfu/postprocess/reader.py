@@ -93,7 +93,7 @@ MIN_SLICE_ROWS = 1 << 16
 READ_AHEAD = (os.cpu_count() or 1) >= 4
 # chunk_ops="auto": exports with more GPU operations than this are read in chunks of AUTO_CHUNK_OPS.
 AUTO_IN_MEMORY_OPS = 2_000_000
-AUTO_CHUNK_OPS = 500_000  # 10.5 M kernels, 2 cores: 708 MiB in 22.0 s; 1 M: 928 MiB in 20.8 s
+AUTO_CHUNK_OPS = 500_000  # 10.5 M kernels: 761 MiB in 11.0 s on 16 cores, 502 MiB in 18.3 s on 2 (docs/benchmarks.md)
 BINS_PER_CHUNK = 16  # fine time bins per chunk: the cut points are chosen among their edges
 MIN_BINS = 4096
 CORR_BIN = 4096  # correlation ids per bin of the launching-call index
@@ -548,7 +548,8 @@ def _fetch_rows(
 def _slices(path: Path, table: str, rowids: tuple[int, int] | None = None) -> list[str]:
     """Conditions splitting ``table`` (or its rowids in [lo, hi]) into rowid slices, one per reading thread."""
     if rowids is None:
-        lo, hi = _rowid_range(path, table)
+        with _open(path) as db:
+            lo, hi = _rowid_range(db, table)
     else:
         lo, hi = rowids if rowids[0] <= rowids[1] else (None, None)
     if lo is None:
@@ -558,15 +559,14 @@ def _slices(path: Path, table: str, rowids: tuple[int, int] | None = None) -> li
     return [f"rowid >= {a} AND rowid < {b}" for a, b in zip(edges[:-1], edges[1:])]
 
 
-def _rowid_range(path: Path, table: str) -> tuple[int | None, int | None]:
+def _rowid_range(db: sqlite3.Connection, table: str) -> tuple[int | None, int | None]:
     """The smallest and largest rowid of ``table``: two B-tree descents.
 
     Asked together in one statement, SQLite would scan the whole table for them (its min/max
     shortcut takes a single aggregate only): seconds on a runtime table of tens of millions of rows.
     """
-    with _open(path) as db:
-        lo = db.execute(f'SELECT MIN(rowid) FROM "{table}"').fetchone()[0]
-        hi = db.execute(f'SELECT MAX(rowid) FROM "{table}"').fetchone()[0]
+    lo = db.execute(f'SELECT MIN(rowid) FROM "{table}"').fetchone()[0]
+    hi = db.execute(f'SELECT MAX(rowid) FROM "{table}"').fetchone()[0]
     return lo, hi
 
 
@@ -718,11 +718,12 @@ def _time_bins(
     out of order gets fewer cuts, never a wrong one: whether an edge is straddled is decided on
     the true start and end.
     """
-    sizes = {}
+    sizes, rowids = {}, {}
     with _open(path) as db:
         for t in tables:
-            first, last = _rowid_range(path, t)
+            first, last = _rowid_range(db, t)
             if first is not None:
+                rowids[t] = (first, last)
                 sql = f'SELECT MIN(start), MAX(start) FROM "{t}" WHERE rowid BETWEEN ? AND ?'
                 ends = [
                     db.execute(sql, span).fetchone() for span in ((first, first + END_ROWS), (last - END_ROWS, last))
@@ -754,7 +755,7 @@ def _time_bins(
             np.add.at(straddled, np.minimum(last[inside], n) + 1, -1)
         return table, counts, straddled, spans, pl.concat(names) if names else pl.Series("n", [], pl.Int64)
 
-    jobs = [(t, piece) for t in sizes for piece in _slices(path, t)]
+    jobs = [(t, piece) for t in sizes for piece in _slices(path, t, rowids[t])]
     with ThreadPoolExecutor(max(1, min(READ_THREADS, len(jobs)))) as pool:
         parts = list(pool.map(lambda job: scan(*job), jobs))
     counts = sum((p[1] for p in parts), np.zeros(n, dtype=np.int64))
