@@ -128,3 +128,37 @@ def test_two_processes_in_one_export_get_a_row_each(make_trace, tmp_path):
     rows = st.processes.select("pid", "wall_ns", "busy_ns").rows()
     assert rows == [(1, 50, 80), (2, 60, 30)]
     assert st.devices.select("device", "busy_ns").rows() == [(0, 80), (1, 30)]
+
+
+@pytest.mark.parametrize("chunk_ops", [None, 1])
+def test_launches_from_another_thread_during_a_range_are_noted(make_trace, tmp_path, chunk_ops):
+    """A worker thread's launches while ``backward`` is open on the main thread: unattributed, and said so."""
+    own_call, own = launch(1, (10, 20), (100, 110), tid=1)
+    worker_calls, worker_ops = zip(*(launch(c, (30 + c, 31 + c), (200 + c, 201 + c), tid=2) for c in range(2, 6)))
+    late_call, late = launch(9, (500, 510), (600, 610), tid=2)  # after the range: not counted
+    path = make_trace(
+        tmp_path,
+        ranges=[
+            {"start": 0, "end": 100, "text": "backward", "tid": 1},
+            {"start": 0, "end": 100, "text": "idle", "tid": 3},
+        ],
+        calls=[own_call, *worker_calls, late_call],
+        kernels=[own, *worker_ops, late],
+    )
+    st = postprocess.load(path, chunk_ops=chunk_ops)
+    (note,) = [n for n in st.notes if "other threads" in n]
+    assert note.endswith(":backward 4 (its own thread: 1); :idle 4 (its own thread: 0)")
+    assert st.unattributed["gpu_ops"].item() == 5
+
+
+def test_a_few_launches_from_other_threads_are_not_noted(make_trace, tmp_path):
+    """Under a tenth of the launches during a range: no note (a data loader's stray copy, say)."""
+    own_calls, own_ops = zip(*(launch(c, (c, c + 1), (100 + c, 101 + c), tid=1) for c in range(1, 11)))
+    other_call, other = launch(20, (50, 51), (300, 301), tid=2)
+    path = make_trace(
+        tmp_path,
+        ranges=[{"start": 0, "end": 100, "text": "forward", "tid": 1}],
+        calls=[*own_calls, other_call],
+        kernels=[*own_ops, other],
+    )
+    assert not [n for n in postprocess.load(path).notes if "other threads" in n]

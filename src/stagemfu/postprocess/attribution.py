@@ -52,6 +52,9 @@ METRICS_SCHEMA = {
     "overlap_ns": pl.Int64,
 }
 COMM_COLUMNS = ("comm_ns", "comm_busy_ns", "overlap_ns")
+# A range is flagged when other threads made at least 1/OTHER_THREAD_SHARE of the launches seen
+# while it was open (its own thread made the rest).
+OTHER_THREAD_SHARE = 10
 
 
 @dataclass(frozen=True)
@@ -178,6 +181,7 @@ def attribute(
         )
         .with_columns(span_ns=(pl.col("gpu_end_ns") - pl.col("gpu_start_ns")).fill_null(0))
     )
+    notes.extend(_other_thread_notes(instances, _merge([p.other_threads for p in parts], ["rid"])))
     devices = _merge([p.devices for p in parts], ["rid", "device"]).with_columns(
         span_ns=pl.col("gpu_end_ns") - pl.col("gpu_start_ns")
     )
@@ -203,6 +207,7 @@ class _Part:
     innermost: np.ndarray
     totals: pl.DataFrame
     unattributed: pl.DataFrame
+    other_threads: pl.DataFrame
     orphans: int
 
 
@@ -290,8 +295,56 @@ def _attribute_ops(
         innermost=by_row,
         totals=_op_totals(columns, slice(None)),
         unattributed=_op_totals(columns, np.flatnonzero(outside)),
+        other_threads=_other_thread_launches(ranges, ops, innermost < 0),
         orphans=frame.height - len(ops.row),
     )
+
+
+def _other_thread_launches(ranges: pl.DataFrame, ops: _LaunchOrder, outside: np.ndarray) -> pl.DataFrame:
+    """Per range instance: launches made outside every range by other threads of its process while it was open.
+
+    NVTX ranges belong to a thread, so work that a framework hands to a worker thread (PyTorch's
+    autograd runs backward on one thread per device) is attributed to no range, here as in
+    nsys. Counting those launches lets the report say so instead of showing an idle stage.
+    """
+    launch = outside & ops.new_call
+    if not launch.any():
+        return pl.DataFrame(schema={"rid": pl.Int64, "other_thread_ops": pl.Int64})
+    process, at = ops.tid[launch] // TID_BITS, ops.call_start[launch]
+    range_process = ranges["global_tid"].to_numpy() // TID_BITS
+    start, end = ranges["start_ns"].to_numpy(), ranges["end_ns"].to_numpy()
+    counts = np.zeros(len(start), dtype=np.int64)
+    for p in np.unique(process):  # processes: a handful
+        times = np.sort(at[process == p])
+        mine = range_process == p
+        counts[mine] = np.searchsorted(times, end[mine]) - np.searchsorted(times, start[mine])
+    hit = counts > 0
+    return pl.DataFrame(
+        {"rid": ranges["rid"].to_numpy()[hit], "other_thread_ops": counts[hit]},
+        schema={"rid": pl.Int64, "other_thread_ops": pl.Int64},
+    )
+
+
+def _other_thread_notes(instances: pl.DataFrame, other: pl.DataFrame) -> list[str]:
+    """One note naming the ranges that miss a tenth or more of the launches their process made while they were open."""
+    flagged = (
+        instances.join(other, on="rid", how="inner")
+        .group_by("domain", "name")
+        .agg(pl.col("gpu_ops").sum(), pl.col("other_thread_ops").sum())
+        .filter(pl.col("other_thread_ops") * OTHER_THREAD_SHARE >= pl.col("gpu_ops") + pl.col("other_thread_ops"))
+        .sort("domain", "name")
+    )
+    if flagged.is_empty():
+        return []
+    listed = "; ".join(
+        f"{domain}:{name} {other_ops:,} (its own thread: {own:,})"
+        for domain, name, own, other_ops in flagged.select("domain", "name", "gpu_ops", "other_thread_ops").iter_rows()
+    )
+    return [
+        "GPU work launched by other threads of the same process while a range was open is attributed to no "
+        "range: NVTX ranges belong to one thread, as in nsys (PyTorch, for one, runs backward on its autograd "
+        f"threads). Launches from other threads during: {listed}"
+    ]
 
 
 def _merge(frames: list[pl.DataFrame], keys: list[str]) -> pl.DataFrame:
