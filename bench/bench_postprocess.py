@@ -5,8 +5,8 @@
 
 For each copy count N the base fixture (a real H100 trace, 3,003 kernels) is repeated N times with
 ../shared/bench/inflate_trace.py. Then, each in a fresh process, timed with its peak RSS:
-  * `stagemfu postprocess FILE --format json` (default --chunk-ops auto: time-ordered chunks of
-    1M operations above 2M operations);
+  * `stagemfu postprocess FILE --format json` (default --chunk-ops auto: time-ordered chunks
+    above 2M operations, several read and attributed at once where there are cores);
   * the same with --chunk-ops 0 (everything in memory), up to --in-memory-max kernels;
   * `nsys stats -r nvtx_gpu_proj_sum` on the same file, when nsys is found.
 The benchmark checks itself: every per-range total on the inflated file must be exactly N times

@@ -21,7 +21,7 @@ from test_intervals_properties import PIPELINE, workloads, write
 
 from stagemfu import postprocess
 from stagemfu.cli import cli
-from stagemfu.postprocess import reader
+from stagemfu.postprocess import attribution, reader
 
 TABLES = (
     "instances",
@@ -60,18 +60,34 @@ def test_real_fixtures_chunked_equal_in_memory(trace_paths, loaded, name, chunk_
         assert 1 < chunks_of(chunked) <= 3108 // chunk_ops + 1
 
 
-@pytest.mark.parametrize("read_ahead", [False, True])
-def test_reading_the_next_chunk_ahead_changes_nothing(trace_paths, loaded, monkeypatch, read_ahead):
-    """Machines with 4 or more cores read chunk k+1 while chunk k is attributed; CI has 2 cores,
-    so both ways are forced here."""
-    monkeypatch.setattr(reader, "READ_AHEAD", read_ahead)
+@pytest.mark.parametrize("workers", [1, 2, 4])
+def test_chunks_in_parallel_change_nothing(trace_paths, loaded, monkeypatch, workers):
+    """Machines with 4 or more cores read and attribute several chunks at once; CI has 2 cores, so
+    every way is forced here."""
+    monkeypatch.setattr(attribution, "CHUNK_WORKERS", workers)
     seen = []
     chunked = postprocess.load(
         trace_paths["tiny_vlm"], chunk_ops=100, progress=lambda what, done, total: seen.append((what, done, total))
     )
     assert_same_numbers(loaded["tiny_vlm"], chunked)
     steps = [(done, total) for what, done, total in seen if what.endswith(": chunk")]
-    assert steps == [(k, chunks_of(chunked)) for k in range(chunks_of(chunked))]
+    assert steps == [(k, chunks_of(chunked)) for k in range(1, chunks_of(chunked) + 1)]
+
+
+@pytest.mark.parametrize("workers", [1, 4])
+def test_a_chunk_that_fails_to_read_fails_the_load(trace_paths, monkeypatch, workers):
+    """The error reaches the caller; the chunks after it, waiting for their turn, do not hang."""
+    read = reader.OpChunks.chunk
+
+    def failing(self, k):
+        if k == 2:
+            raise OSError("disk gone")
+        return read(self, k)
+
+    monkeypatch.setattr(reader.OpChunks, "chunk", failing)
+    monkeypatch.setattr(attribution, "CHUNK_WORKERS", workers)
+    with pytest.raises(OSError, match="disk gone"):
+        postprocess.load(trace_paths["tiny_vlm"], chunk_ops=100)
 
 
 @pytest.mark.parametrize(

@@ -16,15 +16,13 @@ last ends combine exactly (:func:`_merge`).
 
 from __future__ import annotations
 
-import os
-from collections import deque
-from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 
+from stagemfu.postprocess.concurrency import CHUNK_WORKERS, REDUCE_THREADS, bounded_map
 from stagemfu.postprocess.intervals import (
     DEFAULT_CHUNK_ROWS,
     containment_pairs,
@@ -37,8 +35,7 @@ from stagemfu.postprocess.intervals import (
 from stagemfu.postprocess.launches import CORRELATION_LIMIT, TID_BITS
 from stagemfu.postprocess.reader import OP_KIND_TYPE, Trace
 
-KERNEL_KINDS = ("kernel", "graph")
-REDUCE_THREADS = min(4, os.cpu_count() or 1)  # operations whose time counts as kernel time
+KERNEL_KINDS = ("kernel", "graph")  # operations whose time counts as kernel time
 
 METRICS_SCHEMA = {
     "gpu_start_ns": pl.Int64,
@@ -156,11 +153,17 @@ def attribute(
     """
     tree = tree or range_tree(trace.ranges, chunk_rows=chunk_rows)
     ranges = tree.ranges.filter("same_thread")
-    seen = _SeenLaunches() if trace.op_chunks is not None else None
-    parts = [
-        _attribute_ops(ops, ranges, stage_of_rid, comm_name_ids, chunk_rows, seen)
-        for ops in (trace.op_chunks if trace.op_chunks is not None else [trace.ops])
-    ]
+
+    def attribute_ops(frame: pl.DataFrame, fresh: np.ndarray) -> _Part:
+        return _attribute_ops(frame, ranges, fresh, stage_of_rid, comm_name_ids, chunk_rows)
+
+    if trace.op_chunks is None:
+        parts = [attribute_ops(trace.ops, np.ones(trace.ops.height, dtype=bool))]
+    else:
+        # A launch counts once: in the first chunk holding one of its operations, so the launches
+        # are marked seen chunk by chunk in time order, while the rest runs CHUNK_WORKERS at a time.
+        seen = _SeenLaunches()
+        parts = list(trace.op_chunks.map(attribute_ops, before=seen.fresh, workers=CHUNK_WORKERS))
     notes = list(tree.notes)
     orphans = sum(p.orphans for p in parts)
     if orphans:
@@ -214,19 +217,15 @@ class _Part:
 def _attribute_ops(
     frame: pl.DataFrame,
     ranges: pl.DataFrame,
+    fresh: np.ndarray,
     stage_of_rid: np.ndarray | None,
     comm_name_ids: tuple[int, ...],
     chunk_rows: int,
-    seen: _SeenLaunches | None,
 ) -> _Part:
-    """Attribute one set of operations (the whole trace, or one time-ordered chunk of it)."""
-    # A launch counts once: in the first chunk holding one of its operations.
-    if seen is None:
-        fresh = np.ones(frame.height, dtype=bool)
-    else:
-        fresh = seen.fresh(
-            frame["global_pid"].fill_null(-1).to_numpy(), frame["correlation_id"].fill_null(-1).to_numpy()
-        )
+    """Attribute one set of operations (the whole trace, or one time-ordered chunk of it).
+
+    ``fresh`` marks the operations whose launch no earlier chunk counted.
+    """
     columns = _OpColumns.of(frame, fresh)
     ops = _LaunchOrder(frame, columns, comm_name_ids)
     rids = ranges["rid"].to_numpy()
@@ -259,7 +258,7 @@ def _attribute_ops(
     # numpy releases the GIL in its loops, so chunks reduce in parallel threads; the pool's
     # bounded queue keeps at most a few chunks of pairs in memory.
     with ThreadPoolExecutor(REDUCE_THREADS) as pool:
-        for rid, inner, (stats, devices, names) in _bounded_map(pool, reduce_chunk, pairs, REDUCE_THREADS):
+        for rid, inner, (stats, devices, names) in bounded_map(pool, reduce_chunk, pairs, REDUCE_THREADS):
             np.maximum.at(innermost, inner, rid)
             per_range.append(stats)
             if devices is not None:
@@ -366,8 +365,10 @@ class _SeenLaunches:
     def __init__(self) -> None:
         self.bits: dict[int, np.ndarray] = {}
 
-    def fresh(self, pid: np.ndarray, corr: np.ndarray) -> np.ndarray:
+    def fresh(self, ops: pl.DataFrame) -> np.ndarray:
         """True for each operation whose launch no earlier call of this method has seen; then marks them seen."""
+        pid = ops["global_pid"].fill_null(-1).to_numpy()
+        corr = ops["correlation_id"].fill_null(-1).to_numpy()
         out = np.ones(len(corr), dtype=bool)
         slot = corr + 1  # a null id (-1) gets slot 0
         for p in pl.Series(pid).unique().to_list():  # processes: a handful
@@ -485,17 +486,6 @@ class _LaunchOrder:
             .group_by("stage", "name_id", "kind")
             .agg(pl.len().cast(pl.Int64).alias("count"), pl.col("dur").sum().alias("total_ns"))
         )
-
-
-def _bounded_map(pool: ThreadPoolExecutor, fn: Callable, items: Iterator, depth: int) -> Iterator:
-    """``pool.map`` that reads ahead at most ``depth`` items, so a generator is not drained at once."""
-    pending: deque = deque()
-    for item in items:
-        pending.append(pool.submit(fn, item))
-        if len(pending) >= depth:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
 
 
 def _dense_rank(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

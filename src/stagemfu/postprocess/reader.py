@@ -18,19 +18,20 @@ with cores to spare).
 from __future__ import annotations
 
 import contextlib
-import os
 import sqlite3
+import threading
 import urllib.parse
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 import polars as pl
 
 from stagemfu.errors import TraceError
+from stagemfu.postprocess.concurrency import CHUNK_WORKERS, CPUS, bounded_map
 from stagemfu.postprocess.launches import match_calls, membership
 
 # NVTX event types (nsys ENUM_NSYS_EVENT_TYPE): ranges we measure, and domain creation.
@@ -87,19 +88,21 @@ LAUNCHER_NAMES_SQL = """
     SELECT id FROM StringIds WHERE value LIKE 'cu%' AND
         (value LIKE '%Launch%' OR value LIKE '%Memcpy%' OR value LIKE '%Memset%')
 """
-READ_THREADS = min(16, os.cpu_count() or 1)
+READ_THREADS = min(16, CPUS)
 MIN_SLICE_ROWS = 1 << 16
-# Read the next chunk while the current one is attributed, where there are cores for both.
-READ_AHEAD = (os.cpu_count() or 1) >= 4
 # chunk_ops="auto": exports with more GPU operations than this are read in chunks of AUTO_CHUNK_OPS.
 AUTO_IN_MEMORY_OPS = 2_000_000
-AUTO_CHUNK_OPS = 500_000  # 10.5 M kernels: 761 MiB in 11.0 s on 16 cores, 502 MiB in 18.3 s on 2 (docs/benchmarks.md)
+# About a million operations in flight at most: chunks of 500 k where one or two are read and
+# attributed at a time, four of 250 k on 16 cores (docs/benchmarks.md).
+AUTO_CHUNK_OPS = 1_000_000 // max(2, CHUNK_WORKERS)
 BINS_PER_CHUNK = 16  # fine time bins per chunk: the cut points are chosen among their edges
 MIN_BINS = 4096
 CORR_BIN = 4096  # correlation ids per bin of the launching-call index
 END_ROWS = 4096  # rows read at each end of an activity table to find the time span of its operations
 # Progress callback: ``progress(what, done, total)`` as a long step advances (the CLI draws a bar).
 Progress = Callable[[str, int, int], None]
+S = TypeVar("S")
+R = TypeVar("R")
 READ_STEPS = ("NVTX ranges", "GPU operations", "launching calls")
 CALLS_SCHEMA = {"start": pl.Int64, "end": pl.Int64, "global_tid": pl.Int64, "correlation_id": pl.Int64}
 
@@ -191,7 +194,7 @@ class OpChunks:
         The rowid span [lo, hi] of the launching calls of each bin of ``CORR_BIN`` correlation
         ids (lo > hi when none).
     progress
-        Called as ``progress("chunk", k, chunks)`` as chunk k is read.
+        Called as ``progress("FILE: chunk", k, chunks)`` as the k-th chunk is done.
     """
 
     uri: str
@@ -207,18 +210,36 @@ class OpChunks:
     def __len__(self) -> int:
         return len(self.cuts) + 1
 
-    def __iter__(self) -> Iterator[pl.DataFrame]:
-        """The chunks in time order. With ``READ_AHEAD`` set, the next chunk is read while the caller
-        works on this one (SQLite and numpy release the GIL): one chunk more in memory, for the
-        overlap of reading and computing on machines with cores to spare."""
-        with ThreadPoolExecutor(1) as pool:
-            ahead = pool.submit(self.chunk, 0) if READ_AHEAD and len(self) > 1 else None
-            for k in range(len(self)):
+    def map(
+        self,
+        fn: Callable[[pl.DataFrame, S], R],
+        before: Callable[[pl.DataFrame], S],
+        workers: int = 1,
+    ) -> Iterator[R]:
+        """``fn(chunk, before(chunk))`` for every chunk; results in time order.
+
+        ``workers`` chunks are read and processed at once, each by a thread of its own (SQLite,
+        polars and numpy release the GIL): memory grows by a chunk per worker. ``before`` runs on
+        the chunks one at a time in time order (a chunk waits for the one before it), for the
+        little work that depends on what earlier chunks held.
+        """
+        turns = [threading.Event() for _ in range(len(self))]
+
+        def one(k: int) -> R:
+            try:
+                frame = self.chunk(k)
+                if k:
+                    turns[k - 1].wait()
+                state = before(frame)
+            finally:
+                turns[k].set()  # also on error: the next chunk must not wait forever
+            return fn(frame, state)
+
+        with ThreadPoolExecutor(workers) as pool:
+            for k, result in enumerate(bounded_map(pool, one, range(len(self)), workers)):
                 if self.progress:
-                    self.progress(f"{self.path.name}: chunk", k, len(self))
-                current = ahead.result() if ahead is not None else self.chunk(k)
-                ahead = pool.submit(self.chunk, k + 1) if ahead is not None and k + 1 < len(self) else None
-                yield current
+                    self.progress(f"{self.path.name}: chunk", k + 1, len(self))
+                yield result
 
     def chunk(self, k: int) -> pl.DataFrame:
         """The operations of chunk ``k`` with their launching calls, as ``Trace.ops``."""

@@ -1,0 +1,35 @@
+"""How many threads the postprocess pipeline uses, and the bounded map they share.
+
+The work is numpy, polars and SQLite, which all release the GIL in their loops, so threads run
+it in parallel without the copies a process pool would make. Every map is bounded: a generator
+of chunks is never drained ahead of the consumer, so memory stays a few chunks deep.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+CPUS = os.cpu_count() or 1
+# Chunks of a chunked read in flight at once, each read and attributed by its own thread. One
+# chunk at a time where cores are few (CI's two); two from 4 cores (one is read while the other
+# is attributed); on 16 cores four, each reduced by REDUCE_THREADS threads (docs/benchmarks.md).
+CHUNK_WORKERS = 1 if CPUS < 4 else max(2, min(4, CPUS // 4))
+REDUCE_THREADS = min(4, CPUS)  # threads reducing one chunk's (range, operation) pairs
+
+
+def bounded_map(pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[T], depth: int) -> Iterator[R]:
+    """``pool.map`` in order that takes at most ``depth`` items ahead of the consumer."""
+    pending: deque = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= depth:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
