@@ -190,3 +190,39 @@ def test_operations_outside_the_estimated_time_span_still_count(make_trace, tmp_
     chunked = postprocess.load(path, chunk_ops=1)
     assert_same_numbers(postprocess.load(path), chunked)
     assert chunked.totals["gpu_ops"].item() == 4
+
+
+def test_zero_chunk_ops_means_all_at_once_and_negative_is_refused(trace_paths):
+    """As on the command line; a chunk of zero operations used to mean a time bin per operation."""
+    assert postprocess.load(trace_paths["tiny_vlm"], chunk_ops=0).trace.op_chunks is None
+    with pytest.raises(ValueError, match="chunk_ops"):
+        postprocess.load(trace_paths["tiny_vlm"], chunk_ops=-5)
+
+
+def test_tiny_chunks_of_a_large_export_cap_the_time_bins(trace_paths, loaded, monkeypatch):
+    monkeypatch.setattr(reader, "MAX_BINS", 64)
+    chunked = postprocess.load(trace_paths["tiny_vlm"], chunk_ops=1)
+    assert_same_numbers(loaded["tiny_vlm"], chunked)
+    assert chunks_of(chunked) <= 64
+
+
+@given(
+    st.lists(
+        st.lists(st.tuples(st.sampled_from([None, 1 << 24, 7 << 24]), st.one_of(st.none(), st.integers(0, 5000)))),
+        max_size=6,
+    )
+)
+def test_launches_are_fresh_once_across_chunks(chunks):
+    """Against a set: an operation is fresh when no earlier chunk held its (process, correlation id)."""
+    import polars as pl
+
+    seen_model: set = set()
+    seen = attribution._SeenLaunches()
+    for chunk in chunks:
+        frame = pl.DataFrame(
+            {"global_pid": [p for p, _ in chunk], "correlation_id": [c for _, c in chunk]},
+            schema={"global_pid": pl.Int64, "correlation_id": pl.Int64},
+        )
+        keys = [(-1 if p is None else p, -1 if c is None else c) for p, c in chunk]
+        assert seen.fresh(frame).tolist() == [k not in seen_model for k in keys]
+        seen_model.update(keys)

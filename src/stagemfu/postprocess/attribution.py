@@ -310,16 +310,18 @@ def _other_thread_launches(ranges: pl.DataFrame, ops: _LaunchOrder, outside: np.
     if not launch.any():
         return pl.DataFrame(schema={"rid": pl.Int64, "other_thread_ops": pl.Int64})
     process, at = ops.tid[launch] // TID_BITS, ops.call_start[launch]
-    range_process = ranges["global_tid"].to_numpy() // TID_BITS
     start, end = ranges["start_ns"].to_numpy(), ranges["end_ns"].to_numpy()
-    counts = np.zeros(len(start), dtype=np.int64)
+    near = np.flatnonzero((start <= at.max()) & (end > at.min()))  # a chunk's launches span a short time
+    start, end = start[near], end[near]
+    range_process = ranges["global_tid"].to_numpy()[near] // TID_BITS
+    counts = np.zeros(len(near), dtype=np.int64)
     for p in np.unique(process):  # processes: a handful
         times = np.sort(at[process == p])
         mine = range_process == p
         counts[mine] = np.searchsorted(times, end[mine]) - np.searchsorted(times, start[mine])
     hit = counts > 0
     return pl.DataFrame(
-        {"rid": ranges["rid"].to_numpy()[hit], "other_thread_ops": counts[hit]},
+        {"rid": ranges["rid"].to_numpy()[near[hit]], "other_thread_ops": counts[hit]},
         schema={"rid": pl.Int64, "other_thread_ops": pl.Int64},
     )
 
@@ -366,20 +368,28 @@ class _SeenLaunches:
         self.bits: dict[int, np.ndarray] = {}
 
     def fresh(self, ops: pl.DataFrame) -> np.ndarray:
-        """True for each operation whose launch no earlier call of this method has seen; then marks them seen."""
+        """True for each operation whose launch no earlier call of this method has seen; then marks them seen.
+
+        This runs on the chunks one at a time, so it is kept cheap: a chunk's correlation ids lie in
+        a narrow window, and that window's bits are set at once from a packed boolean mask.
+        """
         pid = ops["global_pid"].fill_null(-1).to_numpy()
-        corr = ops["correlation_id"].fill_null(-1).to_numpy()
-        out = np.ones(len(corr), dtype=bool)
-        slot = corr + 1  # a null id (-1) gets slot 0
-        for p in pl.Series(pid).unique().to_list():  # processes: a handful
-            mine = pid == p
-            byte, bit = slot[mine] >> 3, (slot[mine] & 7).astype(np.uint8)
-            bits = self.bits.get(p, np.zeros(0, dtype=np.uint8))
-            if int(byte.max()) >= len(bits):
-                bits = np.concatenate([bits, np.zeros(int(byte.max()) + 1 - len(bits), dtype=np.uint8)])
-            out[mine] = (bits[byte] >> bit) & 1 == 0
-            np.bitwise_or.at(bits, byte, np.left_shift(1, bit).astype(np.uint8))
-            self.bits[p] = bits
+        slot = ops["correlation_id"].fill_null(-1).to_numpy() + 1  # a null id (-1) gets slot 0
+        out = np.ones(len(slot), dtype=bool)
+        if not len(slot):
+            return out
+        one_process = pid.min() == pid.max()
+        for p in pid[:1] if one_process else _dense_rank(pid)[0]:  # processes: a handful
+            mine = slice(None) if one_process else pid == p
+            mine_slots = slot[mine]
+            lo, hi = int(mine_slots.min()) >> 3, int(mine_slots.max()) >> 3
+            bits = self.bits.get(int(p), np.zeros(0, dtype=np.uint8))
+            if hi >= len(bits):
+                bits = self.bits[int(p)] = np.concatenate([bits, np.zeros(hi + 1 - len(bits), dtype=np.uint8)])
+            out[mine] = (bits[mine_slots >> 3] >> (mine_slots & 7).astype(np.uint8)) & 1 == 0
+            window = np.zeros((hi - lo + 1) * 8, dtype=bool)
+            window[mine_slots - lo * 8] = True
+            bits[lo : hi + 1] |= np.packbits(window, bitorder="little")
         return out
 
 

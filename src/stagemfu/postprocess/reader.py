@@ -97,6 +97,7 @@ AUTO_IN_MEMORY_OPS = 2_000_000
 AUTO_CHUNK_OPS = 1_000_000 // max(2, CHUNK_WORKERS)
 BINS_PER_CHUNK = 16  # fine time bins per chunk: the cut points are chosen among their edges
 MIN_BINS = 4096
+MAX_BINS = 1 << 20  # tiny chunks of a huge export get larger (never wrong) instead of a bin per operation
 CORR_BIN = 4096  # correlation ids per bin of the launching-call index
 END_ROWS = 4096  # rows read at each end of an activity table to find the time span of its operations
 # Progress callback: ``progress(what, done, total)`` as a long step advances (the CLI draws a bar).
@@ -275,7 +276,8 @@ def read_trace(
         (:class:`OpChunks`), so memory stays bounded however large the export; by default all
         are read now. Needs no more than a scan of the start/end and correlation id columns.
         "auto": chunks of ``AUTO_CHUNK_OPS`` when the export holds more than
-        ``AUTO_IN_MEMORY_OPS`` operations, else all at once.
+        ``AUTO_IN_MEMORY_OPS`` operations, else all at once. 0 is the same as None (all at
+        once), as on the command line.
     progress
         Called as ``progress("reading FILE: STEP", done, total)`` before each of the bulk reads.
 
@@ -289,7 +291,13 @@ def read_trace(
     TraceError
         The file is missing, not SQLite, damaged, or lacks a table the numbers need; the message
         names the file and says what to do.
+    ValueError
+        ``chunk_ops`` is negative.
     """
+    if chunk_ops == 0:
+        chunk_ops = None
+    elif chunk_ops != "auto" and chunk_ops is not None and chunk_ops < 0:
+        raise ValueError(f"chunk_ops must be a positive number of operations, 0, None or 'auto', not {chunk_ops}")
     path = Path(path)
     _check_file(path)
     with _open(path) as db:
@@ -750,7 +758,7 @@ def _time_bins(
                     db.execute(sql, span).fetchone() for span in ((first, first + END_ROWS), (last - END_ROWS, last))
                 ]
                 sizes[t] = (min(e[0] for e in ends), max(e[1] for e in ends), last - first + 1)
-    bins = max(MIN_BINS, BINS_PER_CHUNK * -(-sum(v[2] for v in sizes.values()) // max(chunk_ops, 1)))
+    bins = min(MAX_BINS, max(MIN_BINS, BINS_PER_CHUNK * -(-sum(v[2] for v in sizes.values()) // chunk_ops)))
     lo, hi = (min(v[0] for v in sizes.values()), max(v[1] for v in sizes.values())) if sizes else (0, 0)
     edges = np.unique(np.linspace(lo, hi + 1, bins + 1).astype(np.int64))
     n = len(edges) - 1
