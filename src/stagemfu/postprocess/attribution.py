@@ -10,8 +10,8 @@ so the operations of one range are a contiguous slice of that order; (range, ope
 are produced in bounded chunks and reduced per range with segmented numpy reductions.
 
 A trace read in time-ordered chunks (``Trace.op_chunks``) is attributed chunk by chunk with the
-same code; since chunks are cut where no operation runs, their sums, unions, first starts and
-last ends combine exactly (:func:`_merge`).
+same code, several chunks at once; since chunks are cut where no operation runs, their sums,
+unions, first starts and last ends combine exactly (:func:`_merge`).
 """
 
 from __future__ import annotations

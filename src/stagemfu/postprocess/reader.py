@@ -11,8 +11,8 @@ hands Arrow columns to polars without building a Python object per row; the few 
 
 Exports too large to hold whole are read in time-ordered chunks (:class:`OpChunks`): a first
 pass over a few columns finds instants when no GPU runs anything, and each chunk between two
-such instants is read by rowid range when the caller gets to it (one chunk ahead on machines
-with cores to spare).
+such instants is read by rowid range when the caller gets to it (several at once on machines
+with cores to spare, :meth:`OpChunks.map`).
 """
 
 from __future__ import annotations
