@@ -103,3 +103,27 @@ def test_backward_work_on_autograd_threads_is_flagged(st):
     (note,) = [n for n in st.notes if "other threads of the same process" in n]
     assert "stagemfu:backward 676 (its own thread: 8)" in note
     assert "stagemfu:forward" not in note
+
+
+def test_report_sums_both_ranks_and_says_so(trace_paths, st, tmp_path):
+    """MFU of the two GPUs together: FLOPs of every rank over the summed (GPU-seconds) kernel time."""
+    from stagemfu import report
+
+    flops = tmp_path / "flops.yaml"
+    flops.write_text("stages:\n  forward: {flops: 1.0e11, instances: 1}\n")  # one forward of one rank
+    rep = report.report(trace_paths[NAME], flops_file=flops)
+    row = rep.stages.row(0, named=True)
+    measured = st.instances.filter(pl.col("name") == "forward", pl.col("path").str.starts_with("measured"))
+    assert measured["pid"].n_unique() == 2 and measured.height == 6  # 3 steps on each rank
+    assert row["flops"] == 6 * 10**11
+    assert row["kernel_ns"] == measured["kernel_ns"].sum()
+    assert row["mfu_kernel"] == pytest.approx(6e11 / (row["kernel_ns"] * 1e-9 * rep.peak.tflops * 1e12))
+    assert any("2 process(es) on 2 GPU(s)" in n for n in rep.notes)
+
+
+def test_single_gpu_report_has_no_several_gpus_note(trace_paths, tmp_path):
+    from stagemfu import report
+
+    flops = tmp_path / "flops.yaml"
+    flops.write_text("prefill: 1.0e9\n")
+    assert not [n for n in report.report(trace_paths["tiny_vlm"], flops_file=flops).notes if "GPU(s)" in n]

@@ -191,8 +191,26 @@ def build_report(
         flops=sf,
         times=st,
         run=dict(run or {}),
-        notes=(*peak.notes, *joined.notes, *sf.notes, *st.notes),
+        notes=(*peak.notes, *joined.notes, *_several_gpus_note(st, in_report), *sf.notes, *st.notes),
     )
+
+
+def _several_gpus_note(st: StageTimes, in_report: pl.Expr) -> list[str]:
+    """Say how times of several processes or GPUs add up, so the FLOPs given are of all of them.
+
+    Each process of a multi-GPU run (one rank per GPU) has its own instances of every stage; their
+    times add up to GPU-seconds, and FLOPs / (GPU-seconds × one GPU's peak) is the MFU of the
+    GPUs together, provided the FLOPs are those of every rank.
+    """
+    pids = st.processes.filter(in_report, pl.col("gpu_instances") > 0).get_column("pid").n_unique()
+    devices = st.devices.filter(in_report).get_column("device").n_unique()
+    if pids <= 1 and devices <= 1:
+        return []
+    return [
+        f"the stages ran in {pids} process(es) on {devices} GPU(s): their times are summed over them "
+        "(GPU-seconds), so the peak is one GPU's and the FLOPs must be those of all processes together "
+        "(with `instances` per process, a FLOPs file is scaled to the instances found)"
+    ]
 
 
 def flops_for_model(
