@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from stagemfu.errors import ModelConfigError
 from stagemfu.models import MODEL_PRESETS, Inputs, load_model_spec, resolve_shapes
+from stagemfu.models.shapes import ranges_per_generation
 
 LLAMA_TINY = {
     "model_type": "llama",
@@ -178,3 +179,17 @@ def test_token_side_follows_the_config_downsampling(tmp_path):
         config=write_json(tmp_path / "o.json", {"vision_config": {"sam_config": {"downsample_channels": [8, 8, 8]}}}),
     )
     assert resolve_shapes(spec, Inputs()).image_tokens == math.ceil(1024 / 16 / 8) ** 2 + 1
+
+
+@pytest.mark.parametrize(
+    ("new_tokens", "crops", "expected"),
+    [
+        (1, 0, {}),
+        (8, 0, {"decode": 7}),
+        (8, 4, {"decode": 7, "sam": 2, "clip": 2, "encoder": 2, "projector": 2}),
+        (0, 6, {"sam": 2, "clip": 2, "encoder": 2, "projector": 2}),
+    ],
+)
+def test_ranges_per_generation(new_tokens, crops, expected):
+    """decode: one range per token after the first; with local crops the vision tower runs twice."""
+    assert ranges_per_generation(new_tokens, crops) == expected

@@ -217,3 +217,18 @@ def _check_inputs(inputs: Inputs) -> None:
         raise ModelConfigError(f"--crops {inputs.crops}: must be 0 or more")
     if inputs.image_size is not None and min(inputs.image_size) < 1:
         raise ModelConfigError(f"--image-size {inputs.image_size[0]}x{inputs.image_size[1]}: sides must be positive")
+
+
+def ranges_per_generation(new_tokens: int, crops: int) -> dict[str, int]:
+    """How many NVTX ranges of a stage one ``generate`` call of these models makes, where it is not one.
+
+    ``decode`` has one range per generated token after the first (``decode_first`` and
+    ``decode_last`` are one step each). With local crops (gundam), the DeepSeek-OCR models run
+    the vision tower twice: on the global view, then on the batch of crops, so ``sam``, ``clip``
+    or ``encoder`` and ``projector`` each have two ranges inside the one ``vision`` range; the
+    analyzer's count covers both.
+    """
+    counts = {"decode": new_tokens - 1} if new_tokens > 1 else {}
+    if crops > 0:
+        counts.update(dict.fromkeys(("sam", "clip", "encoder", "projector"), 2))
+    return counts

@@ -28,6 +28,7 @@ from typing import Any
 import polars as pl
 
 from stagemfu.errors import FlopsFileError, MissingDependencyError
+from stagemfu.models.shapes import ranges_per_generation
 
 ANALYZE_SCHEMA = "stagemfu.analyze/1"
 COUNTERS = ("analytic", "torch", "fvcore")
@@ -119,32 +120,15 @@ def read_flops_file(path: str | Path) -> StageFlops:
     )
 
 
-def _ranges_per_generation(inputs: dict[str, Any], shapes: dict[str, Any]) -> dict[str, int]:
-    """How many NVTX ranges of a stage one ``generate`` call makes, where it is not one.
-
-    ``decode`` has one range per generated token after the first (``decode_first`` and
-    ``decode_last`` are one step each). With local crops (gundam), the DeepSeek-OCR models run
-    the vision tower twice: on the global view, then on the batch of crops, so ``sam``, ``clip``
-    or ``encoder`` and ``projector`` each have two ranges inside the one ``vision`` range; the
-    analyzer's count covers both.
-    """
-    counts = {}
-    steps = int(inputs.get("new_tokens") or 0) - 1
-    if steps > 0:
-        counts["decode"] = steps
-    columns, rows = shapes.get("crop_grid") or (0, 0)
-    if columns * rows > 0 or (inputs.get("crops") or 0) > 0:
-        counts.update(dict.fromkeys(("sam", "clip", "encoder", "projector"), 2))
-    return counts
-
-
 def flops_from_analysis(doc: dict[str, Any], *, source: str) -> StageFlops:
     """A :class:`StageFlops` from a ``stagemfu.analyze/1`` document (a file or ``analyze()``'s output)."""
     stages = doc.get("stages")
     if not isinstance(stages, dict) or not stages:
         raise FlopsFileError(f"{source}: the analyzer document has no 'stages'")
     inputs = dict(doc.get("inputs") or {})
-    per_generation = _ranges_per_generation(inputs, doc.get("shapes") or {})
+    columns, grid_rows = (doc.get("shapes") or {}).get("crop_grid") or (0, 0)
+    crops = columns * grid_rows or int(inputs.get("crops") or 0)
+    per_generation = ranges_per_generation(int(inputs.get("new_tokens") or 0), crops)
     rows = []
     for name, entry in stages.items():
         if not isinstance(entry, dict) or entry.get("flops") is None:
