@@ -127,3 +127,35 @@ def test_single_gpu_report_has_no_several_gpus_note(trace_paths, tmp_path):
     flops = tmp_path / "flops.yaml"
     flops.write_text("prefill: 1.0e9\n")
     assert not [n for n in report.report(trace_paths["tiny_vlm"], flops_file=flops).notes if "GPU(s)" in n]
+
+
+@pytest.fixture(scope="module")
+def by_process(trace_paths):
+    from stagemfu import postprocess
+
+    return postprocess.load(trace_paths[NAME], launches="process")
+
+
+def stage(times, name: str) -> dict:
+    return times.ranges.filter(pl.col("domain") == "stagemfu", pl.col("name") == name).row(0, named=True)
+
+
+def test_process_rule_puts_backward_work_in_backward(st, by_process):
+    """Autograd's launches join the main thread's ranges; nothing else moves, nothing counts twice."""
+    assert stage(by_process, "backward")["gpu_ops"] > 70 * stage(st, "backward")["gpu_ops"]
+    assert stage(by_process, "backward")["busy_ns"] > 1000 * stage(st, "backward")["busy_ns"]
+    # forward has no work on other threads; step gains exactly backward's new launches.
+    assert stage(by_process, "forward") == stage(st, "forward")
+    gained = stage(by_process, "backward")["gpu_ops"] - stage(st, "backward")["gpu_ops"]
+    assert stage(by_process, "step")["gpu_ops"] - stage(st, "step")["gpu_ops"] == gained
+    assert by_process.totals.equals(st.totals)
+    assert by_process.unattributed["gpu_ops"].item() < st.unattributed["gpu_ops"].item()
+    assert not [n for n in by_process.notes if "other threads" in n]
+
+
+def test_process_rule_chunked_equals_in_memory(trace_paths, by_process):
+    from stagemfu import postprocess
+
+    chunked = postprocess.load(trace_paths[NAME], launches="process", chunk_ops=100)
+    for table in ("ranges", "paths", "processes", "devices", "kernels", "totals", "unattributed"):
+        assert getattr(chunked, table).equals(getattr(by_process, table)), table

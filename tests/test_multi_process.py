@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
-from conftest import corpus_dir, launch
+from conftest import DEFAULT_PID, corpus_dir, launch
 
 from stagemfu import postprocess
 from stagemfu.postprocess.categories import COMMUNICATION, category_expr, category_rules
@@ -162,3 +162,40 @@ def test_a_few_launches_from_other_threads_are_not_noted(make_trace, tmp_path):
         kernels=[*own_ops, other],
     )
     assert not [n for n in postprocess.load(path).notes if "other threads" in n]
+
+
+def worker_thread_trace(make_trace, tmp_path):
+    """``backward`` open on the main thread (tid = pid); a worker thread launches one kernel inside
+    its own ``ncclAllReduce`` range, which starts later."""
+    call, kernel = launch(1, (30, 31), (200, 210), tid=7)
+    return make_trace(
+        tmp_path,
+        ranges=[
+            {"start": 0, "end": 100, "text": "backward", "tid": DEFAULT_PID},
+            {"start": 25, "end": 40, "text": "ncclAllReduce", "tid": 7},
+        ],
+        calls=[call],
+        kernels=[kernel],
+    )
+
+
+@pytest.mark.parametrize("chunk_ops", [None, 1])
+def test_process_rule_gives_worker_thread_launches_to_the_main_thread_ranges(make_trace, tmp_path, chunk_ops):
+    path = worker_thread_trace(make_trace, tmp_path)
+    by_thread = {r["name"]: r for r in postprocess.load(path, chunk_ops=chunk_ops).ranges.iter_rows(named=True)}
+    assert (by_thread["backward"]["gpu_ops"], by_thread["ncclAllReduce"]["gpu_ops"]) == (0, 1)
+    st = postprocess.load(path, chunk_ops=chunk_ops, launches="process")
+    rows = {r["name"]: r for r in st.ranges.iter_rows(named=True)}
+    assert {n: (r["gpu_ops"], r["busy_ns"], r["kernel_ns"]) for n, r in rows.items()} == {
+        "backward": (1, 10, 10),
+        "ncclAllReduce": (1, 10, 10),
+    }
+    # Counted once in the totals; its innermost range is the one on its own thread.
+    assert (st.totals["gpu_ops"].item(), st.totals["busy_ns"].item()) == (1, 10)
+    assert st.unattributed["gpu_ops"].item() == 0
+    assert (rows["backward"]["exclusive_busy_ns"], rows["ncclAllReduce"]["exclusive_busy_ns"]) == (0, 10)
+
+
+def test_unknown_launch_rule_is_refused(make_trace, tmp_path):
+    with pytest.raises(ValueError, match="launches"):
+        postprocess.load(worker_thread_trace(make_trace, tmp_path), launches="device")

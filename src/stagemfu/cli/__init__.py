@@ -64,6 +64,19 @@ def format_option(choices: Sequence[str], help: str) -> Callable[[Callable], Cal
     return click.option("--format", "fmt", type=click.Choice(choices), default="table", show_default=True, help=help)
 
 
+def launches_option(fn: Callable) -> Callable:
+    """``--launches``: which ranges a GPU operation belongs to; shared by postprocess and report."""
+    return click.option(
+        "--launches",
+        type=click.Choice(["thread", "process"]),
+        default="thread",
+        show_default=True,
+        help="thread: an operation belongs to the ranges open on the thread that launched it, as in nsys. "
+        "process: also, in a process whose ranges are all on one thread, operations its other threads "
+        "launched (PyTorch runs backward on its autograd thread) belong to the ranges open on that thread.",
+    )(fn)
+
+
 def output_option(fn: Callable) -> Callable:
     return click.option(
         "-o",

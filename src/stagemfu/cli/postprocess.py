@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Literal
 
 import click
 
-from stagemfu.cli import FORMATS, format_option, json_text, output_option, render
+from stagemfu.cli import FORMATS, format_option, json_text, launches_option, output_option, render
 from stagemfu.postprocess.many import DEFAULT_THRESHOLD, SPREAD_METRICS
 from stagemfu.postprocess.reader import Progress
 from stagemfu.report.render.postprocess_data import TABLES
@@ -55,6 +55,7 @@ PROGRESS_DELAY_S = 1.0  # loads shorter than this draw no progress bar
     help="Which table --format csv writes. With several traces: combined, stragglers, or any "
     "per-trace table stacked with a trace column.",
 )
+@launches_option
 @click.option("--instances", is_flag=True, help="Include one row per range instance in the JSON output.")
 @click.option(
     "--jobs",
@@ -111,6 +112,7 @@ def postprocess(
     top: int,
     categories: Path | None,
     table_name: str,
+    launches: str,
     instances: bool,
     jobs: int | None,
     scheduler: str | None,
@@ -139,7 +141,8 @@ def postprocess(
       kernel  sum of kernel durations (overlapping kernels count twice)
       idle %  1 - busy/span: the GPU waiting inside the stage
     A GPU op (kernel, memcpy, memset) belongs to a range when the CUDA call that launched it lies
-    inside the range on the same thread, and to every range around that one.
+    inside the range on the same thread, and to every range around that one (see --launches for
+    work that frameworks launch from other threads).
 
     \b
     Examples:
@@ -151,7 +154,13 @@ def postprocess(
     from stagemfu import postprocess as pp
     from stagemfu.postprocess.many import expand_inputs
 
-    options = {"within": within, "ranges": range_names, "categories": categories, "chunk_ops": chunk_ops}
+    options = {
+        "within": within,
+        "ranges": range_names,
+        "categories": categories,
+        "chunk_ops": chunk_ops,
+        "launches": launches,
+    }
     paths = expand_inputs(traces)
     if len(paths) > 1 or len(traces) > 1:
         with progress_bar(quiet) as progress:

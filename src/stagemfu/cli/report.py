@@ -9,7 +9,16 @@ from typing import TYPE_CHECKING
 
 import click
 
-from stagemfu.cli import counter_names, emit, format_option, input_options, json_text, output_option, render
+from stagemfu.cli import (
+    counter_names,
+    emit,
+    format_option,
+    input_options,
+    json_text,
+    launches_option,
+    output_option,
+    render,
+)
 
 if TYPE_CHECKING:
     from stagemfu.models import Inputs
@@ -63,6 +72,7 @@ def peak_options(fn: Callable) -> Callable:
 
 
 def within_options(fn: Callable) -> Callable:
+    fn = launches_option(fn)
     fn = click.option(
         "--all-instances", is_flag=True, help="Keep every range instance even when a 'measured' range exists."
     )(fn)
@@ -131,6 +141,7 @@ def report(
     counters: str,
     within: str | None,
     all_instances: bool,
+    launches: str,
     gpu: str | None,
     dtype: str | None,
     peak_tflops: float | None,
@@ -328,6 +339,7 @@ def _report_options(given: dict[str, object]) -> dict[str, object]:
         "counters": counter_names(str(given["counters"])),
         "within": given["within"],
         "all_instances": given["all_instances"],
+        "launches": given["launches"],
         "gpu": given["gpu"],
         "dtype": given["dtype"],
         "peak_tflops": given["peak_tflops"],

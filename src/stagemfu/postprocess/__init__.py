@@ -58,6 +58,7 @@ def load(
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     chunk_ops: int | Literal["auto"] | None = None,
     progress: Progress | None = None,
+    launches: str = "thread",
 ) -> StageTimes:
     """Read a trace and compute its per-stage times (see :func:`stage_times` for the options).
 
@@ -69,4 +70,6 @@ def load(
     trace = read(path, chunk_ops=chunk_ops, progress=progress)
     if progress:
         progress("computing stage times", 0, 1)
-    return stage_times(trace, within=within, ranges=ranges, categories=categories, chunk_rows=chunk_rows)
+    return stage_times(
+        trace, within=within, ranges=ranges, categories=categories, chunk_rows=chunk_rows, launches=launches
+    )

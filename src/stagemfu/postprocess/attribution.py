@@ -16,6 +16,7 @@ unions, first starts and last ends combine exactly (:func:`_merge`).
 
 from __future__ import annotations
 
+import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -49,6 +50,9 @@ METRICS_SCHEMA = {
     "overlap_ns": pl.Int64,
 }
 COMM_COLUMNS = ("comm_ns", "comm_busy_ns", "overlap_ns")
+# Which ranges an operation belongs to (see ``attribute``): those open on the launching thread
+# (nsys's rule, the default), or also those of the process's one range thread.
+LAUNCH_RULES = ("thread", "process")
 # A range is flagged when other threads made at least 1/OTHER_THREAD_SHARE of the launches seen
 # while it was open (its own thread made the rest).
 OTHER_THREAD_SHARE = 10
@@ -129,6 +133,7 @@ def attribute(
     stage_of_rid: np.ndarray | None = None,
     comm_name_ids: tuple[int, ...] = (),
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    launches: str = "thread",
 ) -> Attribution:
     """Attribute every GPU operation of ``trace`` to its NVTX range instances and time them.
 
@@ -146,16 +151,24 @@ def attribute(
         overlap with the other kernels are measured per range. By default none.
     chunk_rows
         Bound on the (range, operation) pairs held at once; smaller uses less memory.
+    launches
+        "thread" (default, nsys's rule): an operation belongs to the ranges open on the thread
+        that launched it. "process": an operation launched by another thread than its process's
+        main thread (PyTorch runs backward on its autograd thread) belongs also to the ranges open
+        on the main thread when it was launched.
 
     Returns
     -------
     Attribution
     """
+    if launches not in LAUNCH_RULES:
+        raise ValueError(f"launches must be one of {', '.join(LAUNCH_RULES)}, not {launches!r}")
     tree = tree or range_tree(trace.ranges, chunk_rows=chunk_rows)
     ranges = tree.ranges.filter("same_thread")
+    on_main_thread = launches == "process"
 
     def attribute_ops(frame: pl.DataFrame, fresh: np.ndarray) -> _Part:
-        return _attribute_ops(frame, ranges, fresh, stage_of_rid, comm_name_ids, chunk_rows)
+        return _attribute_ops(frame, ranges, fresh, stage_of_rid, comm_name_ids, chunk_rows, on_main_thread)
 
     if trace.op_chunks is None:
         parts = [attribute_ops(trace.ops, np.ones(trace.ops.height, dtype=bool))]
@@ -221,13 +234,18 @@ def _attribute_ops(
     stage_of_rid: np.ndarray | None,
     comm_name_ids: tuple[int, ...],
     chunk_rows: int,
+    on_main_thread: bool,
 ) -> _Part:
     """Attribute one set of operations (the whole trace, or one time-ordered chunk of it).
 
-    ``fresh`` marks the operations whose launch no earlier chunk counted.
+    ``fresh`` marks the operations whose launch no earlier chunk counted. With
+    ``on_main_thread`` (the process launch rule) each operation launched by another thread also
+    enters as a copy launched by its process's main thread: a range lies on one thread, so it
+    meets the operation or its copy, never both, and its numbers count each operation once.
     """
     columns = _OpColumns.of(frame, fresh)
-    ops = _LaunchOrder(frame, columns, comm_name_ids)
+    work, source = _with_main_thread_copies(frame) if on_main_thread else (frame, None)
+    ops = _LaunchOrder(work, columns if source is None else columns.take(source), comm_name_ids)
     rids = ranges["rid"].to_numpy()
     innermost = np.full(len(ops.start), -1, dtype=np.int64)
     per_range, per_device, per_name = [], [], []
@@ -267,8 +285,9 @@ def _attribute_ops(
                 per_name.append(names)
 
     stats = pl.concat(per_range) if per_range else pl.DataFrame(schema={"rid": pl.Int64, **METRICS_SCHEMA})
-    launched = innermost >= 0
-    excl_rid, excl_busy = group_union(innermost[launched], ops.start[launched], ops.end[launched])
+    by_row = _innermost_by_row(frame.height, ops.row, innermost, source)
+    launched = by_row >= 0
+    excl_rid, excl_busy = group_union(by_row[launched], columns.start[launched], columns.end[launched])
     exclusive = pl.DataFrame(
         {"rid": excl_rid, "exclusive_busy_ns": excl_busy}, schema={"rid": pl.Int64, "exclusive_busy_ns": pl.Int64}
     )
@@ -283,8 +302,6 @@ def _attribute_ops(
         stats = stats.drop("overlap_ns").join(overlap, on="rid", how="left")
     else:
         devices = stats.with_columns(device=pl.lit(int(ops.devices[0]) if len(ops.devices) else 0, pl.Int64))
-    by_row = np.full(frame.height, -1, dtype=np.int64)
-    by_row[ops.row] = innermost
     outside = by_row < 0
     return _Part(
         stats=stats,
@@ -294,9 +311,44 @@ def _attribute_ops(
         innermost=by_row,
         totals=_op_totals(columns, slice(None)),
         unattributed=_op_totals(columns, np.flatnonzero(outside)),
-        other_threads=_other_thread_launches(ranges, ops, innermost < 0),
-        orphans=frame.height - len(ops.row),
+        other_threads=_other_thread_launches(ranges, ops, innermost < 0) if source is None else _NO_OTHER_THREADS,
+        orphans=frame.height - int(frame["call_start"].is_not_null().sum()),
     )
+
+
+def _innermost_by_row(height: int, order: np.ndarray, innermost: np.ndarray, source: np.ndarray | None) -> np.ndarray:
+    """The innermost range of each operation in frame order (-1: none): a range on its own
+    thread first, else one on its process's main thread (where its copy was attributed)."""
+    by_row = np.full(height, -1, dtype=np.int64)
+    if source is None:
+        by_row[order] = innermost
+        return by_row
+    own = order < height
+    by_row[order[own]] = innermost[own]
+    copied, copy_innermost = source[order[~own]], innermost[~own]
+    fill = by_row[copied] < 0
+    by_row[copied[fill]] = copy_innermost[fill]
+    return by_row
+
+
+def _with_main_thread_copies(frame: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray | None]:
+    """The operations, then a copy of each one launched off its process's main thread, relaunched
+    there; and for every row, the row of the original (None when there is nothing to copy).
+
+    nsys global thread ids hold the process id above ``TID_BITS`` and the thread id below; the
+    main thread's id is the process id.
+    """
+    tid = pl.col("global_tid")
+    main = tid - tid % TID_BITS + (tid // TID_BITS) % TID_BITS
+    others = frame.with_row_index("source").filter(tid.is_not_null() & (tid != main))
+    if others.is_empty():
+        return frame, None
+    copies = others.with_columns(global_tid=main)
+    source = np.concatenate([np.arange(frame.height), others["source"].cast(pl.Int64).to_numpy()])
+    return pl.concat([frame, copies.drop("source")]), source
+
+
+_NO_OTHER_THREADS = pl.DataFrame(schema={"rid": pl.Int64, "other_thread_ops": pl.Int64})
 
 
 def _other_thread_launches(ranges: pl.DataFrame, ops: _LaunchOrder, outside: np.ndarray) -> pl.DataFrame:
@@ -308,7 +360,7 @@ def _other_thread_launches(ranges: pl.DataFrame, ops: _LaunchOrder, outside: np.
     """
     launch = outside & ops.new_call
     if not launch.any():
-        return pl.DataFrame(schema={"rid": pl.Int64, "other_thread_ops": pl.Int64})
+        return _NO_OTHER_THREADS
     process, at = ops.tid[launch] // TID_BITS, ops.call_start[launch]
     start, end = ranges["start_ns"].to_numpy(), ranges["end_ns"].to_numpy()
     near = np.flatnonzero((start <= at.max()) & (end > at.min()))  # a chunk's launches span a short time
@@ -344,7 +396,8 @@ def _other_thread_notes(instances: pl.DataFrame, other: pl.DataFrame) -> list[st
     return [
         "GPU work launched by other threads of the same process while a range was open is attributed to no "
         "range: NVTX ranges belong to one thread, as in nsys (PyTorch, for one, runs backward on its autograd "
-        f"threads). Launches from other threads during: {listed}"
+        "threads; `--launches process` gives that work to the ranges open on the process's range thread). "
+        f"Launches from other threads during: {listed}"
     ]
 
 
@@ -558,6 +611,10 @@ class _OpColumns:
     is_kernel: np.ndarray
     launch_key: np.ndarray  # (process rank, correlation id) in one int64; a null id counts as one id
     fresh: np.ndarray
+
+    def take(self, rows: np.ndarray) -> _OpColumns:
+        """The columns of these rows (in this order)."""
+        return _OpColumns(*(getattr(self, f.name)[rows] for f in dataclasses.fields(self)))
 
     @classmethod
     def of(cls, ops: pl.DataFrame, fresh: np.ndarray) -> _OpColumns:

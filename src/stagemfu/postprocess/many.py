@@ -104,6 +104,7 @@ def load_many(
     ranges: tuple[str, ...] = (),
     categories: str | Path | None = None,
     chunk_ops: int | Literal["auto"] | None = None,
+    launches: str = "thread",
     jobs: int | None = None,
     scheduler: str | None = None,
     metric: str = "busy_ns",
@@ -116,7 +117,7 @@ def load_many(
     ----------
     inputs
         Trace files, directories of traces, or glob patterns (see :func:`expand_inputs`).
-    within, ranges, categories, chunk_ops
+    within, ranges, categories, chunk_ops, launches
         As for :func:`stagemfu.postprocess.load`, applied to every trace.
     jobs
         Worker processes of the local Dask cluster; by default one per trace up to the number of
@@ -141,7 +142,13 @@ def load_many(
     if threshold < 0:
         raise StagemfuError(f"straggler threshold {threshold} is negative; give a fraction such as 0.1")
     paths = expand_inputs(inputs)
-    options = {"within": within, "ranges": ranges, "categories": categories, "chunk_ops": chunk_ops}
+    options = {
+        "within": within,
+        "ranges": ranges,
+        "categories": categories,
+        "chunk_ops": chunk_ops,
+        "launches": launches,
+    }
     workers = jobs if jobs is not None else min(len(paths), os.cpu_count() or 1)
     if scheduler is None and workers <= 1:
         results = []

@@ -107,6 +107,7 @@ def stage_times(
     ranges: tuple[str, ...] = (),
     categories: str | Path | None = None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    launches: str = "thread",
 ) -> StageTimes:
     """Per-stage wall, span, busy and kernel time of a trace.
 
@@ -123,6 +124,9 @@ def stage_times(
         A CSV of extra ``category,pattern`` rules tried before the built-in ones.
     chunk_rows
         Bound on (range, operation) pairs held in memory at once.
+    launches
+        Which ranges an operation belongs to: "thread" (nsys's rule) or "process" (see
+        :func:`stagemfu.postprocess.attribution.attribute`).
 
     Returns
     -------
@@ -144,7 +148,12 @@ def stage_times(
     stage_of_rid[stage_of["rid"].to_numpy()] = stage_of["stage"].to_numpy()
     comm_ids = trace.names.filter(category_expr(rules) == COMMUNICATION).get_column("name_id")
     att = attribute(
-        trace, tree, stage_of_rid=stage_of_rid, comm_name_ids=tuple(comm_ids.to_list()), chunk_rows=chunk_rows
+        trace,
+        tree,
+        stage_of_rid=stage_of_rid,
+        comm_name_ids=tuple(comm_ids.to_list()),
+        chunk_rows=chunk_rows,
+        launches=launches,
     )
     instances = (
         att.instances.join(keep.select("rid"), on="rid", how="semi")

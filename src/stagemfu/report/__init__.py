@@ -95,6 +95,7 @@ def report(
     peak_bandwidth_gbs: float | None = None,
     top: int = 5,
     categories: str | Path | None = None,
+    launches: str = "thread",
 ) -> MfuReport:
     """Read a trace, find its FLOPs, and build the report.
 
@@ -120,6 +121,8 @@ def report(
         Kernels kept per stage.
     categories
         Extra kernel category rules (as ``stagemfu postprocess --categories``).
+    launches
+        Which ranges a GPU operation belongs to (as ``stagemfu postprocess --launches``).
 
     Raises
     ------
@@ -142,7 +145,7 @@ def report(
     tr = read(path)
     if within is None and not all_instances and tr.ranges.filter(pl.col("name") == MEASURED).height:
         within = MEASURED
-    st = stage_times(tr, within=None if all_instances else within, categories=categories)
+    st = stage_times(tr, within=None if all_instances else within, categories=categories, launches=launches)
     peak = resolve_peak(
         tr.gpus,
         dtype=dtype or sf.dtype,
