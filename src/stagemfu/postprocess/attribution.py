@@ -286,8 +286,10 @@ def _attribute_ops(
 
     stats = pl.concat(per_range) if per_range else pl.DataFrame(schema={"rid": pl.Int64, **METRICS_SCHEMA})
     by_row = _innermost_by_row(frame.height, ops.row, innermost, source)
-    launched = by_row >= 0
-    excl_rid, excl_busy = group_union(by_row[launched], columns.start[launched], columns.end[launched])
+    # Exclusive busy in launch order (nearly grouped by range already: the cheap sort), each
+    # operation once, with the range chosen as its innermost (not its copy's, when it has one).
+    chosen = (innermost >= 0) & (innermost == by_row[ops.row if source is None else source[ops.row]])
+    excl_rid, excl_busy = group_union(innermost[chosen], ops.start[chosen], ops.end[chosen])
     exclusive = pl.DataFrame(
         {"rid": excl_rid, "exclusive_busy_ns": excl_busy}, schema={"rid": pl.Int64, "exclusive_busy_ns": pl.Int64}
     )
