@@ -119,6 +119,9 @@ def test_report_sums_both_ranks_and_says_so(trace_paths, st, tmp_path):
     assert row["kernel_ns"] == measured["kernel_ns"].sum()
     assert row["mfu_kernel"] == pytest.approx(6e11 / (row["kernel_ns"] * 1e-9 * rep.peak.tflops * 1e12))
     assert any("2 process(es) on 2 GPU(s)" in n for n in rep.notes)
+    from stagemfu.report.render.report_view import summary_lines
+
+    assert "(2 in the trace; the peak is one GPU's)" in summary_lines(rep)[0]
 
 
 def test_single_gpu_report_has_no_several_gpus_note(trace_paths, tmp_path):
