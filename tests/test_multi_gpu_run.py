@@ -14,6 +14,9 @@ import sqlite3
 import polars as pl
 import pytest
 
+from stagemfu import postprocess, report
+from stagemfu.report.render.report_view import summary_lines
+
 NAME = "tp_train"
 RANKS = {772: 0, 773: 1}  # process id -> the GPU it drove (torchrun's LOCAL_RANK)
 STAGES = ("warmup", "measured", "step", "forward", "backward", "optimizer")
@@ -107,8 +110,6 @@ def test_backward_work_on_autograd_threads_is_flagged(st):
 
 def test_report_sums_both_ranks_and_says_so(trace_paths, st, tmp_path):
     """MFU of the two GPUs together: FLOPs of every rank over the summed (GPU-seconds) kernel time."""
-    from stagemfu import report
-
     flops = tmp_path / "flops.yaml"
     flops.write_text("stages:\n  forward: {flops: 1.0e11, instances: 1}\n")  # one forward of one rank
     rep = report.report(trace_paths[NAME], flops_file=flops)
@@ -119,14 +120,10 @@ def test_report_sums_both_ranks_and_says_so(trace_paths, st, tmp_path):
     assert row["kernel_ns"] == measured["kernel_ns"].sum()
     assert row["mfu_kernel"] == pytest.approx(6e11 / (row["kernel_ns"] * 1e-9 * rep.peak.tflops * 1e12))
     assert any("2 process(es) on 2 GPU(s)" in n for n in rep.notes)
-    from stagemfu.report.render.report_view import summary_lines
-
     assert "(2 in the trace; the peak is one GPU's)" in summary_lines(rep)[0]
 
 
 def test_single_gpu_report_has_no_several_gpus_note(trace_paths, tmp_path):
-    from stagemfu import report
-
     flops = tmp_path / "flops.yaml"
     flops.write_text("prefill: 1.0e9\n")
     assert not [n for n in report.report(trace_paths["tiny_vlm"], flops_file=flops).notes if "GPU(s)" in n]
@@ -134,8 +131,6 @@ def test_single_gpu_report_has_no_several_gpus_note(trace_paths, tmp_path):
 
 @pytest.fixture(scope="module")
 def by_process(trace_paths):
-    from stagemfu import postprocess
-
     return postprocess.load(trace_paths[NAME], launches="process")
 
 
@@ -157,8 +152,6 @@ def test_process_rule_puts_backward_work_in_backward(st, by_process):
 
 
 def test_process_rule_chunked_equals_in_memory(trace_paths, by_process):
-    from stagemfu import postprocess
-
     chunked = postprocess.load(trace_paths[NAME], launches="process", chunk_ops=100)
     for table in ("ranges", "paths", "processes", "devices", "kernels", "totals", "unattributed"):
         assert getattr(chunked, table).equals(getattr(by_process, table)), table
