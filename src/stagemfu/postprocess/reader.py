@@ -93,7 +93,7 @@ MIN_SLICE_ROWS = 1 << 16
 # chunk_ops="auto": exports with more GPU operations than this are read in chunks of AUTO_CHUNK_OPS.
 AUTO_IN_MEMORY_OPS = 2_000_000
 # About a million operations in flight at most: chunks of 500 k where one or two are read and
-# attributed at a time, four of 250 k on 16 cores (docs/benchmarks.md).
+# attributed at a time (up to 11 cores), four of 250 k from 16 cores (docs/benchmarks.md).
 AUTO_CHUNK_OPS = 1_000_000 // max(2, CHUNK_WORKERS)
 BINS_PER_CHUNK = 16  # fine time bins per chunk: the cut points are chosen among their edges
 MIN_BINS = 4096
