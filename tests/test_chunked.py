@@ -11,6 +11,7 @@ import json
 import tempfile
 from pathlib import Path
 
+import polars as pl
 import pytest
 from click.testing import CliRunner
 from conftest import TRACE_NAMES, corpus_dir, launch
@@ -214,8 +215,6 @@ def test_tiny_chunks_of_a_large_export_cap_the_time_bins(trace_paths, loaded, mo
 )
 def test_launches_are_fresh_once_across_chunks(chunks):
     """Against a set: an operation is fresh when no earlier chunk held its (process, correlation id)."""
-    import polars as pl
-
     seen_model: set = set()
     seen = attribution._SeenLaunches()
     for chunk in chunks:

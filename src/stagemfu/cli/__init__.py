@@ -66,9 +66,11 @@ def format_option(choices: Sequence[str], help: str) -> Callable[[Callable], Cal
 
 def launches_option(fn: Callable) -> Callable:
     """``--launches``: which ranges a GPU operation belongs to; shared by postprocess and report."""
+    from stagemfu.postprocess.attribution import LAUNCH_RULES  # the commands using it load postprocess anyway
+
     return click.option(
         "--launches",
-        type=click.Choice(["thread", "process"]),
+        type=click.Choice(LAUNCH_RULES),
         default="thread",
         show_default=True,
         help="thread: an operation belongs to the ranges open on the thread that launched it, as in nsys. "

@@ -191,7 +191,7 @@ def _chunk_ops(value: str) -> int | Literal["auto"] | None:
         number = -1
     if number < 0:
         raise click.BadParameter(f"{value!r} is not a number of operations (0 or more) or auto")
-    return number or None
+    return number  # 0: all at once (read_trace takes 0 as None)
 
 
 def _show_one(st: StageTimes, *, fmt: str, table_name: str, top: int, instances: bool, output: Path | None) -> None:
