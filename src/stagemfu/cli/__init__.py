@@ -74,8 +74,8 @@ def launches_option(fn: Callable) -> Callable:
         default="thread",
         show_default=True,
         help="thread: an operation belongs to the ranges open on the thread that launched it, as in nsys. "
-        "process: also, in a process whose ranges are all on one thread, operations its other threads "
-        "launched (PyTorch runs backward on its autograd thread) belong to the ranges open on that thread.",
+        "process: an operation launched off its process's main thread (PyTorch runs backward on its "
+        "autograd thread) also belongs to the ranges open on the main thread when it was launched.",
     )(fn)
 
 

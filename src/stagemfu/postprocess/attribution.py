@@ -51,7 +51,7 @@ METRICS_SCHEMA = {
 }
 COMM_COLUMNS = ("comm_ns", "comm_busy_ns", "overlap_ns")
 # Which ranges an operation belongs to (see ``attribute``): those open on the launching thread
-# (nsys's rule, the default), or also those of the process's one range thread.
+# (nsys's rule, the default), or also those open on the process's main thread.
 LAUNCH_RULES = ("thread", "process")
 # A range is flagged when other threads made at least 1/OTHER_THREAD_SHARE of the launches seen
 # while it was open (its own thread made the rest).
@@ -398,7 +398,7 @@ def _other_thread_notes(instances: pl.DataFrame, other: pl.DataFrame) -> list[st
     return [
         "GPU work launched by other threads of the same process while a range was open is attributed to no "
         "range: NVTX ranges belong to one thread, as in nsys (PyTorch, for one, runs backward on its autograd "
-        "threads; `--launches process` gives that work to the ranges open on the process's range thread). "
+        "threads; `--launches process` gives that work to the ranges open on the process's main thread). "
         f"Launches from other threads during: {listed}"
     ]
 
