@@ -177,10 +177,9 @@ def test_cli_bad_chunk_ops_exits_2(trace_paths):
     assert "--chunk-ops" in result.output
 
 
-def test_operations_outside_the_estimated_time_span_still_count(make_trace, tmp_path, monkeypatch):
-    """The time bins span the starts of the first and last rows only; a table out of time order
-    puts operations outside that span, which must land in the end chunks, not be lost."""
-    monkeypatch.setattr(reader, "END_ROWS", 0)
+def test_operations_out_of_time_order_land_in_their_chunks(make_trace, tmp_path):
+    """Rows far from time order give blocks covering overlapping stretches of time; every
+    operation must still land in the chunk of its start, none lost or counted twice."""
     calls, kernels = zip(
         *[
             launch(c, (10 * c, 10 * c + 5), (1000 + 100 * k, 1050 + 100 * k))
@@ -200,11 +199,23 @@ def test_zero_chunk_ops_means_all_at_once_and_negative_is_refused(trace_paths):
         postprocess.load(trace_paths["tiny_vlm"], chunk_ops=-5)
 
 
-def test_tiny_chunks_of_a_large_export_cap_the_time_bins(trace_paths, loaded, monkeypatch):
-    monkeypatch.setattr(reader, "MAX_BINS", 64)
+def test_tiny_chunks_of_a_large_export_get_larger_blocks(trace_paths, loaded, monkeypatch):
+    """A block of rows per operation would be an SQL query per operation: blocks grow instead."""
+    monkeypatch.setattr(reader, "MAX_OP_BLOCKS", 64)
     chunked = postprocess.load(trace_paths["tiny_vlm"], chunk_ops=1)
     assert_same_numbers(loaded["tiny_vlm"], chunked)
-    assert chunks_of(chunked) <= 64
+    assert 1 < chunks_of(chunked) <= 64 + 4  # 64 blocks, plus a partial one per activity table
+
+
+@pytest.mark.parametrize("name", ["tiny_vlm", "tp_train"])
+def test_cuts_that_need_more_reading_than_allowed_are_not_made(trace_paths, loaded, monkeypatch, name):
+    """Proving an instant clean reads the rows near it; past the allowance no cut is made there."""
+    free = chunks_of(postprocess.load(trace_paths[name], chunk_ops=200))
+    monkeypatch.setattr(reader, "PROBE_CHUNKS", 0)
+    monkeypatch.setattr(reader, "PROBE_BLOCKS", 0)
+    capped = postprocess.load(trace_paths[name], chunk_ops=200)
+    assert chunks_of(capped) < free
+    assert_same_numbers(loaded[name], capped)
 
 
 @given(

@@ -10,7 +10,8 @@ hands Arrow columns to polars without building a Python object per row; the few 
 (metadata, GPUs, strings of one kind) use the standard library's ``sqlite3``.
 
 Exports too large to hold whole are read in time-ordered chunks (:class:`OpChunks`): a first
-pass over a few columns finds instants when no GPU runs anything, and each chunk between two
+pass has SQLite summarise blocks of rows (one aggregate row per few thousand operations), a
+few blocks are read to prove instants when no GPU runs anything, and each chunk between two
 such instants is read by rowid range when the caller gets to it (several at once on machines
 with cores to spare, :meth:`OpChunks.map`).
 """
@@ -22,7 +23,7 @@ import sqlite3
 import threading
 import urllib.parse
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -80,9 +81,6 @@ MEMCPY_KINDS = {
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 FETCH_BATCH_ROWS = 1 << 18
-# The planning scans of chunked reading run on every core at once and keep nothing of a batch but
-# counts: small batches keep their working memory small (16 threads: 850 MiB at 1 << 18 rows).
-SCAN_BATCH_ROWS = 1 << 15
 # CUDA API functions that can launch GPU work: kernel launches, graph launches, copies, fills.
 LAUNCHER_NAMES_SQL = """
     SELECT id FROM StringIds WHERE value LIKE 'cu%' AND
@@ -95,11 +93,12 @@ AUTO_IN_MEMORY_OPS = 2_000_000
 # About a million operations in flight at most: chunks of 500 k where one or two are read and
 # attributed at a time (up to 11 cores), four of 250 k from 16 cores (docs/benchmarks.md).
 AUTO_CHUNK_OPS = 1_000_000 // max(2, CHUNK_WORKERS)
-BINS_PER_CHUNK = 16  # fine time bins per chunk: the cut points are chosen among their edges
-MIN_BINS = 4096
-MAX_BINS = 1 << 20  # tiny chunks of a huge export get larger (never wrong) instead of a bin per operation
-CORR_BIN = 4096  # correlation ids per bin of the launching-call index
-END_ROWS = 4096  # rows read at each end of an activity table to find the time span of its operations
+BLOCK_ROWS = 4096  # rowids per block of the planning scan's summaries (operations: at most)
+BLOCKS_PER_CHUNK = 16  # blocks of operations per chunk at least: the places a cut can be looked for
+MAX_OP_BLOCKS = 1 << 16  # tiny chunks of a huge export get larger blocks, not an SQL query per operation
+# Proving an instant clean may read up to this many chunks' rows (or blocks' rows, for tiny chunks).
+PROBE_CHUNKS = 4
+PROBE_BLOCKS = 64
 # Progress callback: ``progress(what, done, total)`` as a long step advances (the CLI draws a bar).
 Progress = Callable[[str, int, int], None]
 S = TypeVar("S")
@@ -176,7 +175,7 @@ class OpChunks:
     operations starting in [cuts[k-1], cuts[k])), so every interval union (busy time) of the
     whole trace is the sum of the chunks' unions: chunked results equal in-memory results. An
     operation's launching call is looked up per chunk, in the slice of the runtime table that
-    holds the chunk's correlation ids (``call_rowids``).
+    holds the chunk's correlation ids (``calls``).
 
     Attributes
     ----------
@@ -191,9 +190,9 @@ class OpChunks:
     op_rowids
         Activity table -> (chunks, 2) array: the rowid span [lo, hi] of each chunk's operations
         (lo > hi when the chunk has none from that table).
-    call_rowids
-        The rowid span [lo, hi] of the launching calls of each bin of ``CORR_BIN`` correlation
-        ids (lo > hi when none).
+    calls
+        Summaries of the runtime table's rowid blocks: the first and last correlation id of
+        their launching calls.
     progress
         Called as ``progress("FILE: chunk", k, chunks)`` as the k-th chunk is done.
     """
@@ -205,7 +204,7 @@ class OpChunks:
     launcher_ids: tuple[int, ...]
     cuts: np.ndarray
     op_rowids: dict[str, np.ndarray]
-    call_rowids: np.ndarray
+    calls: _Blocks
     progress: Progress | None = None
 
     def __len__(self) -> int:
@@ -257,8 +256,9 @@ class OpChunks:
         ]
         ops = pl.concat(frames, how="vertical") if frames else pl.DataFrame(schema=OPS_SCHEMA)
         corr = ops["correlation_id"].drop_nulls()
-        span = self.call_rowids[max(corr.min() // CORR_BIN, 0) : corr.max() // CORR_BIN + 1] if len(corr) else []
-        rowids = _span(span) if len(span) else (1, 0)
+        rowids = (
+            self.calls.span((self.calls.low <= corr.max()) & (self.calls.high >= corr.min())) if len(corr) else (1, 0)
+        )
         return _with_calls(self.uri, self.path, ops, self.runtime_columns, list(self.launcher_ids), rowids=rowids)
 
 
@@ -699,6 +699,48 @@ def _batches(uri: str, path: Path, sql: str, rows: int = FETCH_BATCH_ROWS) -> It
         raise TraceError(f"{path}: could not be read ({str(err).splitlines()[0]}); export the report again") from err
 
 
+@dataclass(frozen=True)
+class _Blocks:
+    """Summaries of consecutive rowid blocks of one table, one aggregate row per block.
+
+    SQLite reads every row of the table but hands back a row per block, so the planning scan
+    costs what SQLite's own row decoding costs, nothing per row in Python. Blocks whose rows all
+    fail the scan's filter are left out.
+
+    Attributes
+    ----------
+    first, last
+        The block's first and last rowid.
+    rows
+        Rows of the block that passed the filter.
+    low, high
+        The smallest and largest value of the summarised column (operations: start; launching
+        calls: correlation id).
+    reach
+        Operations: the latest end in the block. Calls: the same as ``high``.
+    """
+
+    first: np.ndarray
+    last: np.ndarray
+    rows: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    reach: np.ndarray
+
+    @classmethod
+    def of(cls, summaries: list[tuple[int, ...]], block_rows: int) -> _Blocks:
+        """From (first rowid, rows, low, high, reach) rows; empty blocks dropped."""
+        table = np.array([s for s in summaries if s[1]], dtype=np.int64).reshape(-1, 5)
+        first = table[:, 0]
+        return cls(first, first + block_rows - 1, *table[:, 1:].T)
+
+    def span(self, keep: np.ndarray) -> tuple[int, int]:
+        """The rowid span [lo, hi] of the kept blocks; (1, 0), an empty span, when none is kept."""
+        if not keep.any():
+            return 1, 0
+        return int(self.first[keep].min()), int(self.last[keep].max())
+
+
 def _plan_chunks(
     uri: str,
     path: Path,
@@ -710,134 +752,149 @@ def _plan_chunks(
 ) -> tuple[OpChunks, pl.Series]:
     """Choose time-ordered chunks of about ``chunk_ops`` operations, cut where no operation runs.
 
-    One pass over the start/end columns of the activity tables counts operations per fine time
-    bin, notes which bin edges some operation straddles, and records each bin's rowid span; a
-    second pass, at the same time on another connection, records the rowid span of the
-    launching calls of each correlation id bin. A chunk closes at the first unstraddled edge
-    after it holds ``chunk_ops`` operations, so a trace whose GPUs never all rest gets fewer,
-    larger chunks, never a wrong number. Also returns the name ids of all operations.
+    One parallel pass summarises rowid blocks: of each activity table (first start, last start,
+    last end), of the launching calls (first and last correlation id); it also collects the
+    operations' name ids. A chunk closes at the first instant, after it holds ``chunk_ops``
+    operations, that :func:`_clean_instant` proves no operation straddles, so a trace whose GPUs
+    never all rest gets fewer, larger chunks, never a wrong number.
     """
-    with ThreadPoolExecutor(2) as pool:  # SQLite and the driver release the GIL: the two scans overlap
-        calls = pool.submit(_call_index, uri, path, runtime_cols, launcher_ids)
-        edges, counts, clear, spans, name_ids = _time_bins(uri, path, tables, chunk_ops)
-        call_rowids = calls.result()
-    cut_bins, held = [], 0
-    for j in range(1, len(counts)):  # one step per time bin (thousands), not per operation
-        held += counts[j - 1]
-        if held >= chunk_ops and clear[j]:
-            cut_bins.append(j)
-            held = 0
-    bounds = [0, *cut_bins, len(counts)]
-    op_rowids = {t: np.array([_span(spans[t][a:b]) for a, b in zip(bounds[:-1], bounds[1:])]) for t in tables}
-    chunks = OpChunks(
-        uri, path, tables, runtime_cols, tuple(launcher_ids), edges[cut_bins], op_rowids, call_rowids, progress
-    )
+    with _open(path) as db:
+        ranges = {t: _rowid_range(db, t) for t in (*tables, RUNTIME_TABLE)}
+    held = sum(hi - lo + 1 for t, (lo, hi) in ranges.items() if t in tables and lo is not None)
+    op_block_rows = max(min(BLOCK_ROWS, chunk_ops // BLOCKS_PER_CHUNK), -(-held // MAX_OP_BLOCKS), 1)
+    launchers = f"nameId IN ({', '.join(map(str, launcher_ids))})" if "nameId" in runtime_cols and launcher_ids else "1"
+    with ThreadPoolExecutor(READ_THREADS) as pool:  # SQLite releases the GIL: the scans share every core
+        pending_ops = {
+            t: _summarise(pool, path, t, ranges[t], "start", 'COALESCE("end", start)', "1", op_block_rows)
+            for t in tables
+        }
+        pending_calls = _summarise(
+            pool, path, RUNTIME_TABLE, ranges[RUNTIME_TABLE], "correlationId", "correlationId",
+            f"correlationId >= 0 AND {launchers}", BLOCK_ROWS,
+        )  # fmt: skip
+        pending_names = [
+            pool.submit(_distinct_names, path, t, _name_id_sql(t, cols), piece)
+            for t, cols in tables.items()
+            for piece in _slices(path, t, ranges[t] if ranges[t][0] is not None else (1, 0))
+        ]
+        blocks = {
+            t: _Blocks.of([row for part in parts for row in part.result()], op_block_rows)
+            for t, parts in pending_ops.items()
+        }
+        calls = _Blocks.of([row for part in pending_calls for row in part.result()], BLOCK_ROWS)
+        name_ids = pl.Series("name_id", [n for part in pending_names for n in part.result()], pl.Int64).unique()
+    cuts = _cuts(path, blocks, chunk_ops, max(PROBE_CHUNKS * chunk_ops, PROBE_BLOCKS * op_block_rows))
+    starts = np.concatenate([[np.iinfo(np.int64).min], cuts])
+    stops = np.concatenate([cuts, [np.iinfo(np.int64).max]])
+    op_rowids = {
+        t: np.array([b.span((b.high >= lo) & (b.low < hi)) for lo, hi in zip(starts, stops)], dtype=np.int64)
+        for t, b in blocks.items()
+    }
+    chunks = OpChunks(uri, path, tables, runtime_cols, tuple(launcher_ids), cuts, op_rowids, calls, progress)
     return chunks, name_ids
 
 
-def _time_bins(
-    uri: str, path: Path, tables: dict[str, set[str]], chunk_ops: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray], pl.Series]:
-    """Fine time bins over the operations' starts: edges, operations per bin, which edges no
-    operation straddles, per table the rowid span of each bin, and the operations' name ids.
+def _summarise(
+    pool: ThreadPoolExecutor,
+    path: Path,
+    table: str,
+    rowids: tuple[int | None, int | None],
+    value: str,
+    reach: str,
+    where: str,
+    block_rows: int,
+) -> list[Future[list[tuple[int, ...]]]]:
+    """Start the block summaries of ``table``: (first rowid, rows, MIN(value), MAX(value), MAX(reach))
+    for every ``block_rows`` rowids of the rows passing ``where``, a share of the blocks per thread."""
+    lo, hi = rowids
+    if lo is None or hi is None:
+        return []
+    sql = (
+        f'SELECT COUNT({value}), MIN({value}), MAX({value}), MAX({reach}) FROM "{table}" '
+        f"WHERE rowid >= ? AND rowid < ? AND ({where})"
+    )
 
-    The bins span the starts of each table's first and last ``END_ROWS`` rows (nsys writes
-    activity in time order, give or take a buffer) and are sized from the rowid range: B-tree
-    reads, not scans. An operation outside that span counts in the first or last bin, so a table
-    out of order gets fewer cuts, never a wrong one: whether an edge is straddled is decided on
-    the true start and end.
-    """
-    sizes, rowids = {}, {}
+    def scan(firsts: np.ndarray) -> list[tuple[int, ...]]:
+        with _open(path) as db:
+            return [(a, *db.execute(sql, (a, a + block_rows)).fetchone()) for a in firsts.tolist()]
+
+    firsts = np.arange(lo, hi + 1, block_rows, dtype=np.int64)
+    return [pool.submit(scan, part) for part in np.array_split(firsts, min(READ_THREADS, len(firsts)))]
+
+
+def _distinct_names(path: Path, table: str, name_sql: str, piece: str) -> list[int]:
     with _open(path) as db:
-        for t in tables:
-            first, last = _rowid_range(db, t)
-            if first is not None:
-                rowids[t] = (first, last)
-                sql = f'SELECT MIN(start), MAX(start) FROM "{t}" WHERE rowid BETWEEN ? AND ?'
-                ends = [
-                    db.execute(sql, span).fetchone() for span in ((first, first + END_ROWS), (last - END_ROWS, last))
-                ]
-                sizes[t] = (min(e[0] for e in ends), max(e[1] for e in ends), last - first + 1)
-    bins = min(MAX_BINS, max(MIN_BINS, BINS_PER_CHUNK * -(-sum(v[2] for v in sizes.values()) // chunk_ops)))
-    lo, hi = (min(v[0] for v in sizes.values()), max(v[1] for v in sizes.values())) if sizes else (0, 0)
-    edges = np.unique(np.linspace(lo, hi + 1, bins + 1).astype(np.int64))
-    n = len(edges) - 1
-
-    def scan(table: str, piece: str) -> tuple[str, np.ndarray, np.ndarray, np.ndarray, pl.Series]:
-        counts = np.zeros(n, dtype=np.int64)
-        straddled = np.zeros(n + 2, dtype=np.int64)  # +1/-1 marks; cumsum: operations straddling each edge
-        spans = _empty_spans(n)
-        names = []
-        sql = (
-            f'SELECT rowid AS r, start AS s, COALESCE("end", start) AS e, {_name_id_sql(table, tables[table])} AS n '
-            f'FROM "{table}" WHERE {piece}'
-        )
-        for batch in _batches(uri, path, sql, SCAN_BATCH_ROWS):
-            rowid, start, end = (batch[c].to_numpy() for c in ("r", "s", "e"))
-            names.append(batch["n"].cast(pl.Int64).unique())
-            where = np.clip(np.searchsorted(edges, start, side="right") - 1, 0, n - 1)
-            counts += np.bincount(where, minlength=n)
-            _widen(spans, where, rowid)
-            first, last = where + 1, np.searchsorted(edges, end, side="left") - 1  # edges inside (start, end)
-            inside = first <= last
-            np.add.at(straddled, first[inside], 1)
-            np.add.at(straddled, np.minimum(last[inside], n) + 1, -1)
-        return table, counts, straddled, spans, pl.concat(names) if names else pl.Series("n", [], pl.Int64)
-
-    jobs = [(t, piece) for t in sizes for piece in _slices(path, t, rowids[t])]
-    with ThreadPoolExecutor(max(1, min(READ_THREADS, len(jobs)))) as pool:
-        parts = list(pool.map(lambda job: scan(*job), jobs))
-    counts = sum((p[1] for p in parts), np.zeros(n, dtype=np.int64))
-    straddled = sum((p[2] for p in parts), np.zeros(n + 2, dtype=np.int64))
-    spans = {t: _merge_spans([p[3] for p in parts if p[0] == t], n) for t in tables}
-    name_ids = pl.concat([p[4] for p in parts]).unique() if parts else pl.Series("n", [], pl.Int64)
-    return edges, counts, np.cumsum(straddled)[: len(edges)] == 0, spans, name_ids.alias("name_id")
+        return [
+            r[0] for r in db.execute(f'SELECT DISTINCT {name_sql} FROM "{table}" WHERE {piece}') if r[0] is not None
+        ]
 
 
-def _call_index(uri: str, path: Path, runtime_cols: set[str], launcher_ids: list[int]) -> np.ndarray:
-    """Rowid span [lo, hi] of the launching calls in each bin of ``CORR_BIN`` correlation ids.
+def _cuts(path: Path, blocks: dict[str, _Blocks], chunk_ops: int, probe_rows: int) -> np.ndarray:
+    """Cut times: the first clean instant in a block's stretch of starts once a chunk holds ``chunk_ops``.
 
-    Only launching APIs are indexed (when the export names its calls): :func:`_with_calls`
-    looks for the other calls in the whole table, and only for operations left unmatched.
+    Blocks are taken in order of their first start (nsys writes activity nearly in time order,
+    so a block covers a short stretch of time). Where proving an instant clean would read more
+    than ``probe_rows`` rows (a table far from time order), no cut is looked for.
     """
-    launchers = f"nameId IN ({', '.join(map(str, launcher_ids))})" if "nameId" in runtime_cols and launcher_ids else "1"
-    where = f"correlationId >= 0 AND {launchers}"
-
-    def scan(piece: str) -> np.ndarray:
-        spans = _empty_spans(0)
-        sql = f"SELECT rowid AS r, correlationId AS c FROM {RUNTIME_TABLE} WHERE {piece} AND ({where})"
-        for batch in _batches(uri, path, sql, SCAN_BATCH_ROWS):
-            where_bin = batch["c"].to_numpy() // CORR_BIN
-            top = int(where_bin.max()) + 1
-            if top > len(spans):
-                spans = np.concatenate([spans, _empty_spans(top - len(spans))])
-            _widen(spans, where_bin, batch["r"].to_numpy())
-        return spans
-
-    pieces = _slices(path, RUNTIME_TABLE)
-    with ThreadPoolExecutor(max(1, len(pieces))) as pool:
-        parts = list(pool.map(scan, pieces))
-    return _merge_spans(parts, max((len(p) for p in parts), default=0))
-
-
-def _empty_spans(n: int) -> np.ndarray:
-    """(n, 2) rowid spans [lo, hi], empty (lo > hi) until widened."""
-    return np.stack([np.full(n, np.iinfo(np.int64).max), np.full(n, -1, dtype=np.int64)], axis=1)
+    low = np.concatenate([b.low for b in blocks.values()])
+    high = np.concatenate([b.high for b in blocks.values()])
+    order = np.argsort(low, kind="stable")
+    held = np.cumsum(np.concatenate([b.rows for b in blocks.values()])[order])
+    floor = int(low.min()) + 1 if len(low) else 0  # a cut at the very first start would leave an empty chunk
+    cuts: list[int] = []
+    k = int(np.searchsorted(held, chunk_ops))
+    with _open(path) as db:
+        while k < len(order):
+            a = max(int(low[order[k]]), cuts[-1] + 1 if cuts else floor)
+            b = int(high[order[k]])
+            cut = _clean_instant(db, blocks, a, b, probe_rows) if a <= b else None
+            if cut is None:
+                k += 1
+                continue
+            cuts.append(cut)
+            k = int(np.searchsorted(held, held[k] + chunk_ops))
+    return np.array(cuts, dtype=np.int64)
 
 
-def _merge_spans(parts: list[np.ndarray], n: int) -> np.ndarray:
-    """The union of rowid spans found by separate scans (shorter tables of spans padded with empty ones)."""
-    merged = _empty_spans(n)
-    for part in parts:
-        merged[: len(part), 0] = np.minimum(merged[: len(part), 0], part[:, 0])
-        merged[: len(part), 1] = np.maximum(merged[: len(part), 1], part[:, 1])
-    return merged
+def _clean_instant(db: sqlite3.Connection, blocks: dict[str, _Blocks], a: int, b: int, probe_rows: int) -> int | None:
+    """The first instant in [a, b] that no operation straddles (starts before and ends after), or None.
+
+    Only operations that start before ``b`` and end after ``a`` can straddle an instant of
+    [a, b]; the blocks' summaries say which blocks may hold one, and those rows are read. Sorted
+    by start, with ``reach`` the latest end so far (at least ``a``), the first operation that
+    starts at or after ``reach`` marks a clean instant: ``reach`` itself.
+    """
+    starts, ends = [], []
+    reads = []
+    for table, blk in blocks.items():
+        near = (blk.low < b) & (blk.reach > a)
+        reads.extend((table, lo, hi) for lo, hi in _runs(blk.first[near], blk.last[near]))
+    if sum(hi - lo + 1 for _, lo, hi in reads) > probe_rows:
+        return None
+    for table, lo, hi in reads:
+        rows = db.execute(
+            f'SELECT start, COALESCE("end", start) FROM "{table}" '
+            f'WHERE rowid BETWEEN ? AND ? AND start < ? AND COALESCE("end", start) > ?',
+            (lo, hi, b, a),
+        ).fetchall()
+        if rows:
+            pair = np.array(rows, dtype=np.int64)
+            starts.append(pair[:, 0])
+            ends.append(pair[:, 1])
+    if not starts:
+        return a
+    start, end = np.concatenate(starts), np.concatenate(ends)
+    order = np.argsort(start, kind="stable")
+    start, end = start[order], end[order]
+    reach = np.maximum.accumulate(np.concatenate([[a], end]))
+    free = np.flatnonzero(start >= reach[:-1])
+    cut = int(reach[free[0]] if len(free) else reach[-1])
+    return cut if cut <= b else None
 
 
-def _widen(spans: np.ndarray, where: np.ndarray, rowid: np.ndarray) -> None:
-    np.minimum.at(spans[:, 0], where, rowid)
-    np.maximum.at(spans[:, 1], where, rowid)
-
-
-def _span(spans: np.ndarray) -> tuple[int, int]:
-    return int(spans[:, 0].min()), int(spans[:, 1].max())
+def _runs(first: np.ndarray, last: np.ndarray) -> list[tuple[int, int]]:
+    """Rowid blocks (in rowid order) merged into maximal runs of adjacent blocks, as [lo, hi] pairs."""
+    if not len(first):
+        return []
+    breaks = np.flatnonzero(first[1:] != last[:-1] + 1) + 1
+    return [(int(first[i]), int(last[j - 1])) for i, j in zip(np.r_[0, breaks], np.r_[breaks, len(first)])]
