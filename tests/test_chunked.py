@@ -7,10 +7,12 @@ trace and random workloads.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 from click.testing import CliRunner
@@ -236,3 +238,36 @@ def test_launches_are_fresh_once_across_chunks(chunks):
         keys = [(-1 if p is None else p, -1 if c is None else c) for p, c in chunk]
         assert seen.fresh(frame).tolist() == [k not in seen_model for k in keys]
         seen_model.update(keys)
+
+
+@pytest.mark.parametrize("name", ["tiny_vlm", "tp_train"])
+def test_sampled_correlation_ids_find_every_chunks_calls(trace_paths, loaded, monkeypatch, name):
+    """Correlation ids sampled every few runtime rows bound each chunk's calls: with two processes
+    writing calls side by side too, no chunk has to search the whole runtime table."""
+    monkeypatch.setattr(reader, "CALL_SAMPLE_ROWS", 16)
+    whole_table_reads = []
+    fetch_rows = reader._fetch_rows
+
+    def counting(uri, path, table, columns, **kw):
+        if table == reader.RUNTIME_TABLE and kw.get("rowids") is None:
+            whole_table_reads.append(kw["where"])
+        return fetch_rows(uri, path, table, columns, **kw)
+
+    monkeypatch.setattr(reader, "_fetch_rows", counting)
+    chunked = postprocess.load(trace_paths[name], chunk_ops=50)
+    assert chunks_of(chunked) > 10
+    assert whole_table_reads == []
+    assert_same_numbers(loaded[name], chunked)
+
+
+def test_calls_outside_the_sampled_span_are_still_found(trace_paths, loaded, monkeypatch):
+    """Samples that say nothing true (every id 0) give spans holding no call: each chunk then
+    searches the whole runtime table, and the numbers stay exact."""
+    of = reader._CallSamples.of
+
+    def lying(path, rowids):
+        samples = of(path, rowids)
+        return dataclasses.replace(samples, corr=np.zeros_like(samples.corr))
+
+    monkeypatch.setattr(reader._CallSamples, "of", staticmethod(lying))
+    assert_same_numbers(loaded["tiny_vlm"], postprocess.load(trace_paths["tiny_vlm"], chunk_ops=400))

@@ -20,7 +20,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stagemfu import postprocess
-from stagemfu.postprocess.intervals import containment_pairs, group_union, segment_union, union_length
+from stagemfu.postprocess.intervals import (
+    containment_pairs,
+    group_union,
+    repeat_index,
+    segment_union,
+    union_length,
+)
 
 TIMELINE = 80  # GPU op coordinates stay below this, so a boolean array measures unions exactly
 PIPELINE = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -117,6 +123,13 @@ def test_segment_union_keeps_segments_apart(segments):
     end = start + np.array([d for seg in segments for _, d in seg], dtype=np.int64)
     got = segment_union(bounds, start, end).tolist()
     assert got == [brute_union([(s, s + d) for s, d in seg]) for seg in segments]
+
+
+@given(st.lists(st.integers(0, 4), max_size=12))
+def test_repeat_index_equals_numpy_repeat(counts):
+    """Empty groups anywhere (first, last, runs of them) take no rows."""
+    counts = np.array(counts, dtype=np.int64)
+    assert repeat_index(counts).tolist() == np.repeat(np.arange(len(counts)), counts).tolist()
 
 
 def test_group_union_removes_overlaps_and_gaps():

@@ -57,9 +57,9 @@ def containment_pairs(
         total = int(n.sum())
         if total == 0:
             continue
-        outer_idx = np.repeat(np.arange(a, b, dtype=np.int64), n)
-        first = np.repeat(np.cumsum(n) - n, n)
-        inner_idx = np.arange(total, dtype=np.int64) - first + np.repeat(lo[a:b], n)
+        owner = repeat_index(n)
+        outer_idx = owner + a
+        inner_idx = np.arange(total, dtype=np.int64) + (lo[a:b] - (np.cumsum(n) - n))[owner]
         keep = inner_end[inner_idx] <= outer_end[outer_idx]
         yield outer_idx[keep], inner_idx[keep]
 
@@ -101,6 +101,24 @@ def segment_bounds(segment: np.ndarray) -> np.ndarray:
     return np.flatnonzero(np.concatenate([[True], segment[1:] != segment[:-1]]))
 
 
+def repeat_index(counts: np.ndarray) -> np.ndarray:
+    """``np.repeat(np.arange(len(counts)), counts)``: for each of ``counts.sum()`` rows, the index of its group.
+
+    np.repeat holds the GIL for its whole run, and it was half the GIL time of a chunked load; a
+    cumulative sum over group-start marks and a gather release it, so chunks attributed on
+    several threads no longer queue for it.
+    """
+    groups = np.flatnonzero(counts > 0)
+    return groups[segment_index((np.cumsum(counts) - counts)[groups], int(counts.sum()))]
+
+
+def segment_index(bounds: np.ndarray, rows: int) -> np.ndarray:
+    """The segment number of each of ``rows`` rows, grouped in segments starting at ``bounds`` (first 0)."""
+    marks = np.zeros(rows, dtype=np.int64)
+    marks[bounds[1:]] = 1
+    return np.cumsum(marks)
+
+
 def segment_union(bounds: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
     """Length of the union of [start, end) intervals in each segment: overlaps and gaps removed.
 
@@ -127,7 +145,7 @@ def segment_union(bounds: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.
                 segment_union(bounds[half:] - cut, start[cut:], end[cut:]),
             ]
         )
-    shift = np.repeat(np.cumsum(width) - width - lo, np.diff(np.append(bounds, len(start))))
+    shift = (np.cumsum(width) - width - lo)[segment_index(bounds, len(start))]
     s, e = start + shift, end + shift
     if len(s) > 1 and not bool(np.all(s[1:] >= s[:-1])):
         order = np.argsort(s, kind="stable")
@@ -145,7 +163,7 @@ def masked_segment_union(bounds: np.ndarray, start: np.ndarray, end: np.ndarray,
     kernels and of its other kernels, without regrouping the rows.
     """
     out = np.zeros(len(bounds), dtype=np.int64)
-    segment = np.repeat(np.arange(len(bounds), dtype=np.int64), np.diff(np.append(bounds, len(start))))[mask]
+    segment = segment_index(bounds, len(start))[mask]
     if len(segment):
         sub = segment_bounds(segment)
         out[segment[sub]] = segment_union(sub, start[mask], end[mask])

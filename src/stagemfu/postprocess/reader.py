@@ -33,7 +33,7 @@ import polars as pl
 
 from stagemfu.errors import TraceError
 from stagemfu.postprocess.concurrency import CHUNK_WORKERS, CPUS, bounded_map
-from stagemfu.postprocess.launches import match_calls, membership
+from stagemfu.postprocess.launches import TID_BITS, match_calls, membership
 
 # NVTX event types (nsys ENUM_NSYS_EVENT_TYPE): ranges we measure, and domain creation.
 NVTX_PUSHPOP_RANGE = 59
@@ -93,7 +93,8 @@ AUTO_IN_MEMORY_OPS = 2_000_000
 # About a million operations in flight at most: chunks of 500 k where one or two are read and
 # attributed at a time (up to 11 cores), four of 250 k from 16 cores (docs/benchmarks.md).
 AUTO_CHUNK_OPS = 1_000_000 // max(2, CHUNK_WORKERS)
-BLOCK_ROWS = 4096  # rowids per block of the planning scan's summaries (operations: at most)
+BLOCK_ROWS = 4096  # rowids per block of the planning scan's summaries (at most)
+CALL_SAMPLE_ROWS = 4096  # rowids between two samples of the runtime table's correlation ids
 BLOCKS_PER_CHUNK = 16  # blocks of operations per chunk at least: the places a cut can be looked for
 MAX_OP_BLOCKS = 1 << 16  # tiny chunks of a huge export get larger blocks, not an SQL query per operation
 # Proving an instant clean may read up to this many chunks' rows (or blocks' rows, for tiny chunks).
@@ -175,7 +176,7 @@ class OpChunks:
     operations starting in [cuts[k-1], cuts[k])), so every interval union (busy time) of the
     whole trace is the sum of the chunks' unions: chunked results equal in-memory results. An
     operation's launching call is looked up per chunk, in the slice of the runtime table that
-    holds the chunk's correlation ids (``calls``).
+    holds the chunk's correlation ids, found from sampled ids (``calls``).
 
     Attributes
     ----------
@@ -191,8 +192,7 @@ class OpChunks:
         Activity table -> (chunks, 2) array: the rowid span [lo, hi] of each chunk's operations
         (lo > hi when the chunk has none from that table).
     calls
-        Summaries of the runtime table's rowid blocks: the first and last correlation id of
-        their launching calls.
+        Correlation ids sampled across the runtime table, to find each chunk's span of it.
     progress
         Called as ``progress("FILE: chunk", k, chunks)`` as the k-th chunk is done.
     """
@@ -204,7 +204,7 @@ class OpChunks:
     launcher_ids: tuple[int, ...]
     cuts: np.ndarray
     op_rowids: dict[str, np.ndarray]
-    calls: _Blocks
+    calls: _CallSamples
     progress: Progress | None = None
 
     def __len__(self) -> int:
@@ -255,10 +255,7 @@ class OpChunks:
             if self.op_rowids[table][k][0] <= self.op_rowids[table][k][1]
         ]
         ops = pl.concat(frames, how="vertical") if frames else pl.DataFrame(schema=OPS_SCHEMA)
-        corr = ops["correlation_id"].drop_nulls()
-        rowids = (
-            self.calls.span((self.calls.low <= corr.max()) & (self.calls.high >= corr.min())) if len(corr) else (1, 0)
-        )
+        rowids = self.calls.span(ops)
         return _with_calls(self.uri, self.path, ops, self.runtime_columns, list(self.launcher_ids), rowids=rowids)
 
 
@@ -614,8 +611,8 @@ def _with_calls(
     the largest in an export. So SQLite first returns only calls of launching APIs (by name) whose
     correlation id some operation carries; only if an operation is left without its call are the
     remaining API calls searched for it. Either way the result is exact. ``rowids`` limits the
-    first search to that span of the runtime table (see :class:`OpChunks`); the second always
-    reads the whole table.
+    first search to that span of the runtime table and to the operations' range of correlation
+    ids (see :class:`OpChunks`); the second always reads the whole table, for any call.
     """
     columns = "start, end, globalTid AS global_tid, correlationId AS correlation_id"
     corr, pid = ops["correlation_id"].fill_null(-1).to_numpy(), ops["global_pid"].fill_null(-1).to_numpy()
@@ -635,13 +632,18 @@ def _with_calls(
 
     by_name = "nameId" in runtime_cols and launcher_ids
     id_list = ", ".join(str(i) for i in launcher_ids)
-    # Launching calls of the whole table are about one per operation: kept as they come. Any other
-    # read (a chunk's span, or every API call) keeps only the calls some operation asks for.
-    wanted = corr[corr >= 0] if rowids is not None or not by_name else None
-    calls = read_calls(f"nameId IN ({id_list})" if by_name else "1", wanted, rowids)
+    launching = f"nameId IN ({id_list})" if by_name else "1"
+    known = corr[corr >= 0]
+    if rowids is not None:  # a chunk's span holds calls of neighbouring chunks too: SQLite drops most of them
+        ids = f"correlationId BETWEEN {known.min()} AND {known.max()}" if len(known) else "0"
+        calls = read_calls(f"{launching} AND {ids}", None, rowids)
+        others = "1"  # a launching call may lie outside the span
+    else:  # launching calls of the whole table are about one per operation; every API call is far more
+        calls = read_calls(launching, None if by_name else known, None)
+        others = f"nameId NOT IN ({id_list}) OR nameId IS NULL" if by_name else ""
     rows = _match(calls, pid, corr, path)
-    if by_name and (rows < 0).any():
-        rest = read_calls(f"nameId NOT IN ({id_list}) OR nameId IS NULL", corr[(rows < 0) & (corr >= 0)], None)
+    if others and (rows < 0).any():
+        rest = read_calls(others, corr[(rows < 0) & (corr >= 0)], None)
         calls = pl.concat([calls, rest])
         rows = _match(calls, pid, corr, path)
     index = pl.Series(rows).replace(-1, None)  # a null index gathers null: no launching call
@@ -701,23 +703,22 @@ def _batches(uri: str, path: Path, sql: str, rows: int = FETCH_BATCH_ROWS) -> It
 
 @dataclass(frozen=True)
 class _Blocks:
-    """Summaries of consecutive rowid blocks of one table, one aggregate row per block.
+    """Summaries of consecutive rowid blocks of one activity table, one aggregate row per block.
 
     SQLite reads every row of the table but hands back a row per block, so the planning scan
-    costs what SQLite's own row decoding costs, nothing per row in Python. Blocks whose rows all
-    fail the scan's filter are left out.
+    costs what SQLite's own row decoding costs, nothing per row in Python. Empty blocks (rowids
+    never used) are left out.
 
     Attributes
     ----------
     first, last
         The block's first and last rowid.
     rows
-        Rows of the block that passed the filter.
+        Operations in the block.
     low, high
-        The smallest and largest value of the summarised column (operations: start; launching
-        calls: correlation id).
+        The first and last start in the block.
     reach
-        Operations: the latest end in the block. Calls: the same as ``high``.
+        The latest end in the block.
     """
 
     first: np.ndarray
@@ -741,6 +742,59 @@ class _Blocks:
         return int(self.first[keep].min()), int(self.last[keep].max())
 
 
+@dataclass(frozen=True)
+class _CallSamples:
+    """The runtime table's (process, correlation id) at every ``CALL_SAMPLE_ROWS`` rowids: where a
+    chunk's launching calls lie.
+
+    nsys writes API calls in time order, and a process numbers its calls in time order, so the
+    calls of a range of one process's ids lie between that process's samples around the range.
+    A point read per sample (one B-tree descent) replaces a scan of the largest table of an
+    export. A call outside the span found here is still found (:func:`_with_calls` then
+    searches the whole table), only slower.
+    """
+
+    rowid: np.ndarray
+    pid: np.ndarray
+    corr: np.ndarray
+    first: int
+    last: int
+
+    @classmethod
+    def of(cls, path: Path, rowids: tuple[int | None, int | None]) -> _CallSamples:
+        lo, hi = rowids
+        if lo is None or hi is None:
+            return cls(*(np.zeros(0, dtype=np.int64),) * 3, 1, 0)
+        sql = (
+            f"SELECT rowid, globalTid, correlationId FROM {RUNTIME_TABLE} "
+            "WHERE rowid >= ? AND correlationId >= 0 LIMIT 1"
+        )
+        with _open(path) as db:
+            found = [db.execute(sql, (at,)).fetchone() for at in range(lo, hi + 1, CALL_SAMPLE_ROWS)]
+        rows = np.array([f for f in found if f and f[1] is not None], dtype=np.int64).reshape(-1, 3)
+        return cls(rows[:, 0], rows[:, 1] - rows[:, 1] % TID_BITS, rows[:, 2], lo, hi)
+
+    def span(self, ops: pl.DataFrame) -> tuple[int, int]:
+        """A rowid span [lo, hi] holding the launching calls of ``ops``: per process, from its sample
+        before the first one that reaches the process's smallest id to its sample after the last
+        one not past its largest id (the whole table for a process never sampled)."""
+        ids = ops.filter(pl.col("correlation_id").is_not_null())
+        if ids.is_empty():
+            return 1, 0
+        lo, hi = self.last, self.first
+        per_process = ids.group_by("global_pid").agg(
+            pl.col("correlation_id").min().alias("first"), pl.col("correlation_id").max().alias("last")
+        )
+        for pid, first, last in per_process.iter_rows():  # processes: a handful
+            mine = np.flatnonzero(self.pid == pid) if pid is not None else np.zeros(0, dtype=np.int64)
+            reach, within = np.flatnonzero(self.corr[mine] >= first), np.flatnonzero(self.corr[mine] <= last)
+            k = reach[0] if len(reach) else len(mine)  # its first sample at or past `first`
+            j = within[-1] if len(within) else -1  # its last sample not past `last`
+            lo = min(lo, int(self.rowid[mine[k - 1]]) if k > 0 else self.first)
+            hi = max(hi, int(self.rowid[mine[j + 1]]) if j + 1 < len(mine) else self.last)
+        return lo, hi
+
+
 def _plan_chunks(
     uri: str,
     path: Path,
@@ -752,9 +806,9 @@ def _plan_chunks(
 ) -> tuple[OpChunks, pl.Series]:
     """Choose time-ordered chunks of about ``chunk_ops`` operations, cut where no operation runs.
 
-    One parallel pass summarises rowid blocks: of each activity table (first start, last start,
-    last end), of the launching calls (first and last correlation id); it also collects the
-    operations' name ids. A chunk closes at the first instant, after it holds ``chunk_ops``
+    One parallel pass summarises the rowid blocks of each activity table (first start, last
+    start, last end), samples the runtime table's correlation ids and collects the operations'
+    name ids. A chunk closes at the first instant, after it holds ``chunk_ops``
     operations, that :func:`_clean_instant` proves no operation straddles, so a trace whose GPUs
     never all rest gets fewer, larger chunks, never a wrong number.
     """
@@ -762,16 +816,9 @@ def _plan_chunks(
         ranges = {t: _rowid_range(db, t) for t in (*tables, RUNTIME_TABLE)}
     held = sum(hi - lo + 1 for t, (lo, hi) in ranges.items() if t in tables and lo is not None)
     op_block_rows = max(min(BLOCK_ROWS, chunk_ops // BLOCKS_PER_CHUNK), -(-held // MAX_OP_BLOCKS), 1)
-    launchers = f"nameId IN ({', '.join(map(str, launcher_ids))})" if "nameId" in runtime_cols and launcher_ids else "1"
     with ThreadPoolExecutor(READ_THREADS) as pool:  # SQLite releases the GIL: the scans share every core
-        pending_ops = {
-            t: _summarise(pool, path, t, ranges[t], "start", 'COALESCE("end", start)', "1", op_block_rows)
-            for t in tables
-        }
-        pending_calls = _summarise(
-            pool, path, RUNTIME_TABLE, ranges[RUNTIME_TABLE], "correlationId", "correlationId",
-            f"correlationId >= 0 AND {launchers}", BLOCK_ROWS,
-        )  # fmt: skip
+        pending_ops = {t: _summarise(pool, path, t, ranges[t], op_block_rows) for t in tables}
+        pending_calls = pool.submit(_CallSamples.of, path, ranges[RUNTIME_TABLE])
         pending_names = [
             pool.submit(_distinct_names, path, t, _name_id_sql(t, cols), piece)
             for t, cols in tables.items()
@@ -781,9 +828,9 @@ def _plan_chunks(
             t: _Blocks.of([row for part in parts for row in part.result()], op_block_rows)
             for t, parts in pending_ops.items()
         }
-        calls = _Blocks.of([row for part in pending_calls for row in part.result()], BLOCK_ROWS)
+        calls = pending_calls.result()
         name_ids = pl.Series("name_id", [n for part in pending_names for n in part.result()], pl.Int64).unique()
-    cuts = _cuts(path, blocks, chunk_ops, max(PROBE_CHUNKS * chunk_ops, PROBE_BLOCKS * op_block_rows))
+    cuts = _cuts(uri, path, blocks, chunk_ops, max(PROBE_CHUNKS * chunk_ops, PROBE_BLOCKS * op_block_rows))
     starts = np.concatenate([[np.iinfo(np.int64).min], cuts])
     stops = np.concatenate([cuts, [np.iinfo(np.int64).max]])
     op_rowids = {
@@ -799,19 +846,16 @@ def _summarise(
     path: Path,
     table: str,
     rowids: tuple[int | None, int | None],
-    value: str,
-    reach: str,
-    where: str,
     block_rows: int,
 ) -> list[Future[list[tuple[int, ...]]]]:
-    """Start the block summaries of ``table``: (first rowid, rows, MIN(value), MAX(value), MAX(reach))
-    for every ``block_rows`` rowids of the rows passing ``where``, a share of the blocks per thread."""
+    """Start the block summaries of ``table``: (first rowid, operations, first start, last start,
+    last end) for every ``block_rows`` rowids, a share of the blocks per thread."""
     lo, hi = rowids
     if lo is None or hi is None:
         return []
     sql = (
-        f'SELECT COUNT({value}), MIN({value}), MAX({value}), MAX({reach}) FROM "{table}" '
-        f"WHERE rowid >= ? AND rowid < ? AND ({where})"
+        f'SELECT COUNT(start), MIN(start), MAX(start), MAX(COALESCE("end", start)) FROM "{table}" '
+        "WHERE rowid >= ? AND rowid < ?"
     )
 
     def scan(firsts: np.ndarray) -> list[tuple[int, ...]]:
@@ -829,63 +873,61 @@ def _distinct_names(path: Path, table: str, name_sql: str, piece: str) -> list[i
         ]
 
 
-def _cuts(path: Path, blocks: dict[str, _Blocks], chunk_ops: int, probe_rows: int) -> np.ndarray:
-    """Cut times: the first clean instant in a block's stretch of starts once a chunk holds ``chunk_ops``.
+def _cuts(uri: str, path: Path, blocks: dict[str, _Blocks], chunk_ops: int, probe_rows: int) -> np.ndarray:
+    """Cut times: each time ``chunk_ops`` more operations have started, the first clean instant found
+    in the stretch of starts of the block reaching that count or of the blocks after it.
 
-    Blocks are taken in order of their first start (nsys writes activity nearly in time order,
-    so a block covers a short stretch of time). Where proving an instant clean would read more
-    than ``probe_rows`` rows (a table far from time order), no cut is looked for.
+    Blocks are taken in order of their first start (nsys writes activity nearly in time order, so
+    a block covers a short stretch of time); each count's search runs on a thread of its own, up
+    to the block where the next count's search begins. Where proving an instant clean would read
+    more than ``probe_rows`` rows (a table far from time order), no cut is looked for.
     """
     low = np.concatenate([b.low for b in blocks.values()])
     high = np.concatenate([b.high for b in blocks.values()])
     order = np.argsort(low, kind="stable")
     held = np.cumsum(np.concatenate([b.rows for b in blocks.values()])[order])
-    floor = int(low.min()) + 1 if len(low) else 0  # a cut at the very first start would leave an empty chunk
-    cuts: list[int] = []
-    k = int(np.searchsorted(held, chunk_ops))
-    with _open(path) as db:
-        while k < len(order):
-            a = max(int(low[order[k]]), cuts[-1] + 1 if cuts else floor)
-            b = int(high[order[k]])
-            cut = _clean_instant(db, blocks, a, b, probe_rows) if a <= b else None
-            if cut is None:
-                k += 1
-                continue
-            cuts.append(cut)
-            k = int(np.searchsorted(held, held[k] + chunk_ops))
-    return np.array(cuts, dtype=np.int64)
+    if not len(held):
+        return np.zeros(0, dtype=np.int64)
+    floor = int(low.min()) + 1  # a cut at the very first start would leave an empty chunk
+    turns = np.flatnonzero(np.diff(held // chunk_ops, prepend=0) > 0)
+    ends = np.append(turns[1:], len(order))
+
+    def search(first: int, stop: int) -> int | None:
+        for k in range(first, stop):
+            a, b = max(int(low[order[k]]), floor), int(high[order[k]])
+            cut = _clean_instant(uri, path, blocks, a, b, probe_rows) if a <= b else None
+            if cut is not None:
+                return cut
+        return None
+
+    with ThreadPoolExecutor(max(1, min(READ_THREADS, len(turns)))) as pool:
+        found = [c for c in pool.map(search, turns.tolist(), ends.tolist()) if c is not None]
+    return np.unique(np.array(found, dtype=np.int64))
 
 
-def _clean_instant(db: sqlite3.Connection, blocks: dict[str, _Blocks], a: int, b: int, probe_rows: int) -> int | None:
+def _clean_instant(uri: str, path: Path, blocks: dict[str, _Blocks], a: int, b: int, probe_rows: int) -> int | None:
     """The first instant in [a, b] that no operation straddles (starts before and ends after), or None.
 
     Only operations that start before ``b`` and end after ``a`` can straddle an instant of
-    [a, b]; the blocks' summaries say which blocks may hold one, and those rows are read. Sorted
-    by start, with ``reach`` the latest end so far (at least ``a``), the first operation that
-    starts at or after ``reach`` marks a clean instant: ``reach`` itself.
+    [a, b]; the blocks' summaries say which blocks may hold one, and SQLite returns those
+    operations. Sorted by start, with ``reach`` the latest end so far (at least ``a``), the first
+    operation that starts at or after ``reach`` marks a clean instant: ``reach`` itself.
     """
-    starts, ends = [], []
     reads = []
     for table, blk in blocks.items():
         near = (blk.low < b) & (blk.reach > a)
         reads.extend((table, lo, hi) for lo, hi in _runs(blk.first[near], blk.last[near]))
     if sum(hi - lo + 1 for _, lo, hi in reads) > probe_rows:
         return None
-    for table, lo, hi in reads:
-        rows = db.execute(
-            f'SELECT start, COALESCE("end", start) FROM "{table}" '
-            f'WHERE rowid BETWEEN ? AND ? AND start < ? AND COALESCE("end", start) > ?',
-            (lo, hi, b, a),
-        ).fetchall()
-        if rows:
-            pair = np.array(rows, dtype=np.int64)
-            starts.append(pair[:, 0])
-            ends.append(pair[:, 1])
-    if not starts:
+    if not reads:
         return a
-    start, end = np.concatenate(starts), np.concatenate(ends)
-    order = np.argsort(start, kind="stable")
-    start, end = start[order], end[order]
+    sql = " UNION ALL ".join(
+        f'SELECT start AS s, COALESCE("end", start) AS e FROM "{table}" '
+        f'WHERE rowid BETWEEN {lo} AND {hi} AND start < {b} AND COALESCE("end", start) > {a}'
+        for table, lo, hi in reads
+    )
+    near_ops = _fetch(uri, path, sql, schema={"s": pl.Int64, "e": pl.Int64}).sort("s")
+    start, end = near_ops["s"].to_numpy(), near_ops["e"].to_numpy()
     reach = np.maximum.accumulate(np.concatenate([[a], end]))
     free = np.flatnonzero(start >= reach[:-1])
     cut = int(reach[free[0]] if len(free) else reach[-1])
