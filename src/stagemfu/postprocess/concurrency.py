@@ -19,9 +19,10 @@ R = TypeVar("R")
 CPUS = os.cpu_count() or 1
 # Chunks of a chunked read in flight at once, each read and attributed by its own thread. Two
 # from 2 cores (one is read while the other is attributed: 16.3 -> 14.0 s at 10.5 M kernels on
-# two cores), four from 16 cores, each reduced by REDUCE_THREADS threads (docs/benchmarks.md).
-CHUNK_WORKERS = 1 if CPUS < 2 else max(2, min(4, CPUS // 4))
-REDUCE_THREADS = min(4, CPUS)  # threads reducing one chunk's (range, operation) pairs
+# two cores), six from 16 cores (10.5 M kernels: 6.1 s with four, 5.3 s with six, 5.6 s with
+# eight; docs/benchmarks.md), each reduced by REDUCE_THREADS threads.
+CHUNK_WORKERS = 1 if CPUS < 2 else max(2, min(6, CPUS * 3 // 8))
+REDUCE_THREADS = min(2, CPUS)  # threads reducing one chunk's (range, operation) pairs
 
 
 def bounded_map(pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[T], depth: int) -> Iterator[R]:

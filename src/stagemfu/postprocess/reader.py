@@ -87,11 +87,14 @@ LAUNCHER_NAMES_SQL = """
         (value LIKE '%Launch%' OR value LIKE '%Memcpy%' OR value LIKE '%Memset%')
 """
 READ_THREADS = min(16, CPUS)
+# Connections reading one chunk's span, when CHUNK_WORKERS chunks are read at once: each query
+# costs a connection and a conversion under the GIL, so more slices than cores only add those.
+CHUNK_READ_THREADS = max(1, READ_THREADS // CHUNK_WORKERS)
 MIN_SLICE_ROWS = 1 << 16
 # chunk_ops="auto": exports with more GPU operations than this are read in chunks of AUTO_CHUNK_OPS.
 AUTO_IN_MEMORY_OPS = 2_000_000
-# About a million operations in flight at most: chunks of 500 k where one or two are read and
-# attributed at a time (up to 11 cores), four of 250 k from 16 cores (docs/benchmarks.md).
+# About a million operations in flight at most: chunks of 500 k where two are read and
+# attributed at a time (2 to 7 cores), six of 166 k from 16 cores (docs/benchmarks.md).
 AUTO_CHUNK_OPS = 1_000_000 // max(2, CHUNK_WORKERS)
 BLOCK_ROWS = 4096  # rowids per block of the planning scan's summaries (at most)
 CALL_SAMPLE_ROWS = 4096  # rowids between two samples of the runtime table's correlation ids
@@ -498,7 +501,10 @@ def _read_ops(
     )
     kind, name_id = OP_KIND[table], _name_id_sql(table, cols)
     schema = {c: t for c, t in OPS_SCHEMA.items() if c != "kind"}
-    frame = _fetch_rows(uri, path, table, f"{base}, {name_id} AS name_id", schema=schema, where=where, rowids=rowids)
+    threads = READ_THREADS if rowids is None else CHUNK_READ_THREADS  # a span: one of several chunks read at once
+    frame = _fetch_rows(
+        uri, path, table, f"{base}, {name_id} AS name_id", schema=schema, where=where, rowids=rowids, threads=threads
+    )
     return frame.with_columns(kind=pl.lit(kind, OP_KIND_TYPE)).select(list(OPS_SCHEMA))
 
 
@@ -554,8 +560,9 @@ def _fetch_rows(
     where: str = "1",
     keep: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
     rowids: tuple[int, int] | None = None,
+    threads: int = READ_THREADS,
 ) -> pl.DataFrame:
-    """``SELECT columns FROM table WHERE where``, read as rowid slices by parallel connections.
+    """``SELECT columns FROM table WHERE where``, read as rowid slices by up to ``threads`` connections.
 
     ``rowids`` limits the read to rows whose rowid lies in [lo, hi] (a B-tree range: only those
     rows are visited).
@@ -563,7 +570,10 @@ def _fetch_rows(
     SQLite serves concurrent readers of an immutable file independently and the driver releases
     the GIL while it reads, so the big activity tables load on several cores.
     """
-    queries = [f'SELECT {columns} FROM "{table}" WHERE {piece} AND ({where})' for piece in _slices(path, table, rowids)]
+    queries = [
+        f'SELECT {columns} FROM "{table}" WHERE {piece} AND ({where})'
+        for piece in _slices(path, table, rowids, threads)
+    ]
     if not queries:
         return pl.DataFrame(schema=schema)
     with ThreadPoolExecutor(len(queries)) as pool:
@@ -571,7 +581,7 @@ def _fetch_rows(
     return pl.concat(frames)
 
 
-def _slices(path: Path, table: str, rowids: tuple[int, int] | None = None) -> list[str]:
+def _slices(path: Path, table: str, rowids: tuple[int, int] | None = None, threads: int = READ_THREADS) -> list[str]:
     """Conditions splitting ``table`` (or its rowids in [lo, hi]) into rowid slices, one per reading thread."""
     if rowids is None:
         with _open(path) as db:
@@ -580,7 +590,7 @@ def _slices(path: Path, table: str, rowids: tuple[int, int] | None = None) -> li
         lo, hi = rowids if rowids[0] <= rowids[1] else (None, None)
     if lo is None:
         return []
-    parts = max(1, min(READ_THREADS, (hi - lo + 1) // MIN_SLICE_ROWS))
+    parts = max(1, min(threads, (hi - lo + 1) // MIN_SLICE_ROWS))
     edges = np.linspace(lo, hi + 1, parts + 1).astype(np.int64)
     return [f"rowid >= {a} AND rowid < {b}" for a, b in zip(edges[:-1], edges[1:])]
 
@@ -628,6 +638,7 @@ def _with_calls(
             where=where,
             keep=(lambda b: b.filter(test(b["correlation_id"].fill_null(-1).to_numpy()))) if test else None,
             rowids=rowids,
+            threads=READ_THREADS if rowids is None else CHUNK_READ_THREADS,
         )
 
     by_name = "nameId" in runtime_cols and launcher_ids
