@@ -37,6 +37,7 @@ from stagemfu.postprocess.launches import CORRELATION_LIMIT, TID_BITS
 from stagemfu.postprocess.reader import OP_KIND_TYPE, Trace
 
 KERNEL_KINDS = ("kernel", "graph")  # operations whose time counts as kernel time
+NAME_KINDS = 8  # a (name_id, kind) pair is keyed name_id * NAME_KINDS + kind (kind: OP_KIND_TYPE's index)
 
 METRICS_SCHEMA = {
     "gpu_start_ns": pl.Int64,
@@ -260,7 +261,7 @@ def _attribute_ops(
             (
                 pl.DataFrame({"rid": rid[bounds], **ops.stats(bounds, inner)}, schema_overrides=METRICS_SCHEMA),
                 ops.device_stats(rid, inner) if ops.multi_device else None,
-                ops.name_totals(stage_of_rid[rid], inner) if stage_of_rid is not None else None,
+                ops.name_keys(stage_of_rid[rid], inner) if stage_of_rid is not None else None,
             ),
         )
 
@@ -309,7 +310,7 @@ def _attribute_ops(
         stats=stats,
         exclusive=exclusive,
         devices=devices.select("rid", "device", *METRICS_SCHEMA),
-        names=per_name,
+        names=[ops.name_totals(per_name)] if per_name else [],
         innermost=by_row,
         totals=_op_totals(columns, slice(None)),
         unattributed=_op_totals(columns, np.flatnonzero(outside)),
@@ -480,10 +481,12 @@ class _LaunchOrder:
         )
         self.new_call = first & columns.fresh[self.row]  # first operation of a launch not counted before
         self.is_kernel = columns.is_kernel[self.row]
-        self.name_id = ops["name_id"].to_numpy()[self.row]
-        is_comm = self.is_kernel & np.isin(self.name_id, np.asarray(comm_name_ids, dtype=np.int64))
+        name_id = ops["name_id"].to_numpy()[self.row]
+        is_comm = self.is_kernel & np.isin(name_id, np.asarray(comm_name_ids, dtype=np.int64))
         self.is_comm = is_comm if is_comm.any() else None
-        self.kind = ops["kind"].to_physical().to_numpy()[self.row].astype(np.uint8)
+        kind = ops["kind"].to_physical().to_numpy()[self.row].astype(np.int64)
+        # (name, kind) as one int, ranked: the key of the name totals (name ids are negative for copies)
+        self.names, self.name_rank = _dense_rank(name_id * NAME_KINDS + kind)
         devices, self.device_rank = _dense_rank(ops["device"].fill_null(-1).to_numpy()[self.row])
         self.devices = devices.astype(np.int64)
         self.multi_device = len(devices) > 1
@@ -536,20 +539,34 @@ class _LaunchOrder:
             schema_overrides=METRICS_SCHEMA,
         )
 
-    def name_totals(self, stage: np.ndarray, inner: np.ndarray) -> pl.DataFrame:
+    def name_keys(self, stage: np.ndarray, inner: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For a chunk of pairs, the pairs of a range with a stage: (stage, name, kind) as one int key, and duration."""
         keep = stage >= 0
         inner = inner[keep]
-        return (
-            pl.DataFrame(
-                {
-                    "stage": stage[keep],
-                    "name_id": self.name_id[inner],
-                    "kind": self.kind[inner],
-                    "dur": self.end[inner] - self.start[inner],
-                }
-            )
-            .group_by("stage", "name_id", "kind")
+        return stage[keep] * len(self.names) + self.name_rank[inner], self.end[inner] - self.start[inner]
+
+    def name_totals(self, keys: list[tuple[np.ndarray, np.ndarray]]) -> pl.DataFrame:
+        """Count and total duration per (stage, name_id, kind) over the :meth:`name_keys` of every chunk of pairs.
+
+        One grouping of int keys per set of operations, instead of a three-column grouping per
+        chunk of pairs.
+        """
+        key = np.concatenate([k for k, _ in keys])
+        totals = (
+            pl.DataFrame({"key": key, "dur": np.concatenate([d for _, d in keys])})
+            .group_by("key")
             .agg(pl.len().cast(pl.Int64).alias("count"), pl.col("dur").sum().alias("total_ns"))
+        )
+        key = totals["key"].to_numpy()
+        name = self.names[key % len(self.names)]
+        return pl.DataFrame(
+            {
+                "stage": key // len(self.names),
+                "name_id": name // NAME_KINDS,
+                "kind": name % NAME_KINDS,
+                "count": totals["count"],
+                "total_ns": totals["total_ns"],
+            }
         )
 
 

@@ -674,10 +674,6 @@ def _match(calls: pl.DataFrame, pid: np.ndarray, corr: np.ndarray, path: Path) -
         raise TraceError(f"{path}: {err}: the export looks damaged; export the report again") from err
 
 
-def _as_is(frame: pl.DataFrame) -> pl.DataFrame:
-    return frame
-
-
 def _fetch(
     uri: str,
     path: Path,
@@ -689,25 +685,57 @@ def _fetch(
 
     ADBC infers a column's type from its first rows, so every text column in our queries is
     COALESCEd to a string; integer columns that start with NULLs come back as Int64. ``keep``
-    filters each record batch as it arrives.
+    filters each record batch as it arrives, so a read of a whole table holds only what it keeps.
     """
-    parts = [(keep or _as_is)(batch) for batch in _batches(uri, path, sql)]
-    frame = pl.concat(parts) if parts else pl.DataFrame(schema=schema)
+    if keep is None:
+        frame = _query(uri, path, sql)
+    else:
+        parts = [keep(batch) for batch in _batches(uri, path, sql)]
+        frame = pl.concat(parts) if parts else pl.DataFrame(schema=schema)
+    if frame.width == 0:  # no column: a result of no rows
+        frame = pl.DataFrame(schema=schema)
     return frame.select([pl.col(c).cast(t) for c, t in schema.items()])
 
 
-def _batches(uri: str, path: Path, sql: str, rows: int = FETCH_BATCH_ROWS) -> Iterator[pl.DataFrame]:
-    """The result of one query through ADBC, as polars frames of up to ``rows`` rows."""
-    import adbc_driver_sqlite.dbapi as adbc  # deferred: import cost only when a trace is read
+def _query(uri: str, path: Path, sql: str) -> pl.DataFrame:
+    """The whole result of one query, handed by the ADBC driver to polars as an Arrow C stream.
 
+    The driver manager's own statement API needs no pyarrow: neither its import nor a Python
+    object per record batch, both paid under the GIL while other chunks wait for it.
+    """
+    import adbc_driver_manager  # deferred: import cost only when a trace is read
+    import adbc_driver_sqlite
+
+    with _read_errors(path), contextlib.ExitStack() as stack:
+        db = stack.enter_context(contextlib.closing(adbc_driver_sqlite.connect(uri)))
+        conn = stack.enter_context(contextlib.closing(adbc_driver_manager.AdbcConnection(db)))
+        stmt = stack.enter_context(contextlib.closing(adbc_driver_manager.AdbcStatement(conn)))
+        stmt.set_options(**{"adbc.sqlite.query.batch_rows": str(FETCH_BATCH_ROWS)})
+        stmt.set_sql_query(sql)
+        stream, _ = stmt.execute_query()
+        return pl.DataFrame(stream)
+
+
+def _batches(uri: str, path: Path, sql: str) -> Iterator[pl.DataFrame]:
+    """The result of one query through ADBC's DB-API, as polars frames of up to ``FETCH_BATCH_ROWS`` rows."""
+    import adbc_driver_sqlite.dbapi as adbc  # deferred: imports pyarrow, needed only here
+
+    with _read_errors(path), adbc.connect(uri) as conn, conn.cursor() as cur:
+        cur.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": str(FETCH_BATCH_ROWS)})
+        cur.execute(sql)
+        for batch in cur.fetch_record_batch():
+            frame = pl.from_arrow(batch)
+            assert isinstance(frame, pl.DataFrame)
+            yield frame
+
+
+@contextlib.contextmanager
+def _read_errors(path: Path) -> Iterator[None]:
+    """Turn the driver's errors into one TraceError that names the file."""
     try:
-        with adbc.connect(uri) as conn, conn.cursor() as cur:
-            cur.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": str(rows)})
-            cur.execute(sql)
-            for batch in cur.fetch_record_batch():
-                frame = pl.from_arrow(batch)
-                assert isinstance(frame, pl.DataFrame)
-                yield frame
+        yield
+    except TraceError:
+        raise
     except Exception as err:  # the driver raises its own error classes and OSError for data errors
         raise TraceError(f"{path}: could not be read ({str(err).splitlines()[0]}); export the report again") from err
 
