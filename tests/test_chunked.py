@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +77,33 @@ def test_chunks_in_parallel_change_nothing(trace_paths, loaded, monkeypatch, wor
     assert_same_numbers(loaded["tiny_vlm"], chunked)
     steps = [(done, total) for what, done, total in seen if what.endswith(": chunk")]
     assert steps == [(k, chunks_of(chunked)) for k in range(1, chunks_of(chunked) + 1)]
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_no_more_chunks_are_held_than_workers(trace_paths, monkeypatch, workers):
+    """Chunks queued ahead of a slow one wait unread: at most ``workers`` are read and held at once."""
+    read, lock, held, most = reader.OpChunks.chunk, threading.Lock(), [0], [0]
+
+    def tracked(self, k):
+        with lock:
+            held[0] += 1
+            most[0] = max(most[0], held[0])
+        time.sleep(0.002 if k % 3 else 0.02)  # every third chunk slow
+        return read(self, k)
+
+    def attribute_then_release(*args, **kw):
+        try:
+            return attribute_ops(*args, **kw)
+        finally:
+            with lock:
+                held[0] -= 1
+
+    attribute_ops = attribution._attribute_ops
+    monkeypatch.setattr(reader.OpChunks, "chunk", tracked)
+    monkeypatch.setattr(attribution, "_attribute_ops", attribute_then_release)
+    monkeypatch.setattr(attribution, "CHUNK_WORKERS", workers)
+    assert chunks_of(postprocess.load(trace_paths["tiny_vlm"], chunk_ops=100)) > 3 * workers
+    assert most[0] == workers
 
 
 @pytest.mark.parametrize("workers", [1, 4])

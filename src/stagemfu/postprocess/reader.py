@@ -87,6 +87,9 @@ LAUNCHER_NAMES_SQL = """
         (value LIKE '%Launch%' OR value LIKE '%Memcpy%' OR value LIKE '%Memset%')
 """
 READ_THREADS = min(16, CPUS)
+# Chunks handed to the workers ahead of the one whose result is awaited, per worker: results come
+# in time order, so with one per worker a slow chunk would leave the others idle until it is done.
+QUEUED_CHUNKS = 2
 # Connections reading one chunk's span, when CHUNK_WORKERS chunks are read at once: each query
 # costs a connection and a conversion under the GIL, so more slices than cores only add those.
 CHUNK_READ_THREADS = max(1, READ_THREADS // CHUNK_WORKERS)
@@ -222,7 +225,8 @@ class OpChunks:
         """``fn(chunk, before(chunk))`` for every chunk; results in time order.
 
         ``workers`` chunks are read and processed at once, each by a thread of its own (SQLite,
-        polars and numpy release the GIL): memory grows by a chunk per worker. ``before`` runs on
+        polars and numpy release the GIL): memory grows by a chunk per worker. More chunks wait in
+        the pool's queue, unread, so the workers go on while a slow chunk finishes. ``before`` runs on
         the chunks one at a time in time order (a chunk waits for the one before it), for the
         little work that depends on what earlier chunks held.
         """
@@ -238,8 +242,8 @@ class OpChunks:
                 turns[k].set()  # also on error: the next chunk must not wait forever
             return fn(frame, state)
 
-        with ThreadPoolExecutor(workers) as pool:
-            for k, result in enumerate(bounded_map(pool, one, range(len(self)), workers)):
+        with ThreadPoolExecutor(workers) as pool:  # queued chunks wait unread: memory stays `workers` chunks deep
+            for k, result in enumerate(bounded_map(pool, one, range(len(self)), QUEUED_CHUNKS * workers)):
                 if self.progress:
                     self.progress(f"{self.path.name}: chunk", k + 1, len(self))
                 yield result
