@@ -94,7 +94,7 @@ def adbc(path: Path, sqls: list[str]) -> int:
     uri = reader._uri(path)
 
     def one(sql: str) -> pl.DataFrame:
-        return pl.concat(list(reader._batches(uri, path, sql)))
+        return reader._query(uri, path, sql)
 
     with ThreadPoolExecutor(len(sqls)) as pool:
         frames = list(pool.map(one, sqls))
