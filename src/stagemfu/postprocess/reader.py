@@ -657,8 +657,9 @@ def _with_calls(
         calls = read_calls(launching, None if by_name else known, None)
         others = f"nameId NOT IN ({id_list}) OR nameId IS NULL" if by_name else ""
     rows = _match(calls, pid, corr, path)
-    if others and (rows < 0).any():
-        rest = read_calls(others, corr[(rows < 0) & (corr >= 0)], None)
+    missing = (rows < 0) & (corr >= 0)  # an operation without a correlation id has no call to look for
+    if others and missing.any():
+        rest = read_calls(others, corr[missing], None)
         calls = pl.concat([calls, rest])
         rows = _match(calls, pid, corr, path)
     index = pl.Series(rows).replace(-1, None)  # a null index gathers null: no launching call
@@ -805,6 +806,7 @@ class _CallSamples:
 
     @classmethod
     def of(cls, path: Path, rowids: tuple[int | None, int | None]) -> _CallSamples:
+        """Sample the runtime table whose rowids span ``rowids``: the first call with an id at or after each stride."""
         lo, hi = rowids
         if lo is None or hi is None:
             return cls(*(np.zeros(0, dtype=np.int64),) * 3, 1, 0)
@@ -910,6 +912,7 @@ def _summarise(
 
 
 def _distinct_names(path: Path, table: str, name_sql: str, piece: str) -> list[int]:
+    """The name ids of one rowid slice of an activity table (kernels: StringIds ids; see :func:`_name_id_sql`)."""
     with _open(path) as db:
         return [
             r[0] for r in db.execute(f'SELECT DISTINCT {name_sql} FROM "{table}" WHERE {piece}') if r[0] is not None
