@@ -169,7 +169,7 @@ def run_ranks(ranks: int, copies: int, args: argparse.Namespace, ctx: dict) -> d
     shutil.rmtree(ranks_dir, ignore_errors=True)
     ranks_dir.mkdir()
     for r in range(ranks):
-        (ranks_dir / f"rank{r:04d}.sqlite").symlink_to(trace)
+        (ranks_dir / f"rank{r:04d}.sqlite").symlink_to(trace.resolve())  # a relative target would resolve from ranks/
     run = {"ranks": ranks, "copies": copies, "kernels_per_rank": ctx["base_kernels"] * copies}
     docs = {}
     for jobs in (1, ranks):
