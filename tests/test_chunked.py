@@ -300,3 +300,33 @@ def test_calls_outside_the_sampled_span_are_still_found(trace_paths, loaded, mon
 
     monkeypatch.setattr(reader._CallSamples, "of", staticmethod(lying))
     assert_same_numbers(loaded["tiny_vlm"], postprocess.load(trace_paths["tiny_vlm"], chunk_ops=400))
+
+
+def test_call_spans_from_samples_per_process():
+    """Two processes write calls side by side, each numbering its own: a process's span runs from
+    its sample before the first id to its sample after the last; a process never sampled, or ids
+    past every sample, reach the table's ends."""
+    rows = [(1, 10), (5, 20), (9, 30), (13, 40)]  # process A's samples (rowid, correlation id)
+    rows += [(3, 7), (7, 8), (11, 9)]  # process B's: ids far below A's, on the rows between
+    rows.sort()
+    pid_a, pid_b, pid_c = 1 << 24, 2 << 24, 3 << 24
+    samples = reader._CallSamples(
+        rowid=np.array([r for r, _ in rows]),
+        pid=np.array([pid_a if c >= 10 else pid_b for _, c in rows]),
+        corr=np.array([c for _, c in rows]),
+        first=1,
+        last=16,
+    )
+
+    def span(*ops):
+        return samples.span(
+            pl.DataFrame(ops, schema={"global_pid": pl.Int64, "correlation_id": pl.Int64}, orient="row")
+        )
+
+    assert span((pid_a, 21), (pid_a, 29)) == (5, 9)
+    assert span((pid_a, 20), (pid_a, 30)) == (1, 13)
+    assert span((pid_a, 21), (pid_b, 8)) == (3, 11)
+    assert span((pid_a, 41)) == (13, 16)  # past A's last sample: to the end
+    assert span((pid_b, 1)) == (1, 3)  # before B's first sample: from the start
+    assert span((pid_c, 5)) == (1, 16)  # never sampled: the whole table
+    assert span((pid_a, None)) == (1, 0)  # no id, no call to look for
