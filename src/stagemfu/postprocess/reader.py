@@ -278,7 +278,8 @@ def read_trace(
     chunk_ops
         Read the GPU operations later, in time-ordered chunks of about this many operations
         (:class:`OpChunks`), so memory stays bounded however large the export; by default all
-        are read now. Needs no more than a scan of the start/end and correlation id columns.
+        are read now. Planning the chunks needs one scan of the activity tables, which SQLite
+        summarises in blocks, and a sample of the runtime table.
         "auto": chunks of ``AUTO_CHUNK_OPS`` when the export holds more than
         ``AUTO_IN_MEMORY_OPS`` operations, else all at once. 0 is the same as None (all at
         once), as on the command line.
@@ -505,10 +506,7 @@ def _read_ops(
     )
     kind, name_id = OP_KIND[table], _name_id_sql(table, cols)
     schema = {c: t for c, t in OPS_SCHEMA.items() if c != "kind"}
-    threads = READ_THREADS if rowids is None else CHUNK_READ_THREADS  # a span: one of several chunks read at once
-    frame = _fetch_rows(
-        uri, path, table, f"{base}, {name_id} AS name_id", schema=schema, where=where, rowids=rowids, threads=threads
-    )
+    frame = _fetch_rows(uri, path, table, f"{base}, {name_id} AS name_id", schema=schema, where=where, rowids=rowids)
     return frame.with_columns(kind=pl.lit(kind, OP_KIND_TYPE)).select(list(OPS_SCHEMA))
 
 
@@ -564,19 +562,19 @@ def _fetch_rows(
     where: str = "1",
     keep: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
     rowids: tuple[int, int] | None = None,
-    threads: int = READ_THREADS,
 ) -> pl.DataFrame:
-    """``SELECT columns FROM table WHERE where``, read as rowid slices by up to ``threads`` connections.
+    """``SELECT columns FROM table WHERE where``, read as rowid slices by parallel connections.
 
     ``rowids`` limits the read to rows whose rowid lies in [lo, hi] (a B-tree range: only those
-    rows are visited).
+    rows are visited): one chunk's span, read by its share of the connections
+    (``CHUNK_READ_THREADS``) while other chunks are read too; a whole table gets them all.
 
     SQLite serves concurrent readers of an immutable file independently and the driver releases
     the GIL while it reads, so the big activity tables load on several cores.
     """
     queries = [
         f'SELECT {columns} FROM "{table}" WHERE {piece} AND ({where})'
-        for piece in _slices(path, table, rowids, threads)
+        for piece in _slices(path, table, rowids, READ_THREADS if rowids is None else CHUNK_READ_THREADS)
     ]
     if not queries:
         return pl.DataFrame(schema=schema)
@@ -642,7 +640,6 @@ def _with_calls(
             where=where,
             keep=(lambda b: b.filter(test(b["correlation_id"].fill_null(-1).to_numpy()))) if test else None,
             rowids=rowids,
-            threads=READ_THREADS if rowids is None else CHUNK_READ_THREADS,
         )
 
     by_name = "nameId" in runtime_cols and launcher_ids
