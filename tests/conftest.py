@@ -23,7 +23,7 @@ import sqlite_utils
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "traces"
 FAKE_NSYS = ROOT / "tests" / "fixtures" / "fake_nsys" / "nsys"  # writes a real fixture as its "recording"
-TRACE_NAMES = ("tiny_vlm", "named_domain", "cuda_graph_node", "cuda_graph_graph", "tp_train")
+TRACE_NAMES = ("tiny_vlm", "named_domain", "cuda_graph_node", "cuda_graph_graph", "tp_train", "llama_train")
 # `stagemfu run` recordings of the built-in models (tests/fixtures/record_models.sh); the first is the
 # embedded default trace, shipped in the package's data folder.
 EMBEDDED_TRACE = ROOT / "src" / "stagemfu" / "data" / "deepseek_ocr2_base.sqlite.xz"
