@@ -131,7 +131,7 @@ def test_override_wins_and_keeps_the_table_bandwidth():
     peak = resolve_peak(gpus(), peak_tflops=800.0)
     assert (peak.tflops, peak.source, peak.bandwidth_gbs) == (800.0, "override", 3350)
     assert resolve_peak(gpus(None), peak_tflops=5, peak_bandwidth_gbs=100).bandwidth_gbs == 100
-    with pytest.raises(PeakError, match="positive"):
+    with pytest.raises(PeakError, match="between 0.1 and 100,000"):
         resolve_peak(gpus(), peak_tflops=0)
 
 

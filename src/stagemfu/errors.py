@@ -41,3 +41,7 @@ class PeakError(StagemfuError):
 
 class FlopsFileError(StagemfuError):
     """A user-supplied FLOPs file (analyzer JSON or stage mapping) is malformed."""
+
+
+class ReportFileError(StagemfuError):
+    """A report JSON given to ``compare`` is unreadable or not a ``stagemfu.report/1`` document."""

@@ -65,6 +65,7 @@ def analyze(
     from stagemfu.analyzer import analyze as run_analysis
     from stagemfu.models import Inputs, load_model_spec
     from stagemfu.report.render import analyze_data, analyze_view
+    from stagemfu.report.render.csv import csv_text
 
     spec = load_model_spec(model, config=config)
     inputs = Inputs(mode, image_size, crops, text_tokens, new_tokens, batch, dtype, full_logits)
@@ -72,7 +73,7 @@ def analyze(
     writers = {
         "table": analyze_view.terminal_view,
         "json": analyze_data.analyze_json,
-        "csv": lambda r: analyze_data.stage_table(r).write_csv(),
+        "csv": lambda r: csv_text(analyze_data.stage_table(r)),
         "md": analyze_view.markdown_view,
     }
     render(result, fmt, output, writers)

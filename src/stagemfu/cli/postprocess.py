@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
     from stagemfu.postprocess import CombinedTimes, StageTimes
 
 PROGRESS_DELAY_S = 1.0  # loads shorter than this draw no progress bar
+MAX_CHUNK_OPS = 10**12  # more operations than any export holds: one chunk
+SCHEDULER_ADDRESS = re.compile(r"(?:(?:tcp|tls|ucx|ws|wss)://)?(?:[\w.\-]+|\[[0-9a-fA-F:]+\]):\d{1,5}")
 
 
 @click.command()
@@ -68,6 +71,7 @@ PROGRESS_DELAY_S = 1.0  # loads shorter than this draw no progress bar
     "--scheduler",
     metavar="ADDR",
     default=None,
+    callback=lambda _ctx, _param, value: _scheduler(value),
     help="Several traces: load them on the workers of a running Dask cluster (tcp://host:8786); the "
     "workers must see the same paths.",
 )
@@ -186,21 +190,31 @@ def _chunk_ops(value: str) -> int | Literal["auto"] | None:
     if value == "auto":
         return "auto"
     try:
-        number = int(value)
+        number = int(value) if len(value) <= len(str(MAX_CHUNK_OPS)) else -1
     except ValueError:
         number = -1
-    if number < 0:
-        raise click.BadParameter(f"{value!r} is not a number of operations (0 or more) or auto")
+    if not 0 <= number <= MAX_CHUNK_OPS:
+        shown = value if len(value) <= 24 else value[:20] + "…"
+        raise click.BadParameter(f"{shown!r} is not a number of operations from 0 to {MAX_CHUNK_OPS:,}, or auto")
     return number  # 0: all at once (read_trace takes 0 as None)
+
+
+def _scheduler(value: str | None) -> str | None:
+    """A Dask scheduler address, ``[tcp|tls|ucx|ws|wss://]host:port``, checked before Dask sees it."""
+    if value is not None and not SCHEDULER_ADDRESS.fullmatch(value):
+        shown = value if len(value) <= 60 else value[:57] + "…"
+        raise click.BadParameter(f"{shown!r} is not a Dask scheduler address such as tcp://host:8786")
+    return value
 
 
 def _show_one(st: StageTimes, *, fmt: str, table_name: str, top: int, instances: bool, output: Path | None) -> None:
     from stagemfu.report.render import postprocess_data, postprocess_view
+    from stagemfu.report.render.csv import csv_text
 
     writers = {
         "table": lambda t: postprocess_view.terminal_view(t, top=top),
         "json": lambda t: json_text(postprocess_data.postprocess_document(t, top=top, instances=instances)),
-        "csv": lambda t: postprocess_data.table(t, table_name, top=top).write_csv(),
+        "csv": lambda t: csv_text(postprocess_data.table(t, table_name, top=top)),
         "md": lambda t: postprocess_view.markdown_view(t, top=top),
     }
     render(st, fmt, output, writers)
@@ -208,11 +222,12 @@ def _show_one(st: StageTimes, *, fmt: str, table_name: str, top: int, instances:
 
 def _show_many(ct: CombinedTimes, *, fmt: str, table_name: str, top: int, output: Path | None) -> None:
     from stagemfu.report.render import postprocess_many
+    from stagemfu.report.render.csv import csv_text
 
     writers = {
         "table": postprocess_many.terminal_view,
         "json": lambda c: json_text(postprocess_many.many_document(c, top=top)),
-        "csv": lambda c: postprocess_many.many_table(c, table_name, top=top).write_csv(),
+        "csv": lambda c: csv_text(postprocess_many.many_table(c, table_name, top=top)),
         "md": postprocess_many.markdown_view,
     }
     render(ct, fmt, output, writers)

@@ -189,11 +189,12 @@ def report(
 def render_report(rep: MfuReport, fmt: str, table_name: str, output: Path | None) -> None:
     """Write ``rep`` in one format to ``output`` (standard output when None)."""
     from stagemfu.report.render import report_data, report_view
+    from stagemfu.report.render.csv import csv_text
 
     writers = {
         "table": report_view.terminal_view,
         "json": lambda r: json_text(report_data.report_document(r)),
-        "csv": lambda r: report_data.table(r, table_name).write_csv(),
+        "csv": lambda r: csv_text(report_data.table(r, table_name)),
         "md": report_view.markdown_view,
         "html": _html,
     }

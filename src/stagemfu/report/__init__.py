@@ -15,7 +15,7 @@ denominator), :mod:`.join` (per stage), :mod:`.model_level` (whole generation, l
 
 from __future__ import annotations
 
-import json
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ import polars as pl
 
 from stagemfu.errors import FlopsFileError, StagemfuError
 from stagemfu.postprocess import StageTimes, read, stage_times
+from stagemfu.report.documents import RUN_DOCUMENT, check_document, read_document
 from stagemfu.report.flops_file import StageFlops, flops_from_analysis, read_flops_file
 from stagemfu.report.join import join
 from stagemfu.report.model_level import latency, model_totals
@@ -130,7 +131,7 @@ def report(
         Any input problem, in one line (trace, FLOPs file, model, peak).
     """
     path = Path(trace)
-    run = read_run_file(path)
+    run, run_notes = read_run_file(path)
     if flops_file is not None:
         sf = read_flops_file(flops_file)
     elif model is not None or run.get("model"):
@@ -138,10 +139,8 @@ def report(
             model or run["model"], config=config, inputs=inputs, counters=counters, run=run if model is None else None
         )
     else:
-        raise FlopsFileError(
-            f"{path}: no FLOPs: pass --flops FILE or --model MODEL "
-            f"(no {SHAPES_FILE} from `stagemfu run` beside the trace)"
-        )
+        why = "; ".join(run_notes) or f"no {SHAPES_FILE} from `stagemfu run` beside the trace"
+        raise FlopsFileError(f"{path}: no FLOPs: pass --flops FILE or --model MODEL ({why})")
     tr = read(path)
     if within is None and not all_instances and tr.ranges.filter(pl.col("name") == MEASURED).height:
         within = MEASURED
@@ -153,7 +152,8 @@ def report(
         peak_tflops=peak_tflops,
         peak_bandwidth_gbs=peak_bandwidth_gbs,
     )
-    return build_report(st, sf, peak, top=top, run=run)
+    rep = build_report(st, sf, peak, top=top, run=run)
+    return dataclasses.replace(rep, notes=(*rep.notes, *run_notes)) if run_notes else rep
 
 
 def build_report(
@@ -239,32 +239,34 @@ def flops_for_model(
     return flops_from_analysis(analysis.document(), source=f"analyzer ({spec.name}, {spec.source})")
 
 
-def read_run_file(trace: Path) -> dict[str, Any]:
+def read_run_file(trace: Path) -> tuple[dict[str, Any], tuple[str, ...]]:
     """What ``stagemfu run`` wrote beside the trace, merged: ``run.json`` (command, times, GPUs,
-    versions) and ``shapes.json`` (model, config, inputs). Either may be named ``<trace
-    stem>.run.json``/``<trace stem>.shapes.json``; an empty dict when neither exists.
+    versions) and ``shapes.json`` (model, config, inputs), and notes on what was ignored.
+
+    Either may be named ``<trace stem>.run.json``/``<trace stem>.shapes.json``; an empty dict when
+    neither exists. These files are extras the user did not name, so one that cannot be read or
+    does not fit its schema (:data:`.documents.RUN_DOCUMENT`) is ignored with a note instead of
+    stopping the report; when the FLOPs had to come from it, :func:`report` says so in its error.
     """
-    run = _json_beside(trace, RUN_FILE)
-    shapes = _json_beside(trace, SHAPES_FILE)
+    run, run_notes = _json_beside(trace, RUN_FILE)
+    shapes, shapes_notes = _json_beside(trace, SHAPES_FILE)
     merged = {k: v for k, v in run.items() if k not in ("schema", "notes")}
     merged |= {k: shapes[k] for k in SHAPES_KEYS if shapes.get(k) is not None}
-    return merged | {"_dir": str(trace.parent)} if merged else {}
+    return (merged | {"_dir": str(trace.parent)} if merged else {}), (*run_notes, *shapes_notes)
 
 
-def _json_beside(trace: Path, name: str) -> dict[str, Any]:
+def _json_beside(trace: Path, name: str) -> tuple[dict[str, Any], tuple[str, ...]]:
     stem = trace.name
     for suffix in (".xz", ".gz", ".bz2", ".sqlite", ".nsys-rep", ".qdrep"):
         stem = stem.removesuffix(suffix)
     path = next((p for p in (trace.parent / f"{stem}.{name}", trace.parent / name) if p.is_file()), None)
     if path is None:
-        return {}
+        return {}, ()
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise FlopsFileError(f"{path}: cannot read what `stagemfu run` wrote ({err}); fix or remove it") from err
-    if not isinstance(doc, dict):
-        raise FlopsFileError(f"{path}: expected a JSON object from `stagemfu run`; fix or remove it")
-    return doc
+        doc = read_document(path, what="file `stagemfu run` wrote", error=FlopsFileError)
+        return check_document(doc, RUN_DOCUMENT, error=FlopsFileError), ()
+    except FlopsFileError as err:
+        return {}, (f"ignored {err}; fix or remove it",)
 
 
 def _run_path(run: dict[str, Any], key: str) -> Path | None:

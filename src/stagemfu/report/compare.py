@@ -6,18 +6,19 @@ FLOPs options for both). Stages are matched by name; a stage on one side only is
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from stagemfu.errors import StagemfuError
+from stagemfu.errors import ReportFileError
+from stagemfu.report.documents import REPORT_DOCUMENT, check_document, read_document
 from stagemfu.report.join import BASES
 
 REPORT_SCHEMA = "stagemfu.report/1"
 KERNEL_KEYS = ["stage", "kernel"]
+STAGE_TYPES = {"stage": pl.Utf8, **{f"mfu_{b}": pl.Float64 for b in BASES}}  # the rest Int64
 
 
 @dataclass(frozen=True)
@@ -61,21 +62,21 @@ def side_from_report(rep: Any, label: str) -> ReportSide:
 
 
 def read_report_json(path: Path) -> ReportSide:
-    """A side from a ``stagemfu report --format json`` file."""
-    try:
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise StagemfuError(f"{path}: cannot read a report ({err})") from err
-    if not isinstance(doc, dict) or doc.get("schema") != REPORT_SCHEMA:
-        raise StagemfuError(f"{path}: not a {REPORT_SCHEMA} document; write one with `stagemfu report --format json`")
-    kernels = pl.DataFrame(doc.get("kernels") or [], schema_overrides={"total_ns": pl.Int64}, infer_schema_length=None)
-    if kernels.is_empty():
-        kernels = pl.DataFrame(schema={"name": pl.Utf8, "kernel": pl.Utf8, "total_ns": pl.Int64})
-    return ReportSide(
-        str(path),
-        pl.DataFrame(doc["stages"], infer_schema_length=None),
-        kernels.rename({"name": "stage"}).select(*KERNEL_KEYS, "total_ns"),
+    """A side from a ``stagemfu report --format json`` file, checked against :data:`.documents.REPORT_DOCUMENT`."""
+    doc = read_document(path, what="report", error=ReportFileError)
+    if not isinstance(doc.content, dict) or doc.content.get("schema") != REPORT_SCHEMA:
+        raise ReportFileError(f"{path}: not a {REPORT_SCHEMA} document; write one with `stagemfu report --format json`")
+    checked = check_document(doc, REPORT_DOCUMENT, error=ReportFileError)
+    stage_columns = ["stage", "flops", *[f"{b}_ns" for b in BASES], *[f"mfu_{b}" for b in BASES]]
+    stages = pl.DataFrame(
+        [{c: s[c] for c in stage_columns} for s in checked["stages"]],
+        schema={c: STAGE_TYPES.get(c, pl.Int64) for c in stage_columns},
     )
+    kernels = pl.DataFrame(
+        [{"stage": k["name"], "kernel": k["kernel"], "total_ns": k["total_ns"]} for k in checked.get("kernels") or []],
+        schema={"stage": pl.Utf8, "kernel": pl.Utf8, "total_ns": pl.Int64},
+    )
+    return ReportSide(str(path), stages, kernels)
 
 
 def compare_reports(a: ReportSide, b: ReportSide, *, top: int = 10) -> Comparison:

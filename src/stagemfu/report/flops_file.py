@@ -19,16 +19,23 @@ work of each range, nested ranges included.
 
 from __future__ import annotations
 
-import contextlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from stagemfu.errors import FlopsFileError, MissingDependencyError
+from stagemfu.errors import FlopsFileError
 from stagemfu.models.shapes import ranges_per_generation
+from stagemfu.report.documents import (
+    ANALYZE_DOCUMENT,
+    USER_DOCUMENT,
+    USER_DOCUMENT_META,
+    USER_STAGES,
+    Document,
+    check_document,
+    read_document,
+)
 
 ANALYZE_SCHEMA = "stagemfu.analyze/1"
 COUNTERS = ("analytic", "torch", "fvcore")
@@ -90,114 +97,76 @@ def stage_table(rows: list[dict[str, Any]]) -> pl.DataFrame:
 
 
 def read_flops_file(path: str | Path) -> StageFlops:
-    """Read a FLOPs file (analyzer JSON, or a JSON/YAML mapping stage → FLOPs).
+    """Read a FLOPs file (analyzer JSON, or a JSON/YAML mapping stage → FLOPs), checked against its
+    schema (:mod:`.documents`).
 
     Raises
     ------
     FlopsFileError
-        The file is missing, not JSON/YAML, or a stage's entry is not a non-negative number.
+        The file is missing, not UTF-8, not JSON/YAML, or does not fit its schema; the message
+        names the file and the place (``stages.prefill.flops``).
     """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise FlopsFileError(f"{path}: cannot read the FLOPs file ({err.strerror})") from err
-    doc = _parse(text, path)
-    if isinstance(doc, dict) and doc.get("schema") == ANALYZE_SCHEMA:
-        return flops_from_analysis(doc, source=str(path))
-    if not isinstance(doc, dict) or not doc:
-        raise FlopsFileError(f"{path}: a FLOPs file must be a mapping of stage name to FLOPs (or an analyzer JSON)")
-    stages = doc.get("stages", doc)
-    if not isinstance(stages, dict) or not stages:
-        raise FlopsFileError(f"{path}: 'stages' must be a mapping of stage name to FLOPs")
-    dtype = str(doc.get("dtype", "bf16")) if "stages" in doc else "bf16"
-    rows = [_user_stage(path, str(name), entry) for name, entry in stages.items() if name not in ("dtype", "model")]
+    doc = read_document(path, what="FLOPs file", error=FlopsFileError, yaml=True)
+    content = doc.content
+    if isinstance(content, dict) and content.get("schema") == ANALYZE_SCHEMA:
+        return flops_from_analysis(content, source=str(doc.path))
+    if isinstance(content, dict) and "stages" in content:
+        checked = check_document(doc, USER_DOCUMENT, error=FlopsFileError)
+    elif isinstance(content, dict):
+        bare = {k: v for k, v in content.items() if k not in ("dtype", "model")}
+        meta = {k: v for k, v in content.items() if k in ("dtype", "model")}
+        checked = {
+            "stages": check_document(Document(doc.path, bare), USER_STAGES, error=FlopsFileError),
+            **check_document(Document(doc.path, meta), USER_DOCUMENT_META, error=FlopsFileError),
+        }
+    else:
+        raise FlopsFileError(
+            f"{doc.path}: a FLOPs file must be a mapping of stage name to FLOPs (or an analyzer JSON), "
+            f"not {type(content).__name__}"
+        )
+    rows = [_user_stage(name, entry) for name, entry in checked["stages"].items()]
     return StageFlops(
         stages=stage_table(rows),
-        source=str(path),
-        model=doc.get("model") if "stages" in doc else None,
-        dtype=dtype,
+        source=str(doc.path),
+        model=checked.get("model"),
+        dtype=checked.get("dtype") or "bf16",
     )
 
 
 def flops_from_analysis(doc: dict[str, Any], *, source: str) -> StageFlops:
     """A :class:`StageFlops` from a ``stagemfu.analyze/1`` document (a file or ``analyze()``'s output)."""
-    stages = doc.get("stages")
-    if not isinstance(stages, dict) or not stages:
-        raise FlopsFileError(f"{source}: the analyzer document has no 'stages'")
+    doc = check_document(Document(source, doc), ANALYZE_DOCUMENT, error=FlopsFileError)
     inputs = dict(doc.get("inputs") or {})
     columns, grid_rows = (doc.get("shapes") or {}).get("crop_grid") or (0, 0)
     crops = columns * grid_rows or int(inputs.get("crops") or 0)
     per_generation = ranges_per_generation(int(inputs.get("new_tokens") or 0), crops)
-    rows = []
-    for name, entry in stages.items():
-        if not isinstance(entry, dict) or entry.get("flops") is None:
-            continue  # a stage no counter could measure: absent, never 0
-        instances = per_generation.get(name, 1)
-        rows.append(
-            {
-                "stage": name,
-                "flops": _count(source, name, entry["flops"]),
-                "bytes": _count(source, f"{name}.bytes", entry["bytes"]) if entry.get("bytes") is not None else None,
-                "instances": instances,
-                **{f"flops_{c}": _optional_count(source, name, entry.get(f"flops_{c}")) for c in COUNTERS},
-                "notes": [str(n) for n in entry.get("notes") or []],
-            }
-        )
+    rows = [
+        {
+            "stage": name,
+            "flops": entry["flops"],
+            "bytes": entry.get("bytes"),
+            "instances": per_generation.get(name, 1),
+            **{f"flops_{c}": entry.get(f"flops_{c}") for c in COUNTERS},
+            "notes": entry.get("notes") or [],
+        }
+        for name, entry in doc["stages"].items()
+        if entry.get("flops") is not None  # a stage no counter could measure: absent, never 0
+    ]
+    if not rows:
+        raise FlopsFileError(f"{source}: no stage of the analyzer document has FLOPs")
     model = doc.get("model")
     return StageFlops(
         stages=stage_table(rows),
         source=source,
         model=model.get("name") if isinstance(model, dict) else model,
         inputs=inputs,
-        dtype=str(inputs.get("dtype") or "bf16"),
+        dtype=inputs.get("dtype") or "bf16",
         prefill_excludes_vision=True,
-        notes=tuple(str(n) for n in doc.get("notes") or []),
+        notes=tuple(doc.get("notes") or []),
     )
 
 
-def _parse(text: str, path: Path) -> Any:
-    if path.suffix.lower() in (".yaml", ".yml"):
-        try:
-            import yaml
-        except ImportError as err:
-            raise MissingDependencyError(f"{path}: reading YAML needs PyYAML; `pip install pyyaml`") from err
-        try:
-            return yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            raise FlopsFileError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from err
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise FlopsFileError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}); use .yaml for YAML") from err
-
-
-def _user_stage(path: Path, name: str, entry: Any) -> dict[str, Any]:
-    if not isinstance(entry, dict):
-        entry = {"flops": entry}
-    unknown = set(entry) - {"flops", "bytes", "instances"}
-    if unknown or "flops" not in entry:
-        raise FlopsFileError(f"{path}: stage {name!r}: expected a number or {{flops, bytes, instances}}")
-    instances = entry.get("instances")
-    if instances is not None and (_count(path, f"{name}.instances", instances) < 1):
-        raise FlopsFileError(f"{path}: stage {name!r}: instances must be at least 1")
-    return {
-        "stage": name,
-        "flops": _count(path, name, entry["flops"]),
-        "bytes": _optional_count(path, f"{name}.bytes", entry.get("bytes")),
-        "instances": None if instances is None else int(instances),
-    }
-
-
-def _optional_count(source: str | Path, name: str, value: Any) -> int | None:
-    return None if value is None else _count(source, name, value)
-
-
-def _count(source: str | Path, name: str, value: Any) -> int:
-    """A non-negative integer count; ``1.5e12`` is accepted as a float or as the string PyYAML makes of it."""
-    if isinstance(value, str):
-        with contextlib.suppress(ValueError):
-            value = float(value.replace("_", ""))
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or value != value:
-        raise FlopsFileError(f"{source}: stage {name!r}: {value!r} is not a non-negative number")
-    return int(round(value))
+def _user_stage(name: str, entry: int | dict[str, Any]) -> dict[str, Any]:
+    """A checked user entry (a count, or ``{flops, bytes, instances}``) as a stage row."""
+    entry = entry if isinstance(entry, dict) else {"flops": entry}
+    return {"stage": name, "flops": entry["flops"], "bytes": entry.get("bytes"), "instances": entry.get("instances")}

@@ -28,6 +28,10 @@ from stagemfu.errors import PeakError
 
 DTYPES = ("bf16", "fp16", "fp32", "tf32", "fp8")
 SOURCES = ("datasheet", "derived", "override")
+# What an override may say: far below the smallest and far above the largest GPU there is, so a
+# typo (GFLOP/s for TFLOP/s, a missing digit) fails instead of printing an MFU of 5054 %.
+PLAUSIBLE_TFLOPS = (0.1, 100_000.0)
+PLAUSIBLE_GBS = (1.0, 100_000.0)
 
 
 @dataclass(frozen=True)
@@ -109,13 +113,13 @@ def resolve_peak(
     """
     if dtype not in DTYPES:
         raise PeakError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    _plausible(peak_tflops, "--peak-tflops / STAGEMFU_PEAK_TFLOPS", "TFLOP/s", PLAUSIBLE_TFLOPS)
+    _plausible(peak_bandwidth_gbs, "--peak-bandwidth / STAGEMFU_PEAK_BANDWIDTH", "GB/s", PLAUSIBLE_GBS)
     name, sms, clock_hz = _device(gpus, gpu, needed=peak_tflops is None)
     row = _table_row(name) if name else None
     bandwidth = peak_bandwidth_gbs if peak_bandwidth_gbs is not None else (row or {}).get("bandwidth_gbs")
     model = row["gpu"] if row else None
     if peak_tflops is not None:
-        if peak_tflops <= 0:
-            raise PeakError(f"--peak-tflops {peak_tflops}: a peak must be a positive number of TFLOP/s")
         return Peak(
             name, model, dtype, float(peak_tflops), bandwidth, "override", "--peak-tflops / STAGEMFU_PEAK_TFLOPS"
         )
@@ -123,6 +127,18 @@ def resolve_peak(
         return Peak(name, model, dtype, float(row[f"{dtype}_tflops"]), bandwidth, "datasheet", row["source"])
     tflops, reference, notes = _derive(name, dtype, sms=sms or (row or {}).get("sms"), clock_hz=clock_hz, row=row)
     return Peak(name, model, dtype, tflops, bandwidth, "derived", reference, notes)
+
+
+def _plausible(value: float | None, option: str, unit: str, bounds: tuple[float, float]) -> None:
+    """An override must be a finite number within ``bounds``: NaN, infinities, 0 and negatives are refused."""
+    if value is None:
+        return
+    low, high = bounds
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high):
+        raise PeakError(
+            f"{option} {value!r}: a peak must be a number of {unit} between {low:g} and {high:,.0f} "
+            "(the datasheet figure of one GPU)"
+        )
 
 
 def _device(gpus: pl.DataFrame, gpu: str | None, *, needed: bool) -> tuple[str | None, int | None, int | None]:

@@ -11,7 +11,7 @@ from rich.console import RenderableType
 from stagemfu.analyzer import Analysis
 from stagemfu.report.render.analyze_data import stage_table
 from stagemfu.report.render.markdown import markdown_document
-from stagemfu.report.render.postprocess_view import summary_text, terminal_document
+from stagemfu.report.render.terminal import terminal_document
 
 GIGA, MEGA = 1e9, 1e6
 
@@ -53,7 +53,7 @@ def terminal_view(analysis: Analysis) -> RenderableType:
     """Rich renderables: summary, the stage table, the notes."""
     table = ("FLOPs, bytes and parameters per stage", display_rows(analysis))
     notes = (*stage_notes(analysis), *analysis.notes)
-    return terminal_document(summary_text(summary_lines(analysis)), [table], notes)
+    return terminal_document(summary_lines(analysis), [table], notes)
 
 
 def markdown_view(analysis: Analysis) -> str:

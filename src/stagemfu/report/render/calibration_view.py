@@ -5,13 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import polars as pl
-from rich.console import Group, RenderableType
-from rich.text import Text
+from rich.console import RenderableType
 
 from stagemfu.report.calibrate import MIN_LARGEST_MFU, TOLERANCE, Calibration
-from stagemfu.report.render.markdown import markdown_table
-from stagemfu.report.render.postprocess_view import rich_table
-from stagemfu.report.render.text import markdown_cell
+from stagemfu.report.render.markdown import markdown_cell, markdown_table
+from stagemfu.report.render.terminal import terminal_document
 
 SCHEMA = "stagemfu.calibration/1"
 NS_PER_MS = 1e6
@@ -51,7 +49,7 @@ def summary_lines(cal: Calibration) -> list[str]:
 def terminal_view(cal: Calibration) -> RenderableType:
     lines = summary_lines(cal)
     style = "bold green" if cal.passed else "bold red"
-    return Group(Text(lines[0], style=style), *[Text(x) for x in lines[1:]], rich_table("GEMMs", gemm_rows(cal)))
+    return terminal_document(lines, [("GEMMs", gemm_rows(cal))], (), head_style=style)
 
 
 def markdown_view(cal: Calibration) -> str:

@@ -9,12 +9,11 @@ from typing import Any
 
 import polars as pl
 from rich.console import RenderableType
-from rich.text import Text
 
 from stagemfu.report.compare import Comparison
 from stagemfu.report.join import BASES
 from stagemfu.report.render.markdown import markdown_document
-from stagemfu.report.render.postprocess_view import terminal_document
+from stagemfu.report.render.terminal import terminal_document
 
 SCHEMA = "stagemfu.compare/1"
 NS_PER_MS = 1e6
@@ -69,7 +68,7 @@ def header_lines(cmp: Comparison) -> list[str]:
 
 
 def terminal_view(cmp: Comparison) -> RenderableType:
-    return terminal_document([Text(line, style="bold") for line in header_lines(cmp)], sections(cmp), cmp.notes)
+    return terminal_document(header_lines(cmp), sections(cmp), cmp.notes)
 
 
 def markdown_view(cmp: Comparison) -> str:

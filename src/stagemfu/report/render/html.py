@@ -183,9 +183,9 @@ def _table(frame: pl.DataFrame) -> str:
     for row in frame.iter_rows():
         cells = []
         for value, column, num in zip(row, frame.columns, numeric):
-            text = "" if value is None else number(value, column) if num else one_line(str(value), KERNEL_WIDTH)
+            text = "" if value is None else number(value, column) if num else str(value)
             css = "num" if num else ("kernel" if column == "kernel" else "")
-            cells.append(f'<td class="{css}">{_e(text)}</td>')
+            cells.append(f'<td class="{css}">{_e(text, KERNEL_WIDTH)}</td>')
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
@@ -225,11 +225,11 @@ def _metadata(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def _definitions(values: dict[str, Any]) -> str:
-    rows = "".join(
-        f"<tr><th>{_e(k)}</th><td>{_e(one_line(str(v), 2000))}</td></tr>" for k, v in values.items() if v is not None
-    )
+    rows = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v, 2000)}</td></tr>" for k, v in values.items() if v is not None)
     return f"<table>{rows}</table>"
 
 
-def _e(text: object) -> str:
-    return html.escape(str(text), quote=True)
+def _e(text: object, width: int | None = None) -> str:
+    """The page's one escaping of text: control characters as visible escapes (:func:`.text.one_line`),
+    then ``&``, ``<``, ``>`` and quotes as entities, so no string can start markup or end an attribute."""
+    return html.escape(one_line(str(text), width), quote=True)

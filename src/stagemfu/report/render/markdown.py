@@ -1,14 +1,27 @@
-"""Markdown rendering of result tables: GitHub-flavoured tables with every trace string escaped."""
+"""Markdown output: GitHub-flavoured documents and tables, with every string escaped here.
+
+Every string a Markdown view writes (table cells, bullet lines, notes) passes through
+:func:`markdown_cell`, so a name holding a pipe, a newline or HTML cannot break the table or the page.
+"""
 
 from __future__ import annotations
 
+import html
 from collections.abc import Iterable, Sequence
 
 import polars as pl
 
-from stagemfu.report.render.text import markdown_cell, number
+from stagemfu.report.render.text import number, one_line
 
 NAME_WIDTH = 120
+
+
+def markdown_cell(text: str, width: int | None = None) -> str:
+    """A Markdown table cell: one line, &, < and > as HTML entities, pipes and backslashes escaped.
+
+    Quotes stay as they are: outside an HTML attribute they cannot start markup.
+    """
+    return html.escape(one_line(text, width), quote=False).replace("\\", "\\\\").replace("|", "\\|")
 
 
 def markdown_table(frame: pl.DataFrame) -> str:

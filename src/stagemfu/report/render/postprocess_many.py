@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import polars as pl
 from rich.console import RenderableType
-from rich.text import Text
 
 from stagemfu.postprocess.many import CombinedTimes
 from stagemfu.report.render import postprocess_data
 from stagemfu.report.render.markdown import markdown_document
-from stagemfu.report.render.postprocess_view import NS_PER_MS, ms_columns, summary_text, terminal_document
+from stagemfu.report.render.postprocess_view import NS_PER_MS, ms_columns
+from stagemfu.report.render.terminal import terminal_document
 from stagemfu.report.render.text import stage_labels
 
 SCHEMA = "stagemfu.postprocess.many/1"
@@ -107,9 +107,7 @@ def sections(ct: CombinedTimes) -> list[tuple[str, pl.DataFrame]]:
 
 
 def terminal_view(ct: CombinedTimes) -> RenderableType:
-    head = summary_text(summary_lines(ct))
-    if ct.stragglers.is_empty():
-        head.append(Text("no stragglers", style="green"))
+    head = [*summary_lines(ct), *(["no stragglers"] if ct.stragglers.is_empty() else [])]
     return terminal_document(head, sections(ct), ct.notes)
 
 

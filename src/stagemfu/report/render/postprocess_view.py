@@ -6,21 +6,16 @@ percent. Every trace string goes through :mod:`stagemfu.report.render.text` firs
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-
 import polars as pl
-from rich.console import Group, RenderableType
-from rich.table import Table
-from rich.text import Text
+from rich.console import RenderableType
 
 from stagemfu.postprocess.stages import StageTimes
 from stagemfu.report.render.markdown import markdown_document
 from stagemfu.report.render.postprocess_data import table
-from stagemfu.report.render.text import number, one_line, stage_labels
+from stagemfu.report.render.terminal import terminal_document
+from stagemfu.report.render.text import one_line, stage_labels
 
 NAME_WIDTH = 48
-LABEL_MIN_WIDTH = 12  # a narrow terminal shrinks numbers' headers, never the stage names away
-KERNEL_WIDTH = 70
 NS_PER_MS = 1e6
 TIMES = {"wall ms": "wall_ns", "span ms": "span_ns", "busy ms": "busy_ns"}  # in the stage, path and process tables
 
@@ -205,52 +200,9 @@ def sections(st: StageTimes, top: int) -> list[tuple[str, pl.DataFrame]]:
 
 def terminal_view(st: StageTimes, *, top: int = 5) -> RenderableType:
     """Rich renderables for the terminal."""
-    return terminal_document(summary_text(summary_lines(st)), sections(st, top), st.notes)
+    return terminal_document(summary_lines(st), sections(st, top), st.notes)
 
 
 def markdown_view(st: StageTimes, *, top: int = 5) -> str:
     """The same content as a Markdown document."""
     return markdown_document("stagemfu postprocess", summary_lines(st), sections(st, top), notes=st.notes)
-
-
-def summary_text(lines: Iterable[str]) -> list[Text]:
-    """Summary lines for the terminal, the first (what was read) in bold."""
-    return [Text(line, style="bold" if i == 0 else "") for i, line in enumerate(lines)]
-
-
-def terminal_document(
-    head: Sequence[RenderableType],
-    sections: Iterable[tuple[str, pl.DataFrame]],
-    notes: Iterable[str],
-    *,
-    tail: Sequence[RenderableType] = (),
-) -> Group:
-    """The layout every terminal view shares: the head, one table per section, the tail, then notes in yellow."""
-    tables = [rich_table(title, frame) for title, frame in sections]
-    return Group(*head, *tables, *tail, *(Text(f"note: {one_line(n)}", style="yellow") for n in notes))
-
-
-def rich_table(title: str, frame: pl.DataFrame) -> Table:
-    """A displayed table (see :func:`_display`) as a rich table: numbers right-aligned, names escaped."""
-    tbl = Table(title=title, title_justify="left", title_style="bold")
-    for name, dtype in frame.schema.items():
-        numeric = dtype.is_numeric()
-        tbl.add_column(
-            name,
-            min_width=None if numeric else LABEL_MIN_WIDTH,
-            justify="right" if numeric else "left",
-            overflow="fold",  # a narrow terminal wraps digits, it never hides them
-        )
-    for row in frame.iter_rows():
-        tbl.add_row(*(_cell(v, frame.columns[i]) for i, v in enumerate(row)))
-    return tbl
-
-
-def _cell(value: object, column: str) -> Text:
-    # Text(...) never parses rich markup, so a range named "[red]x" prints as typed.
-    if value is None:
-        return Text("")
-    if isinstance(value, (int, float)):
-        return Text(number(value, column))
-    width = KERNEL_WIDTH if column == "kernel" else NAME_WIDTH
-    return Text(one_line(str(value), width))

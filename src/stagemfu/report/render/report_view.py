@@ -11,11 +11,11 @@ from typing import Any
 
 import polars as pl
 from rich.console import RenderableType
-from rich.text import Text
 
 from stagemfu.report import MfuReport
 from stagemfu.report.render.markdown import markdown_document
-from stagemfu.report.render.postprocess_view import ms_columns, summary_text, terminal_document
+from stagemfu.report.render.postprocess_view import ms_columns
+from stagemfu.report.render.terminal import terminal_document
 from stagemfu.report.render.text import one_line
 
 NS_PER_MS = 1e6
@@ -136,8 +136,7 @@ def sections(rep: MfuReport) -> list[tuple[str, pl.DataFrame]]:
 
 
 def terminal_view(rep: MfuReport) -> RenderableType:
-    diagnosis = [Text("Diagnosis", style="bold"), *[Text(one_line(line)) for line in diagnosis_lines(rep)]]
-    return terminal_document(summary_text(summary_lines(rep)), sections(rep), rep.notes, tail=diagnosis)
+    return terminal_document(summary_lines(rep), sections(rep), rep.notes, lists=[("Diagnosis", diagnosis_lines(rep))])
 
 
 def markdown_view(rep: MfuReport) -> str:

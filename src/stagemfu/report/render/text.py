@@ -7,27 +7,24 @@ these helpers are the shared part.
 
 from __future__ import annotations
 
-import html
-
 import polars as pl
 
 ELLIPSIS = "…"
 
 
 def one_line(text: str, width: int | None = None) -> str:
-    """Control characters shown as escapes (a newline as \\n), cut to ``width`` characters."""
-    shown = text.encode("unicode_escape").decode("ascii") if not text.isprintable() else text
+    """Control and other unprintable characters (newlines, ``\\x1b``, bidirectional overrides) shown
+    as escapes such as ``\\n``, every other character as it is; cut to ``width`` characters."""
+    if width is not None and len(text) > 4 * width:  # a 100 kB name: escape only what can be shown
+        text = text[: 4 * width]
+    shown = text if text.isprintable() else "".join(c if c.isprintable() else _escape(c) for c in text)
     if width is not None and len(shown) > width:
         return shown[: max(width - 1, 0)] + ELLIPSIS
     return shown
 
 
-def markdown_cell(text: str, width: int | None = None) -> str:
-    """A Markdown table cell: one line, &, < and > as HTML entities, pipes and backslashes escaped.
-
-    Quotes stay as they are: outside an HTML attribute they cannot start markup.
-    """
-    return html.escape(one_line(text, width), quote=False).replace("\\", "\\\\").replace("|", "\\|")
+def _escape(char: str) -> str:
+    return char.encode("unicode_escape").decode("ascii")
 
 
 def stage_label(domain: str, name: str) -> str:
