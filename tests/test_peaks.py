@@ -145,3 +145,37 @@ def test_gpus_of_two_models_need_a_choice():
     with pytest.raises(PeakError, match="different models"):
         resolve_peak(mixed)
     assert resolve_peak(mixed, gpu="NVIDIA A100-SXM4-80GB").tflops == 312
+
+
+@pytest.mark.parametrize(
+    ("short", "model"),
+    [
+        ("H100", "H100 SXM5"),  # the SXM5 is the H100 the short name means (its alias in the table)
+        ("h100", "H100 SXM5"),
+        ("h100 nvl", "H100 NVL"),
+        ("nvidia h100 pcie", "H100 PCIe"),
+        ("A100-SXM4-80GB", "A100 SXM4 80GB"),
+        ("rtx 4090", "RTX 4090"),
+        ("B200", "B200"),
+        ("h200", "H200"),
+    ],
+)
+def test_gpu_option_takes_unambiguous_short_names(short, model):
+    peak = resolve_peak(gpus(), gpu=short)
+    assert (peak.model, peak.source) == (model, "datasheet")
+
+
+def test_ambiguous_short_gpu_name_lists_the_candidates():
+    with pytest.raises(PeakError, match=r"matches several GPUs \(A100 SXM4 40GB, A100 SXM4 80GB, A100 PCIe 40GB, "):
+        resolve_peak(gpus(), gpu="A100")
+
+
+def test_unknown_gpu_option_lists_the_known_names():
+    with pytest.raises(PeakError, match=r"known: V100 SXM2, .*H100 SXM5, .*GB200") as err:
+        resolve_peak(gpus(), gpu="Mystery 9000")
+    assert "\n" not in str(err.value)
+
+
+def test_every_source_cites_what_is_shipped_not_a_reference_file():
+    for source in [*peak_table()["source"], *arch_table()["source"]]:
+        assert source and "gpu-peaks.md" not in source and "../shared" not in source

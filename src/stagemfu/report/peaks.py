@@ -54,7 +54,8 @@ class Peak:
     source
         ``datasheet``, ``derived`` or ``override``.
     reference
-        Where the figure comes from (source keys of ``gpu-peaks.md``, a URL, or the formula).
+        Where the figure comes from: the ``source`` column of ``data/gpu_peaks.csv`` (datasheets,
+        code tables and pages that print it), the override's option, or the formula.
     notes
         Assumptions the user should know, e.g. the clock a derived figure used.
     """
@@ -70,8 +71,11 @@ class Peak:
 
 
 def peak_table() -> pl.DataFrame:
-    """The datasheet table: one row per GPU model, ``device_names`` split into a list column."""
-    return _read_csv("gpu_peaks.csv").with_columns(pl.col("device_names").str.split(";"))
+    """The datasheet table: one row per GPU model, ``device_names`` and ``aliases`` (the short names
+    that pick that row, such as ``H100`` for the SXM5) split into list columns."""
+    return _read_csv("gpu_peaks.csv").with_columns(
+        pl.col("device_names").str.split(";"), pl.col("aliases").fill_null("").str.split(";")
+    )
 
 
 def arch_table() -> pl.DataFrame:
@@ -117,6 +121,8 @@ def resolve_peak(
     _plausible(peak_bandwidth_gbs, "--peak-bandwidth / STAGEMFU_PEAK_BANDWIDTH", "GB/s", PLAUSIBLE_GBS)
     name, sms, clock_hz = _device(gpus, gpu, needed=peak_tflops is None)
     row = _table_row(name) if name else None
+    if row is None and gpu is not None:
+        row = _short_name_row(gpu, known_arch=_arch_known(gpu) and bool(sms))
     bandwidth = peak_bandwidth_gbs if peak_bandwidth_gbs is not None else (row or {}).get("bandwidth_gbs")
     model = row["gpu"] if row else None
     if peak_tflops is not None:
@@ -169,6 +175,44 @@ def _table_row(name: str) -> dict | None:
         | (pl.col("gpu").str.to_lowercase() == key)
     )
     return hit.row(0, named=True) if hit.height else None
+
+
+def _short_name_row(name: str, *, known_arch: bool) -> dict | None:
+    """The row a short ``--gpu`` name picks: its alias (``h100`` is the SXM5), else the one row whose
+    model or device names hold every word of it (``a10g``, ``h100 nvl``).
+
+    Raises ``PeakError`` listing the candidates when several rows match, and listing every known
+    name when none does (unless the trace knows the SM count of a GPU of a recognised architecture,
+    which is then derived).
+    """
+    words = _normal(name).removeprefix("nvidia ").replace("-", " ").split()
+    table = peak_table()
+    rows = table.to_dicts()
+    alias = [r for r in rows if any(_normal(a).split() == words for a in r["aliases"] if a)]
+    if alias:
+        return alias[0]
+    hits = [r for r in rows if all(w in _words(r) for w in words)]
+    if len(hits) == 1:
+        return hits[0]
+    if hits:
+        raise PeakError(
+            f"--gpu {name!r} matches several GPUs ({', '.join(r['gpu'] for r in hits)}); pass one of these names"
+        )
+    if known_arch:
+        return None
+    raise PeakError(
+        f"--gpu {name!r}: not a GPU of stagemfu's peak table; known: {', '.join(table['gpu'])} (or the device "
+        "name CUDA reports, such as 'NVIDIA H100 80GB HBM3'); or pass --peak-tflops"
+    )
+
+
+def _words(row: dict) -> set[str]:
+    names = [row["gpu"], *row["device_names"], *(a for a in row["aliases"] if a)]
+    return {w for n in names for w in _normal(n).replace("-", " ").split()}
+
+
+def _arch_known(name: str) -> bool:
+    return not arch_table().filter(pl.lit(name).str.contains(pl.col("name_pattern"))).is_empty()
 
 
 def _derive(
