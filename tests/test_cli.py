@@ -156,7 +156,7 @@ def test_range_option_repeats(trace_paths):
 
 
 def test_top_limits_kernels_per_stage(trace_paths):
-    doc = json.loads(invoke("postprocess", trace_paths["tiny_vlm"], "--top", "2", "--format", "json").stdout)
+    doc = json.loads(invoke("postprocess", trace_paths["tiny_vlm"], "--top-kernels", "2", "--format", "json").stdout)
     per_stage = pl.DataFrame(doc["kernels"]).group_by("domain", "name").len()
     assert per_stage["len"].max() == 2
 

@@ -127,7 +127,7 @@ def test_broken_run_file_is_one_line_error(toy, tmp_path):
 def test_analyzer_image_flags_reach_the_flop_count(toy):
     # report spells the model and input flags as analyze does, --image-size, --crops and --full-logits included.
     args = ("report", toy, "--model", "deepseek-ocr2", "--mode", "gundam", "--counters", "analytic", "--format", "json")
-    result = invoke(*args, "--image-size", "1700x2200", "--crops", "3", "--full-logits")
+    result = invoke(*args, "--image-size", "1700x2200", "--crops", "3", "--full-logits", "--new-tokens", "3")
     assert result.exit_code == 0, result.output
     inputs = json.loads(result.stdout)["flops_source"]["inputs"]
     assert (inputs["mode"], inputs["crops"], inputs["full_logits"]) == ("gundam", 3, True)

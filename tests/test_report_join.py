@@ -10,7 +10,7 @@ from report_traces import (
 )
 
 from stagemfu import report
-from stagemfu.errors import StagemfuError
+from stagemfu.errors import FlopsMismatchError, StagemfuError
 from stagemfu.postprocess import load
 
 
@@ -85,9 +85,9 @@ def test_vision_outside_prefill_is_added_once(make_trace, tmp_path):
     assert rows(rep)["prefill"]["flops"] == 700_000
     assert rep.model is None  # no decode
     assert rep.latency["ttft_wall_ns"] == 800 + 1900
-    assert not any("'decode' has FLOPs" in n for n in rep.notes)
+    assert not any("'decode' has FLOPs" in n for n in (*rep.notes, *rep.warnings))
     rep = report.report(trace, flops_file=flops, peak_tflops=PEAK_TFLOPS)
-    assert any("stage 'decode' has FLOPs but the trace has no NVTX range 'decode'" in n for n in rep.notes)
+    assert any("stage 'decode' has FLOPs but the trace has no NVTX range 'decode'" in n for n in rep.warnings)
     assert rep.decode_steps.is_empty() and "mfu_kernel" in rep.decode_steps.columns
 
 
@@ -127,18 +127,19 @@ def test_several_generations_in_the_trace_scale_the_flops(trace_paths, tmp_path)
     assert any("2 generations" in n for n in rep.notes)
 
 
-def test_instance_count_that_does_not_match_the_flops_is_flagged(trace_paths, tmp_path):
+def test_instance_count_that_does_not_match_the_flops_stops_the_report(trace_paths, tmp_path):
+    # 7 decode ranges against FLOPs for 31 per generation: every MFU of decode would be 4.4x off.
     flops = write_json(tmp_path / "f.json", {"decode": {"flops": 7e8, "instances": 31}})
-    rep = report.report(trace_paths["tiny_vlm"], flops_file=flops)
-    assert rows(rep)["decode"]["generations"] is None
-    assert any("7 instances but the FLOPs describe 31" in n for n in rep.notes)
+    with pytest.raises(FlopsMismatchError, match="7 instances but the FLOPs .* are for 31 per generation") as err:
+        report.report(trace_paths["tiny_vlm"], flops_file=flops)
+    assert "--new-tokens 8" in str(err.value) and "\n" not in str(err.value)
 
 
-def test_missing_stages_are_notes_not_errors(toy, tmp_path):
+def test_missing_stages_are_warnings_and_ranges_without_flops_notes(toy, tmp_path):
     flops = write_json(tmp_path / "f.json", {"prefill": 1, "lm_head": 5})
     rep = report.report(toy, flops_file=flops, peak_tflops=PEAK_TFLOPS)
     assert rep.stages["stage"].to_list() == ["prefill"]
-    assert any("'lm_head' has FLOPs but the trace has no NVTX range" in n for n in rep.notes)
+    assert any("'lm_head' has FLOPs but the trace has no NVTX range" in n for n in rep.warnings)
     assert any("range 'decode' is in the trace but has no FLOPs" in n for n in rep.notes)
     assert rep.model is None
 

@@ -45,3 +45,7 @@ class FlopsFileError(StagemfuError):
 
 class ReportFileError(StagemfuError):
     """A report JSON given to ``compare`` is unreadable or not a ``stagemfu.report/1`` document."""
+
+
+class FlopsMismatchError(StagemfuError):
+    """The FLOPs describe another shape of work than the trace holds (instance counts differ)."""

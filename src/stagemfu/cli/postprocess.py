@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Literal
 import click
 
 from stagemfu.cli import FORMATS, format_option, json_text, launches_option, output_option, render
+from stagemfu.cli.view_options import view_options
 from stagemfu.postprocess.many import DEFAULT_THRESHOLD, SPREAD_METRICS
 from stagemfu.postprocess.reader import Progress
 from stagemfu.report.render.postprocess_data import TABLES
@@ -19,6 +20,7 @@ from stagemfu.report.render.postprocess_many import MANY_TABLES
 
 if TYPE_CHECKING:
     from stagemfu.postprocess import CombinedTimes, StageTimes
+    from stagemfu.report.render.view import TableView
 
 PROGRESS_DELAY_S = 1.0  # loads shorter than this draw no progress bar
 MAX_CHUNK_OPS = 10**12  # more operations than any export holds: one chunk
@@ -41,7 +43,15 @@ SCHEDULER_ADDRESS = re.compile(r"(?:(?:tcp|tls|ucx|ws|wss)://)?(?:[\w.\-]+|\[[0-
     multiple=True,
     help="Report only ranges called NAME (repeatable). NAME or DOMAIN:NAME.",
 )
-@click.option("--top", type=click.IntRange(min=1), default=5, show_default=True, help="Kernels listed per stage.")
+@click.option(
+    "--top-kernels",
+    "top",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Kernels listed per stage (in every format).",
+)
+@view_options(full_names=True)
 @click.option(
     "--categories",
     type=click.Path(path_type=Path),
@@ -104,9 +114,10 @@ SCHEDULER_ADDRESS = re.compile(r"(?:(?:tcp|tls|ucx|ws|wss)://)?(?:[\w.\-]+|\[[0-
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar (it appears on a terminal for loads over a second).")
 @format_option(
-    FORMATS,
+    (*FORMATS, "sqlite"),
     help="table: rich terminal tables; json: the stagemfu.postprocess/1 document; "
-    "csv: one table (see --table); md: every table as Markdown.",
+    "csv: one table (see --table); md: every table as Markdown; sqlite: every table, typed, in the "
+    "database -o names (for sqlite-utils and Datasette).",
 )
 @output_option
 def postprocess(
@@ -114,6 +125,7 @@ def postprocess(
     within: str | None,
     range_names: tuple[str, ...],
     top: int,
+    view: TableView,
     categories: Path | None,
     table_name: str,
     launches: str,
@@ -152,7 +164,8 @@ def postprocess(
     Examples:
       stagemfu postprocess run.sqlite --within measured
       stagemfu postprocess run.nsys-rep --format json -o times.json
-      stagemfu postprocess run.sqlite --format csv --table kernels --top 20
+      stagemfu postprocess run.sqlite --format csv --table kernels --top-kernels 20
+      stagemfu postprocess torch_emit_nvtx.sqlite --top 40 --base kernel,wall
       stagemfu postprocess 'ranks/*.sqlite' --jobs 8 --straggler-threshold 0.05
     """
     from stagemfu import postprocess as pp
@@ -177,13 +190,25 @@ def postprocess(
                 threshold=straggler_threshold,
                 progress=progress,
             )
-        _show_many(ct, fmt=fmt, table_name=table_name, top=top, output=output)
+        if fmt == "sqlite":
+            from stagemfu.report.render import postprocess_many as many
+            from stagemfu.report.render.sqlite import write_sqlite
+
+            write_sqlite(output, many.many_tables(ct, top=top), many.many_meta(ct), inputs=paths)
+            return
+        _show_many(ct, fmt=fmt, table_name=table_name, top=top, view=view, output=output)
         return
     if table_name in MANY_TABLES:
         raise click.UsageError(f"--table {table_name} needs several traces; give more than one TRACE")
     with progress_bar(quiet) as progress:
         st = pp.load(paths[0], **options, progress=progress)
-    _show_one(st, fmt=fmt, table_name=table_name, top=top, instances=instances, output=output)
+    if fmt == "sqlite":
+        from stagemfu.report.render import postprocess_data as data
+        from stagemfu.report.render.sqlite import write_sqlite
+
+        write_sqlite(output, data.postprocess_tables(st, top=top), data.postprocess_meta(st), inputs=paths)
+        return
+    _show_one(st, fmt=fmt, table_name=table_name, top=top, view=view, instances=instances, output=output)
 
 
 def _chunk_ops(value: str) -> int | Literal["auto"] | None:
@@ -207,28 +232,30 @@ def _scheduler(value: str | None) -> str | None:
     return value
 
 
-def _show_one(st: StageTimes, *, fmt: str, table_name: str, top: int, instances: bool, output: Path | None) -> None:
+def _show_one(
+    st: StageTimes, *, fmt: str, table_name: str, top: int, view: TableView, instances: bool, output: Path | None
+) -> None:
     from stagemfu.report.render import postprocess_data, postprocess_view
     from stagemfu.report.render.csv import csv_text
 
     writers = {
-        "table": lambda t: postprocess_view.terminal_view(t, top=top),
+        "table": lambda t: postprocess_view.terminal_view(t, top=top, view=view),
         "json": lambda t: json_text(postprocess_data.postprocess_document(t, top=top, instances=instances)),
         "csv": lambda t: csv_text(postprocess_data.table(t, table_name, top=top)),
-        "md": lambda t: postprocess_view.markdown_view(t, top=top),
+        "md": lambda t: postprocess_view.markdown_view(t, top=top, view=view),
     }
     render(st, fmt, output, writers)
 
 
-def _show_many(ct: CombinedTimes, *, fmt: str, table_name: str, top: int, output: Path | None) -> None:
+def _show_many(ct: CombinedTimes, *, fmt: str, table_name: str, top: int, view: TableView, output: Path | None) -> None:
     from stagemfu.report.render import postprocess_many
     from stagemfu.report.render.csv import csv_text
 
     writers = {
-        "table": postprocess_many.terminal_view,
+        "table": lambda c: postprocess_many.terminal_view(c, view=view),
         "json": lambda c: json_text(postprocess_many.many_document(c, top=top)),
         "csv": lambda c: csv_text(postprocess_many.many_table(c, table_name, top=top)),
-        "md": postprocess_many.markdown_view,
+        "md": lambda c: postprocess_many.markdown_view(c, view=view),
     }
     render(ct, fmt, output, writers)
 

@@ -19,13 +19,16 @@ from stagemfu.cli import (
     output_option,
     render,
 )
+from stagemfu.cli.view_options import view_options
+from stagemfu.report.render.view import DEFAULT_VIEW
 
 if TYPE_CHECKING:
     from stagemfu.models import Inputs
     from stagemfu.report import MfuReport
     from stagemfu.report.compare import ReportSide
+    from stagemfu.report.render.view import TableView
 
-REPORT_FORMATS = ("table", "json", "csv", "md", "html")
+REPORT_FORMATS = ("table", "json", "csv", "md", "html", "sqlite")
 REPORT_TABLES = ("stages", "decode_steps", "timeline", "kernels", "categories")
 CALIBRATION_FAILED = 3  # exit status of a calibration whose MFUs disagree
 COMPARE_KERNELS = 50  # kernels kept per stage of a trace compared on the spot
@@ -104,11 +107,20 @@ def flops_options(fn: Callable) -> Callable:
 @flops_options
 @within_options
 @peak_options
-@click.option("--top", type=click.IntRange(min=1), default=5, show_default=True, help="Kernels listed per stage.")
+@click.option(
+    "--top-kernels",
+    "top",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Kernels listed per stage (in every format).",
+)
+@view_options()
 @format_option(
     REPORT_FORMATS,
     help="table: rich terminal tables; json: the stagemfu.report/1 document; csv: one table (see --table); "
-    "md: Markdown; html: one self-contained page.",
+    "md: Markdown; html: one self-contained page; sqlite: every table, typed, in the database -o names "
+    "(for sqlite-utils and Datasette).",
 )
 @click.option(
     "--table",
@@ -147,6 +159,7 @@ def report(
     peak_tflops: float | None,
     peak_bandwidth: float | None,
     top: int,
+    view: TableView,
     fmt: str,
     table_name: str,
     html_file: Path | None,
@@ -183,19 +196,28 @@ def report(
     rep = rp.report(trace, top=top, **_report_options(locals()))
     if html_file is not None:
         emit(_html(rep), html_file)
-    render_report(rep, fmt, table_name, output)
+    if fmt == "sqlite":
+        from stagemfu.report.render import report_data
+        from stagemfu.report.render.sqlite import write_sqlite
+
+        inputs = [trace, *([flops_file] if flops_file else [])]
+        write_sqlite(output, report_data.report_tables(rep), report_data.report_meta(rep), inputs=inputs)
+        return
+    render_report(rep, fmt, table_name, output, view=view)
 
 
-def render_report(rep: MfuReport, fmt: str, table_name: str, output: Path | None) -> None:
+def render_report(
+    rep: MfuReport, fmt: str, table_name: str, output: Path | None, *, view: TableView = DEFAULT_VIEW
+) -> None:
     """Write ``rep`` in one format to ``output`` (standard output when None)."""
     from stagemfu.report.render import report_data, report_view
     from stagemfu.report.render.csv import csv_text
 
     writers = {
-        "table": report_view.terminal_view,
+        "table": lambda r: report_view.terminal_view(r, view=view),
         "json": lambda r: json_text(report_data.report_document(r)),
         "csv": lambda r: csv_text(report_data.table(r, table_name)),
-        "md": report_view.markdown_view,
+        "md": lambda r: report_view.markdown_view(r, view=view),
         "html": _html,
     }
     render(rep, fmt, output, writers)
@@ -213,13 +235,21 @@ def _html(rep: MfuReport) -> str:
 @flops_options
 @within_options
 @peak_options
-@click.option("--top", type=click.IntRange(min=1), default=10, show_default=True, help="Kernels listed.")
+@click.option(
+    "--top-kernels",
+    "top",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Kernels whose time changed most, listed.",
+)
+@view_options()
 @format_option(
     ("table", "json", "md", "html"),
     help="table: rich terminal tables; json: the stagemfu.compare/1 document; md: Markdown; html: one page.",
 )
 @output_option
-def compare(a: Path, b: Path, top: int, fmt: str, output: Path | None, **options: object) -> None:
+def compare(a: Path, b: Path, top: int, view: TableView, fmt: str, output: Path | None, **options: object) -> None:
     """Two reports side by side: time and MFU per stage on each base, and the kernels that changed most.
 
     A and B are each a `stagemfu report --format json` file or a trace (reported with the FLOPs
@@ -236,9 +266,9 @@ def compare(a: Path, b: Path, top: int, fmt: str, output: Path | None, **options
 
     cmp = compare_reports(_side(a, options), _side(b, options), top=top)
     writers = {
-        "table": compare_view.terminal_view,
+        "table": lambda c: compare_view.terminal_view(c, view=view),
         "json": lambda c: json_text(compare_view.compare_document(c)),
-        "md": compare_view.markdown_view,
+        "md": lambda c: compare_view.markdown_view(c, view=view),
         "html": compare_page,
     }
     render(cmp, fmt, output, writers)

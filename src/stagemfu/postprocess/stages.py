@@ -12,6 +12,7 @@ import numpy as np
 import polars as pl
 
 from stagemfu.errors import StagemfuError
+from stagemfu.globs import glob_regex, is_glob
 from stagemfu.postprocess.attribution import (
     COMM_COLUMNS,
     Attribution,
@@ -204,9 +205,14 @@ def _range_ids(att: Attribution) -> pl.Series:
 
 
 def _matches(query: str) -> pl.Expr:
-    """A range matches ``name`` in any domain, or ``domain:name`` exactly."""
+    """A range matches ``name`` in any domain, or ``domain:name``: exactly, or as a shell pattern
+    (``aten::*``) when ``query`` holds one (:mod:`stagemfu.globs`)."""
     qualified = pl.concat_str([pl.col("domain"), pl.lit(":"), pl.col("name")])
-    return (pl.col("name") == query) | (qualified == query)
+    exact = (pl.col("name") == query) | (qualified == query)
+    if not is_glob(query):
+        return exact
+    pattern = glob_regex(query)
+    return exact | pl.col("name").str.contains(pattern) | qualified.str.contains(pattern)
 
 
 def _known_names(instances: pl.DataFrame) -> str:

@@ -26,7 +26,7 @@ from stagemfu.errors import FlopsFileError, StagemfuError
 from stagemfu.postprocess import StageTimes, read, stage_times
 from stagemfu.report.documents import RUN_DOCUMENT, check_document, read_document
 from stagemfu.report.flops_file import StageFlops, flops_from_analysis, read_flops_file
-from stagemfu.report.join import join
+from stagemfu.report.join import join, range_matches
 from stagemfu.report.model_level import latency, model_totals
 from stagemfu.report.peaks import Peak, resolve_peak
 
@@ -63,7 +63,10 @@ class MfuReport:
     run
         What ``stagemfu run`` wrote beside the trace (:func:`read_run_file`; empty when absent).
     notes
-        What the user should know: missing stages, scaled FLOPs, peak assumptions, counters.
+        What the user should know: scaled FLOPs, peak assumptions, counters' conventions (each once).
+    warnings
+        What may make numbers wrong and comes first: stages with FLOPs but no range, stages
+        that imply different numbers of generations.
     """
 
     stages: pl.DataFrame
@@ -78,6 +81,7 @@ class MfuReport:
     times: StageTimes
     run: dict[str, Any] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
 
 
 def report(
@@ -153,7 +157,7 @@ def report(
         peak_bandwidth_gbs=peak_bandwidth_gbs,
     )
     rep = build_report(st, sf, peak, top=top, run=run)
-    return dataclasses.replace(rep, notes=(*rep.notes, *run_notes)) if run_notes else rep
+    return dataclasses.replace(rep, notes=tuple(dict.fromkeys((*rep.notes, *run_notes)))) if run_notes else rep
 
 
 def build_report(
@@ -167,7 +171,7 @@ def build_report(
             f"{st.trace.path}: no stage of the FLOPs ({', '.join(sf.stages['stage'].to_list()[:8])}) is an NVTX range "
             "of the trace; name the FLOPs' stages after the trace's ranges (see `stagemfu postprocess`)"
         )
-    in_report = pl.col("name").is_in(names) | (pl.col("domain") + ":" + pl.col("name")).is_in(names)
+    in_report = pl.any_horizontal([range_matches(n) for n in names])
     timeline = (
         st.instances.filter(in_report)
         .sort("start_ns")
@@ -194,7 +198,10 @@ def build_report(
         flops=sf,
         times=st,
         run=dict(run or {}),
-        notes=(*peak.notes, *joined.notes, *_several_gpus_note(st, in_report), *sf.notes, *st.notes),
+        notes=tuple(
+            dict.fromkeys((*peak.notes, *joined.notes, *_several_gpus_note(st, in_report), *sf.notes, *st.notes))
+        ),
+        warnings=joined.warnings,
     )
 
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from stagemfu.errors import FlopsMismatchError
+from stagemfu.globs import glob_regex, is_glob
 from stagemfu.postprocess.stages import StageTimes
 from stagemfu.report.flops_file import DERIVED_STAGES, StageFlops
 from stagemfu.report.peaks import Peak
@@ -24,7 +26,8 @@ BASES = ("wall", "span", "busy", "kernel")
 TIME_COLUMNS = ["instances", "wall_ns", "span_ns", "busy_ns", "kernel_ns", "gpu_ops"]
 # The built-in models' stages in the order reports list them (ARCHITECTURE.md); others follow.
 STAGE_ORDER = ("vision", "sam", "clip", "encoder", "projector", "prefill", "decode", "decode_first", "decode_last")
-LAUNCH_BOUND_BUSY = 0.5  # GPU busy for less than half the stage's wall time
+LAUNCH_BOUND_IDLE = 0.5  # GPU idle for more than half the stage's GPU span (1 - busy/span)
+HOST_BOUND_SPAN = 0.5  # the GPU span covers less than half the range's wall time
 MEMORY_BOUND_MBU = 0.5
 COMPUTE_BOUND_MFU = 0.5
 
@@ -36,8 +39,9 @@ class Joined:
     ``stages`` columns: ``stage``, ``flops``, ``bytes``, ``generations``, ``instances``,
     ``wall_ns``, ``span_ns``, ``busy_ns``, ``kernel_ns``, ``gpu_ops``, ``tflops_<base>`` and
     ``mfu_<base>`` for wall, span, busy and kernel, ``idle_share`` (1 − busy/span),
-    ``busy_share`` (busy/wall), ``mbu``, ``mbu_wall``, ``flops_analytic``, ``flops_torch``,
-    ``flops_fvcore``, ``diagnosis``.
+    ``busy_share`` (busy/wall: above 1 when GPU work outlives the range), ``asynchronous`` (the
+    stage's GPU span is longer than its range: its GPU work ran on after the range closed),
+    ``mbu``, ``mbu_wall``, ``flops_analytic``, ``flops_torch``, ``flops_fvcore``, ``diagnosis``.
     ``decode_steps``: ``generation``, ``step``, ``wall_ns``, ``span_ns``, ``busy_ns``,
     ``kernel_ns``, ``flops``, ``bytes``, ``tflops_kernel``, ``mfu_<base>``, ``mbu``.
     """
@@ -46,15 +50,29 @@ class Joined:
     decode_steps: pl.DataFrame
     vision_in_prefill: bool
     notes: tuple[str, ...]
+    warnings: tuple[str, ...] = ()
 
 
 def join(st: StageTimes, sf: StageFlops, peak: Peak) -> Joined:
-    """MFU and MBU per stage of ``sf`` found in ``st``; a note for each stage found on one side only."""
+    """MFU and MBU per stage of ``sf`` found in ``st``.
+
+    A stage with FLOPs but no range is a warning, a range without FLOPs a note.
+
+    Raises
+    ------
+    FlopsMismatchError
+        The trace holds a number of instances of a stage that is no whole multiple of the FLOPs'
+        instances per generation (``decode`` ranges of an 8-token generation against FLOPs counted
+        for 32 tokens): every MFU of that stage would compare different work.
+    """
     notes: list[str] = []
+    warnings: list[str] = []
     steps = _decode_steps_per_generation(st, sf)
-    ranges = _range_times(st)
+    keys = sf.stages["stage"].to_list()
+    ranges = _range_times(st, keys)
     times = pl.concat([ranges, _decode_step_times(st, steps)], how="vertical")
     flops = sf.stages.rename({"instances": "instances_per_generation"})
+    notes += _nested_pattern_notes(st, keys)
     vision_in_prefill = _nested(st, "vision", "prefill")
     if sf.prefill_excludes_vision and vision_in_prefill and {"prefill", "vision"} <= set(flops["stage"]):
         flops = _add_vision_to_prefill(flops)
@@ -63,13 +81,15 @@ def join(st: StageTimes, sf: StageFlops, peak: Peak) -> Joined:
             "cover both (the analyzer's prefill counts the language model alone)"
         )
     missing = flops.join(times, on="stage", how="anti")["stage"].to_list()
-    notes += [f"stage {s!r} has FLOPs but the trace has no NVTX range {s!r}: left out" for s in missing]
+    warnings += [f"stage {s!r} has FLOPs but the trace has no NVTX range {s!r}: left out" for s in missing]
     untimed = [s for s in STAGE_ORDER if s in set(ranges["stage"]) and s not in set(flops["stage"])]
     notes += [f"range {s!r} is in the trace but has no FLOPs: left out" for s in untimed]
     rows = flops.join(times, on="stage", how="inner").with_columns(
         generations=_generations(), _order=_stage_order(flops["stage"].to_list())
     )
-    notes += _instance_notes(rows)
+    _refuse_mismatch(rows, st, sf)
+    notes += _scaling_notes(rows)
+    warnings += _generation_warnings(rows)
     rows = rows.with_columns(
         pl.when(pl.col("generations").is_not_null())
         .then(pl.col(c) * pl.col("generations"))
@@ -79,6 +99,7 @@ def join(st: StageTimes, sf: StageFlops, peak: Peak) -> Joined:
     )
     stages = (
         with_rates(rows, peak)
+        .with_columns(asynchronous=pl.col("span_ns") > pl.col("wall_ns"))
         .with_columns(diagnosis=_diagnosis())
         .sort("_order")
         .select(
@@ -91,6 +112,7 @@ def join(st: StageTimes, sf: StageFlops, peak: Peak) -> Joined:
             *[f"mfu_{b}" for b in BASES],
             "idle_share",
             "busy_share",
+            "asynchronous",
             "mbu",
             "mbu_wall",
             "flops_analytic",
@@ -99,7 +121,7 @@ def join(st: StageTimes, sf: StageFlops, peak: Peak) -> Joined:
             "diagnosis",
         )
     )
-    return Joined(stages, _decode_step_rows(st, sf, steps, peak), vision_in_prefill, tuple(notes))
+    return Joined(stages, _decode_step_rows(st, sf, steps, peak), vision_in_prefill, tuple(notes), tuple(warnings))
 
 
 def with_rates(frame: pl.DataFrame, peak: Peak) -> pl.DataFrame:
@@ -122,8 +144,10 @@ def with_rates(frame: pl.DataFrame, peak: Peak) -> pl.DataFrame:
     )
 
 
-def _range_times(st: StageTimes) -> pl.DataFrame:
-    """Times per stage key: every range under its name and, in a named domain, also ``domain:name``."""
+def _range_times(st: StageTimes, stages: list[str]) -> pl.DataFrame:
+    """Times per stage key: every range under its name and, in a named domain, also ``domain:name``;
+    a key of ``stages`` that is a shell pattern (``aten::*``) and no range's name sums the ranges
+    it matches."""
     r = st.ranges
     keyed = pl.concat(
         [
@@ -131,7 +155,37 @@ def _range_times(st: StageTimes) -> pl.DataFrame:
             r.filter(pl.col("domain") != "").with_columns(stage=pl.col("domain") + ":" + pl.col("name")),
         ]
     )
-    return keyed.group_by("stage", maintain_order=True).agg(pl.col(TIME_COLUMNS).sum())
+    exact = keyed.group_by("stage", maintain_order=True).agg(pl.col(TIME_COLUMNS).sum())
+    known = set(exact["stage"])
+    patterns = [
+        r.filter(range_matches(key)).select(pl.lit(key).alias("stage"), pl.col(TIME_COLUMNS).sum())
+        for key in stages
+        if is_glob(key) and key not in known
+    ]
+    return pl.concat([exact, *patterns], how="vertical_relaxed")
+
+
+def range_matches(stage: str) -> pl.Expr:
+    """The ranges a stage key stands for: its name, ``domain:name``, or the names its pattern matches."""
+    qualified = pl.col("domain") + ":" + pl.col("name")
+    exact = (pl.col("name") == stage) | (qualified == stage)
+    if not is_glob(stage):
+        return exact
+    return exact | pl.col("name").str.contains(glob_regex(stage)) | qualified.str.contains(glob_regex(stage))
+
+
+def _nested_pattern_notes(st: StageTimes, stages: list[str]) -> list[str]:
+    """A note for each pattern stage whose matched ranges nest in one another (their times add up twice)."""
+    notes = []
+    for key in (k for k in stages if is_glob(k)):
+        inner = st.instances.filter(range_matches(key)).get_column("path").str.split("/").list.slice(0, -1)
+        outer = inner.list.eval(pl.element().str.contains(glob_regex(key))).list.any()
+        if outer.any():
+            notes.append(
+                f"stage {key!r} matches ranges nested in one another: the outer ones' times and FLOPs include "
+                "the inner ones', so the stage counts them at each level"
+            )
+    return notes
 
 
 def _decode_instances(st: StageTimes, steps: int | None) -> pl.DataFrame:
@@ -153,7 +207,7 @@ def _decode_step_times(st: StageTimes, steps: int | None) -> pl.DataFrame:
         for name, step in zip(DERIVED_STAGES, (1, last))
         if d.height
     ]
-    return pl.concat(frames) if frames else _range_times(st).clear()
+    return pl.concat(frames) if frames else _range_times(st, []).clear()
 
 
 def _decode_steps_per_generation(st: StageTimes, sf: StageFlops) -> int | None:
@@ -232,45 +286,71 @@ def _stage_order(stages: list[str]) -> pl.Expr:
     return pl.col("stage").replace_strict(order, return_dtype=pl.Int64)
 
 
-def _instance_notes(rows: pl.DataFrame) -> list[str]:
-    notes = []
-    for r in rows.filter(pl.col("instances_per_generation").is_not_null()).iter_rows(named=True):
-        if r["generations"] is None:
-            notes.append(
-                f"stage {r['stage']!r}: the trace has {r['instances']} instances but the FLOPs describe "
-                f"{r['instances_per_generation']} per generation; its MFU compares different amounts of work "
-                "(check --within and the analyzer's --new-tokens)"
-            )
-        elif r["generations"] > 1:
-            notes.append(
-                f"stage {r['stage']!r}: the trace holds {r['generations']} generations; FLOPs counted "
-                f"×{r['generations']}"
-            )
-    return notes
+def _refuse_mismatch(rows: pl.DataFrame, st: StageTimes, sf: StageFlops) -> None:
+    """Stop when a stage's instances are no whole number of generations of the FLOPs' shape."""
+    bad = rows.filter(pl.col("instances_per_generation").is_not_null() & pl.col("generations").is_null())
+    if bad.is_empty():
+        return
+    r = bad.row(0, named=True)
+    hint = (
+        f"--new-tokens {r['instances'] + 1} if the trace holds one generation"
+        if r["stage"] == "decode"
+        else "the input shape the trace ran (--mode, --crops)"
+    )
+    raise FlopsMismatchError(
+        f"{st.trace.path}: stage {r['stage']!r}: the trace has {r['instances']} instances but the FLOPs "
+        f"({sf.source[:80]}) are for {r['instances_per_generation']} per generation, so its MFU would compare "
+        f"different work; count the FLOPs for the trace's shape ({hint}), check --within, or give a FLOPs "
+        "file without instances"
+    )
+
+
+def _scaling_notes(rows: pl.DataFrame) -> list[str]:
+    return [
+        f"stage {r['stage']!r}: the trace holds {r['generations']} generations; FLOPs counted ×{r['generations']}"
+        for r in rows.filter(pl.col("generations") > 1).iter_rows(named=True)
+    ]
+
+
+def _generation_warnings(rows: pl.DataFrame) -> list[str]:
+    """A warning when the stages imply different numbers of generations (the FLOPs' shape is not the trace's)."""
+    counts = rows.filter(pl.col("generations").is_not_null()).select("stage", "generations")
+    if counts["generations"].n_unique() <= 1:
+        return []
+    shown = ", ".join(f"{s} {g}" for s, g in counts.iter_rows())
+    return [
+        f"the stages hold different numbers of generations ({shown}): the FLOPs' shape does not match the "
+        "trace; check --within and the input shape (--new-tokens, --crops)"
+    ]
 
 
 def _diagnosis() -> pl.Expr:
-    """One line per stage: what limits it, from busy share, MBU and kernel MFU (first rule that holds)."""
+    """One line per stage: what limits it (first rule that holds), on the stage's GPU span.
 
-    def pct(column: str) -> pl.Expr:
-        return (pl.col(column) * 100).round(0).cast(pl.Int64)
+    The stage's time is its span (first to last GPU operation), never its wall time: the GPU
+    work of an asynchronous range (NCCL, TensorRT) runs after the range closes, so busy/wall can
+    exceed 100 %. Idle is 1 − busy/span, as in the tables; no share printed exceeds 100 %.
+    """
 
-    return (
-        pl.when(pl.col("busy_ns").fill_null(0) == 0)
-        .then(pl.lit("no GPU work: the stage launched no kernels"))
-        .when(pl.col("mfu_kernel") > 1)
+    def pct(column: str | pl.Expr) -> pl.Expr:
+        value = pl.col(column) if isinstance(column, str) else column
+        return (value * 100).round(0).cast(pl.Int64)
+
+    busy = 1 - pl.col("idle_share").fill_null(0)
+    limit = (
+        pl.when(pl.col("mfu_kernel") > 1)
         .then(
             pl.format(
-                "impossible: kernels at {} % of peak; the FLOPs describe other work than this trace "
-                "(model, shapes, --within) or the peak is too low",
-                pct("mfu_kernel"),
+                "impossible: the FLOPs need {}× the GPU's peak on kernel time; they describe other work than this "
+                "trace (model, shapes, --within) or the peak is too low",
+                (pl.col("mfu_kernel") * 10).round(0) / 10,
             )
         )
-        .when(pl.col("busy_share") < LAUNCH_BOUND_BUSY)
+        .when(pl.col("idle_share") > LAUNCH_BOUND_IDLE)
         .then(
             pl.format(
-                "launch-bound: GPU busy {} % of the stage; kernels at {} % of peak",
-                pct("busy_share"),
+                "launch-bound: GPU idle {} % of the stage's GPU span; kernels at {} % of peak",
+                pct("idle_share"),
                 pct("mfu_kernel"),
             )
         )
@@ -280,9 +360,34 @@ def _diagnosis() -> pl.Expr:
         .then(pl.format("compute-bound: kernels at {} % of peak", pct("mfu_kernel")))
         .otherwise(
             pl.format(
-                "kernel-bound: GPU busy {} % of the stage, kernels at only {} % of peak (small or unfused kernels)",
-                pct("busy_share"),
+                "kernel-bound: GPU busy {} % of the stage's GPU span, kernels at only {} % of peak "
+                "(small or unfused kernels)",
+                pct(busy),
                 pct("mfu_kernel"),
             )
         )
+    )
+    timing = (
+        pl.when(pl.col("asynchronous"))
+        .then(
+            pl.format(
+                "; asynchronous: its GPU work ran after its CPU range closed (GPU span {} ms, range {} ms), "
+                "so read MFU on span, busy or kernel time, not wall",
+                (pl.col("span_ns") / 1e6).round(3),
+                (pl.col("wall_ns") / 1e6).round(3),
+            )
+        )
+        .when(pl.col("span_ns") < HOST_BOUND_SPAN * pl.col("wall_ns"))
+        .then(
+            pl.format(
+                "; the GPU span covers only {} % of the range's wall time (host work before or after the GPU's)",
+                pct(pl.col("span_ns") / pl.col("wall_ns")),
+            )
+        )
+        .otherwise(pl.lit(""))
+    )
+    return (
+        pl.when(pl.col("busy_ns").fill_null(0) == 0)
+        .then(pl.lit("no GPU work: the stage launched no kernels"))
+        .otherwise(pl.concat_str([limit, timing]))
     )

@@ -14,6 +14,7 @@ from stagemfu.report.compare import Comparison
 from stagemfu.report.join import BASES
 from stagemfu.report.render.markdown import markdown_document
 from stagemfu.report.render.terminal import terminal_document
+from stagemfu.report.render.view import DEFAULT_VIEW, TableView
 
 SCHEMA = "stagemfu.compare/1"
 NS_PER_MS = 1e6
@@ -67,12 +68,12 @@ def header_lines(cmp: Comparison) -> list[str]:
     return [f"A: {cmp.a}", f"B: {cmp.b}"]
 
 
-def terminal_view(cmp: Comparison) -> RenderableType:
-    return terminal_document(header_lines(cmp), sections(cmp), cmp.notes)
+def terminal_view(cmp: Comparison, *, view: TableView = DEFAULT_VIEW) -> RenderableType:
+    return terminal_document(header_lines(cmp), sections(cmp), cmp.notes, view=view)
 
 
-def markdown_view(cmp: Comparison) -> str:
-    return markdown_document("stagemfu compare", header_lines(cmp), sections(cmp), notes=cmp.notes)
+def markdown_view(cmp: Comparison, *, view: TableView = DEFAULT_VIEW) -> str:
+    return markdown_document("stagemfu compare", header_lines(cmp), sections(cmp), notes=cmp.notes, view=view)
 
 
 def compare_document(cmp: Comparison) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 import polars as pl
 
 from stagemfu.report.render.text import number, one_line
+from stagemfu.report.render.view import DEFAULT_VIEW, TableView
 
 NAME_WIDTH = 120
 
@@ -39,12 +40,20 @@ def markdown_document(
     *,
     lists: Iterable[tuple[str, Sequence[str]]] = (),
     notes: Sequence[str] = (),
+    warnings: Sequence[str] = (),
+    view: TableView = DEFAULT_VIEW,
 ) -> str:
-    """The layout every Markdown view shares: a bullet summary, one table per section, titled bullet
+    """The layout every Markdown view shares: a bullet summary, the warnings, one table per section
+    (the rows and columns ``view`` picks, with a line counting the rows left out), titled bullet
     lists (shown even when empty), then the notes when there are any."""
     out = [f"# {heading}", ""] + _bullets(lines)
+    if warnings:
+        out += [""] + [f"> **Warning:** {markdown_cell(w)}" for w in warnings]
     for title, frame in sections:
-        out += ["", f"## {title}", "", markdown_table(frame)]
+        shown, left_out = view.cut(view.pick(frame))
+        out += ["", f"## {title}", "", markdown_table(shown)]
+        if left_out:
+            out += ["", f"*{left_out:,} more rows left out (--all shows every row; JSON and CSV hold them all).*"]
     for title, items in [*lists, *([("Notes", notes)] if notes else [])]:
         out += ["", f"## {title}", ""] + _bullets(items)
     return "\n".join(out) + "\n"

@@ -41,3 +41,20 @@ def postprocess_document(st: StageTimes, *, top: int | None = None, instances: b
         "totals": st.totals.to_dicts()[0],
         "notes": list(st.notes),
     }
+
+
+def postprocess_tables(st: StageTimes, *, top: int | None = None) -> dict[str, pl.DataFrame]:
+    """Every table of a :class:`StageTimes` by name, for the SQLite output: the :data:`TABLES`
+    (per-instance rows included), ``gpus``, ``unattributed`` and ``totals``."""
+    return {
+        **{name: table(st, name, top=top) for name in TABLES},
+        "gpus": st.trace.gpus,
+        "unattributed": st.unattributed,
+        "totals": st.totals,
+    }
+
+
+def postprocess_meta(st: StageTimes) -> dict:
+    """The document's metadata (everything but its tables), for the SQLite output's ``stagemfu`` table."""
+    doc = postprocess_document(st, top=0)
+    return {k: v for k, v in doc.items() if k not in (*TABLES, "gpus", "unattributed", "totals")}

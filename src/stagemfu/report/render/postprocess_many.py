@@ -16,6 +16,7 @@ from stagemfu.report.render.markdown import markdown_document
 from stagemfu.report.render.postprocess_view import NS_PER_MS, ms_columns
 from stagemfu.report.render.terminal import terminal_document
 from stagemfu.report.render.text import stage_labels
+from stagemfu.report.render.view import DEFAULT_VIEW, TableView
 
 SCHEMA = "stagemfu.postprocess.many/1"
 MANY_TABLES = ("combined", "stragglers")
@@ -47,6 +48,23 @@ def many_table(ct: CombinedTimes, name: str, *, top: int | None = None) -> pl.Da
         ],
         how="vertical_relaxed",
     )
+
+
+def many_tables(ct: CombinedTimes, *, top: int | None = None) -> dict[str, pl.DataFrame]:
+    """Every table for the SQLite output: ``combined``, ``stragglers`` and each per-trace table
+    stacked over the traces with a ``trace`` column."""
+    return {name: many_table(ct, name, top=top) for name in (*MANY_TABLES, *postprocess_data.TABLES)}
+
+
+def many_meta(ct: CombinedTimes) -> dict:
+    """What the document holds besides its tables: schema, straggler settings, notes."""
+    return {
+        "schema": SCHEMA,
+        "straggler_metric": ct.metric,
+        "straggler_threshold": ct.threshold,
+        "traces": [str(st.trace.path) for st in ct.traces],
+        "notes": list(ct.notes),
+    }
 
 
 def combined_rows(ct: CombinedTimes) -> pl.DataFrame:
@@ -106,10 +124,11 @@ def sections(ct: CombinedTimes) -> list[tuple[str, pl.DataFrame]]:
     return [(title, frame) for title, frame in parts if frame.height]
 
 
-def terminal_view(ct: CombinedTimes) -> RenderableType:
+def terminal_view(ct: CombinedTimes, *, view: TableView = DEFAULT_VIEW) -> RenderableType:
     head = [*summary_lines(ct), *(["no stragglers"] if ct.stragglers.is_empty() else [])]
-    return terminal_document(head, sections(ct), ct.notes)
+    return terminal_document(head, sections(ct), ct.notes, view=view)
 
 
-def markdown_view(ct: CombinedTimes) -> str:
-    return markdown_document("stagemfu postprocess: several traces", summary_lines(ct), sections(ct), notes=ct.notes)
+def markdown_view(ct: CombinedTimes, *, view: TableView = DEFAULT_VIEW) -> str:
+    title = "stagemfu postprocess: several traces"
+    return markdown_document(title, summary_lines(ct), sections(ct), notes=ct.notes, view=view)

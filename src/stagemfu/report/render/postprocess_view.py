@@ -6,17 +6,22 @@ percent. Every trace string goes through :mod:`stagemfu.report.render.text` firs
 
 from __future__ import annotations
 
+import dataclasses
+
 import polars as pl
 from rich.console import RenderableType
 
 from stagemfu.postprocess.stages import StageTimes
+from stagemfu.report.op_ranges import group_op_ranges, has_call_names
 from stagemfu.report.render.markdown import markdown_document
 from stagemfu.report.render.postprocess_data import table
 from stagemfu.report.render.terminal import terminal_document
 from stagemfu.report.render.text import one_line, stage_labels
+from stagemfu.report.render.view import DEFAULT_VIEW, TableView
 
 NAME_WIDTH = 48
 NS_PER_MS = 1e6
+IDLE = "idle % of span"  # 1 - busy/span, the one idle share every table and the diagnosis use
 TIMES = {"wall ms": "wall_ns", "span ms": "span_ns", "busy ms": "busy_ns"}  # in the stage, path and process tables
 
 
@@ -49,7 +54,7 @@ def stage_rows(st: StageTimes) -> pl.DataFrame:
             "gpu inst": "gpu_instances",
             **TIMES,
             "kernel ms": "kernel_ns",
-            "idle %": "idle_share",
+            IDLE: "idle_share",
             "gpu ops": "gpu_ops",
             "kernels": "kernels",
         },
@@ -64,7 +69,7 @@ def path_rows(st: StageTimes) -> pl.DataFrame:
             **TIMES,
             "excl ms": "exclusive_busy_ns",
             "kernel ms": "kernel_ns",
-            "idle %": "idle_share",
+            IDLE: "idle_share",
         },
         label=("path", st.paths["path"]),
     )
@@ -164,7 +169,7 @@ def communication_rows(st: StageTimes) -> pl.DataFrame:
     )
 
 
-def summary_lines(st: StageTimes) -> list[str]:
+def summary_lines(st: StageTimes, view: TableView = DEFAULT_VIEW) -> list[str]:
     t, u = st.totals.row(0, named=True), st.unattributed.row(0, named=True)
     gpus = ", ".join(f"{g['id']}: {g['name']}" for g in st.trace.gpus.iter_rows(named=True)) or "unknown"
     lines = [
@@ -176,11 +181,36 @@ def summary_lines(st: StageTimes) -> list[str]:
     ]
     if st.within:
         lines.append(f"restricted to instances within range {one_line(st.within, NAME_WIDTH)!r}")
+    if not view.full_names and has_call_names(st):
+        lines.append(
+            "PyTorch emit_nvtx ranges grouped by operator ('aten::mul' for 'aten::mul, seq = 4, op_id = 9, ...'); "
+            "--full-names shows every call"
+        )
+    lines.append("tables sorted by GPU busy time, largest first")
     return lines
 
 
+def for_people(st: StageTimes, view: TableView) -> StageTimes:
+    """What the views show: ``emit_nvtx`` calls grouped by operator (unless ``view.full_names``) and
+    the per-range tables sorted by GPU busy time, then wall time, largest first."""
+    st = st if view.full_names else group_op_ranges(st)
+    by_time = [pl.col("busy_ns").fill_null(0), pl.col("wall_ns").fill_null(0)]
+    ranges = st.ranges.sort(by_time, descending=True, maintain_order=True)
+    order = ranges.select("domain", "name").with_row_index("_o")
+    return dataclasses.replace(
+        st,
+        ranges=ranges,
+        paths=st.paths.sort(by_time, descending=True, maintain_order=True),
+        processes=st.processes.sort(by_time, descending=True, maintain_order=True),
+        devices=st.devices.sort(pl.col("busy_ns").fill_null(0), descending=True, maintain_order=True),
+        instance_stats=st.instance_stats.join(order, on=["domain", "name"], how="left", maintain_order="left")
+        .sort("_o", maintain_order=True)
+        .drop("_o"),
+    )
+
+
 def sections(st: StageTimes, top: int) -> list[tuple[str, pl.DataFrame]]:
-    """The titled tables both views print, empty ones left out."""
+    """The titled tables both views print, empty ones left out (``st`` as :func:`for_people` makes it)."""
     parts = [
         ("Stages (per range name, all instances summed)", stage_rows(st)),
         ("Paths (nesting; exclusive busy = GPU work of no child range)", path_rows(st)),
@@ -198,11 +228,15 @@ def sections(st: StageTimes, top: int) -> list[tuple[str, pl.DataFrame]]:
     return [(title, frame) for title, frame in parts if frame.height]
 
 
-def terminal_view(st: StageTimes, *, top: int = 5) -> RenderableType:
-    """Rich renderables for the terminal."""
-    return terminal_document(summary_lines(st), sections(st, top), st.notes)
+def terminal_view(st: StageTimes, *, top: int = 5, view: TableView = DEFAULT_VIEW) -> RenderableType:
+    """Rich renderables for the terminal; ``top`` kernels per stage."""
+    shown = for_people(st, view)
+    return terminal_document(summary_lines(st, view), sections(shown, top), st.notes, view=view)
 
 
-def markdown_view(st: StageTimes, *, top: int = 5) -> str:
+def markdown_view(st: StageTimes, *, top: int = 5, view: TableView = DEFAULT_VIEW) -> str:
     """The same content as a Markdown document."""
-    return markdown_document("stagemfu postprocess", summary_lines(st), sections(st, top), notes=st.notes)
+    shown = for_people(st, view)
+    return markdown_document(
+        "stagemfu postprocess", summary_lines(st, view), sections(shown, top), notes=st.notes, view=view
+    )

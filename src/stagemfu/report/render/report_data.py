@@ -42,5 +42,28 @@ def report_document(rep: MfuReport) -> dict[str, Any]:
         "model": rep.model,
         "latency": rep.latency,
         **{name: table(rep, name).to_dicts() for name in TABLES if name != "stages"},
+        "warnings": list(rep.warnings),
         "notes": list(rep.notes),
     }
+
+
+def report_tables(rep: MfuReport) -> dict[str, pl.DataFrame]:
+    """Every table of an :class:`MfuReport` by name, for the SQLite output: :data:`TABLES`, the
+    FLOPs per stage as given (``flops``), one-row ``model``, ``latency`` and ``peak``, ``gpus``."""
+    one_row = {
+        "model": rep.model,
+        "latency": rep.latency,
+        "peak": asdict(rep.peak) | {"notes": list(rep.peak.notes)},
+    }
+    return {
+        **{name: table(rep, name) for name in TABLES},
+        "flops": rep.flops.stages,
+        **{name: pl.DataFrame([row]) if row else pl.DataFrame() for name, row in one_row.items()},
+        "gpus": rep.times.trace.gpus,
+    }
+
+
+def report_meta(rep: MfuReport) -> dict[str, Any]:
+    """The document's metadata (everything but its tables), for the SQLite output's ``stagemfu`` table."""
+    doc = report_document(rep)
+    return {k: v for k, v in doc.items() if k not in (*TABLES, "model", "latency", "peak", "gpus")}

@@ -14,9 +14,10 @@ from rich.console import RenderableType
 
 from stagemfu.report import MfuReport
 from stagemfu.report.render.markdown import markdown_document
-from stagemfu.report.render.postprocess_view import ms_columns
+from stagemfu.report.render.postprocess_view import IDLE, ms_columns
 from stagemfu.report.render.terminal import terminal_document
 from stagemfu.report.render.text import one_line
+from stagemfu.report.render.view import DEFAULT_VIEW, TableView
 
 NS_PER_MS = 1e6
 FLOPS_PER_GFLOP = 1e9
@@ -34,7 +35,7 @@ def stage_rows(rep: MfuReport) -> pl.DataFrame:
             "inst": s["instances"],
             "GFLOP": s["flops"] / FLOPS_PER_GFLOP,
             **ms_columns(s, "wall", "busy", "kernel"),
-            "idle %": s["idle_share"] * 100,
+            IDLE: s["idle_share"] * 100,
             "TFLOP/s kernel": s["tflops_kernel"],
             **_mfu_columns(s, "kernel", "busy", "wall"),
         }
@@ -135,17 +136,22 @@ def sections(rep: MfuReport) -> list[tuple[str, pl.DataFrame]]:
     return [(title, frame) for title, frame in parts if frame.height]
 
 
-def terminal_view(rep: MfuReport) -> RenderableType:
-    return terminal_document(summary_lines(rep), sections(rep), rep.notes, lists=[("Diagnosis", diagnosis_lines(rep))])
+def terminal_view(rep: MfuReport, *, view: TableView = DEFAULT_VIEW) -> RenderableType:
+    diagnosis = [("Diagnosis", diagnosis_lines(rep))]
+    return terminal_document(
+        summary_lines(rep), sections(rep), rep.notes, lists=diagnosis, warnings=rep.warnings, view=view
+    )
 
 
-def markdown_view(rep: MfuReport) -> str:
+def markdown_view(rep: MfuReport, *, view: TableView = DEFAULT_VIEW) -> str:
     return markdown_document(
         "stagemfu report",
         summary_lines(rep),
         sections(rep),
         lists=[("Diagnosis", diagnosis_lines(rep))],
         notes=rep.notes,
+        warnings=rep.warnings,
+        view=view,
     )
 
 
