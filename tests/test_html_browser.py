@@ -1,5 +1,8 @@
 """The HTML report in a real headless Chromium: loads offline without console errors, charts render,
-and hostile NVTX names are shown as text, never run.
+the layout puts the summary and the MFU chart first, and hostile NVTX names are shown as text, never run.
+
+The layout test saves its screenshot to ``$STAGEMFU_ARTIFACTS`` (the test's temporary directory
+when unset) for a person to look at.
 
 Needs Debian's ``chromium`` (``apt-get install chromium``) and the ``playwright`` Python package
 (its driver only; no browser download): ``make test`` installs both.
@@ -9,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -81,7 +85,7 @@ def test_page_loads_offline_without_console_errors_and_charts_render(browser, tr
         element = page.locator(f"#{chart}")
         assert element.locator(".main-svg").count() >= 1, chart
         assert len(element.screenshot()) > 8_000, f"{chart} looks blank"
-    assert page.locator("#chart-mfu .bars .point").count() == 3 * 5  # kernel, busy, wall x 5 stages
+    assert page.locator("#chart-mfu .bars .point").count() == 4 * 5  # kernel, busy, span, wall x 5 stages
     assert page.locator("#chart-decode .scatterlayer .trace").count() == 4
     assert page.locator("table").first.locator("tbody tr").count() >= 4
     assert "989.4" in page.locator("body").inner_text()
@@ -98,3 +102,46 @@ def test_hostile_nvtx_names_are_shown_as_text_and_never_run(browser, make_trace,
     # plotly draws the name as text too (an axis tick of the MFU chart), not as markup
     ticks = page.eval_on_selector_all("#chart-mfu .xtick text", "els => els.map(e => e.textContent)")
     assert any("onerror" in t for t in ticks)
+
+
+def test_layout_puts_summary_and_mfu_chart_in_the_first_viewport_and_provenance_last(browser, tmp_path):
+    """The embedded report in a 1280x900 window: headline and MFU chart visible without scrolling,
+    the stage timeline before the first table, provenance at the end; every axis starts at zero and
+    no timeline label is clipped."""
+    page_path = tmp_path / "report.html"
+    result = CliRunner().invoke(cli, ["report", "--counters", "analytic", "--html", str(page_path)])
+    assert result.exit_code == 0, result.output
+    assert page_path.stat().st_size < 1_600_000  # plotly's basic bundle; the full one made 4.9 MB
+    page, seen, _ = open_page(browser, page_path)
+    page.set_viewport_size({"width": 1280, "height": 900})
+    artifacts = Path(os.environ.get("STAGEMFU_ARTIFACTS") or tmp_path)
+    artifacts.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(artifacts / "report-first-viewport.png"))
+
+    def top(selector):
+        return page.locator(selector).first.bounding_box()["y"]
+
+    assert top("#summary .headline") < 200
+    mfu = page.locator("#chart-mfu").bounding_box()
+    assert mfu["y"] + mfu["height"] * 0.6 < 900  # most of the MFU chart is in the first screen
+    assert top("#chart-mfu") < top("#chart-timeline") < top("table") < top("#provenance")
+    after = "section#provenance ~ :is(h2, table, section, ul, div.chart)"
+    assert page.locator(after).count() == 0  # nothing of the report after the provenance
+    # axes of amounts start at zero: the first tick of every y axis (and the timeline's x axis) is 0
+    for chart in ("chart-mfu", "chart-decode", "chart-categories"):
+        ticks = page.eval_on_selector_all(f"#{chart} .ytick text", "els => els.map(e => e.textContent)")
+        assert ticks[0] == "0", (chart, ticks)
+    y2 = page.eval_on_selector_all("#chart-decode .y2tick text", "els => els.map(e => e.textContent)")
+    assert y2[0] == "0", y2
+    # timeline labels lie inside the chart, whole
+    box = page.locator("#chart-timeline").bounding_box()
+    labels = page.locator("#chart-timeline .ytick text")
+    assert labels.count() >= 5
+    for i in range(labels.count()):
+        label = labels.nth(i).bounding_box()
+        assert label["x"] >= box["x"] and label["x"] + label["width"] <= box["x"] + box["width"]
+    # the category chart labels stages as the tables do and in their order
+    cats = page.eval_on_selector_all("#chart-categories .xtick text", "els => els.map(e => e.textContent)")
+    stages = ["vision", "sam", "encoder", "projector", "prefill", "decode"]
+    assert cats == [f"stagemfu:{s}" for s in stages]  # the domain kept, the order of the stage table
+    assert [m for m in seen if m[0] in ("error", "pageerror")] == []

@@ -28,6 +28,9 @@ TIME_COLUMNS = ["instances", "wall_ns", "span_ns", "busy_ns", "kernel_ns", "gpu_
 STAGE_ORDER = ("vision", "sam", "clip", "encoder", "projector", "prefill", "decode", "decode_first", "decode_last")
 LAUNCH_BOUND_IDLE = 0.5  # GPU idle for more than half the stage's GPU span (1 - busy/span)
 HOST_BOUND_SPAN = 0.5  # the GPU span covers less than half the range's wall time
+# GPU work always ends a little after the range that launched it; a span this much longer than the
+# range means the range only enqueued its work (NCCL, TensorRT), and its wall time times nothing.
+ASYNC_SPAN = 1.25
 MEMORY_BOUND_MBU = 0.5
 COMPUTE_BOUND_MFU = 0.5
 
@@ -40,7 +43,8 @@ class Joined:
     ``wall_ns``, ``span_ns``, ``busy_ns``, ``kernel_ns``, ``gpu_ops``, ``tflops_<base>`` and
     ``mfu_<base>`` for wall, span, busy and kernel, ``idle_share`` (1 − busy/span),
     ``busy_share`` (busy/wall: above 1 when GPU work outlives the range), ``asynchronous`` (the
-    stage's GPU span is longer than its range: its GPU work ran on after the range closed),
+    stage's GPU span exceeds its wall time by more than a quarter: its GPU work ran after the
+    range closed),
     ``mbu``, ``mbu_wall``, ``flops_analytic``, ``flops_torch``, ``flops_fvcore``, ``diagnosis``.
     ``decode_steps``: ``generation``, ``step``, ``wall_ns``, ``span_ns``, ``busy_ns``,
     ``kernel_ns``, ``flops``, ``bytes``, ``tflops_kernel``, ``mfu_<base>``, ``mbu``.
@@ -99,7 +103,7 @@ def join(st: StageTimes, sf: StageFlops, peak: Peak) -> Joined:
     )
     stages = (
         with_rates(rows, peak)
-        .with_columns(asynchronous=pl.col("span_ns") > pl.col("wall_ns"))
+        .with_columns(asynchronous=pl.col("span_ns") > ASYNC_SPAN * pl.col("wall_ns"))
         .with_columns(diagnosis=_diagnosis())
         .sort("_order")
         .select(

@@ -1,7 +1,9 @@
-"""One self-contained HTML page for an :class:`MfuReport`: tables, plotly charts, notes, metadata.
+"""One self-contained HTML page for an :class:`MfuReport`: summary, plotly charts, tables, notes,
+provenance.
 
-Nothing is fetched over the network: styles are inline and plotly.js (about 4.8 MB, from the
-installed ``plotly`` package) is embedded once. Tables are written here with every string
+Nothing is fetched over the network: styles are inline and plotly.js is embedded once, the
+basic bundle (bar and scatter charts, 1.2 MB; the full bundle is 4.8 MB) shipped gzipped in
+``data/`` with its MIT licence. Tables are written here with every string
 HTML-escaped; charts are drawn in the browser from a JSON island (``<script
 type="application/json">``) in which ``<``, ``>`` and ``&`` are escaped as ``\\u003c``-style
 sequences, so no trace string can close the script element. The page's own script passes names
@@ -11,6 +13,7 @@ reading them as its label markup.
 
 from __future__ import annotations
 
+import gzip
 import html
 import json
 import secrets
@@ -19,38 +22,48 @@ from typing import Any
 
 import polars as pl
 
-from stagemfu.errors import MissingDependencyError
 from stagemfu.report import MfuReport
 from stagemfu.report.compare import Comparison
 from stagemfu.report.render import compare_view, report_view
 from stagemfu.report.render.report_data import report_document
-from stagemfu.report.render.text import number, one_line
+from stagemfu.report.render.text import number, one_line, stage_labels
 
 KERNEL_WIDTH = 120
 NS_PER_MS = 1e6
+CHART_BASES = ("kernel", "busy", "span", "wall")  # MFU chart, in the order the tables read them
+PLOTLY_JS = "plotly-basic.min.js.gz"  # plotly.js's basic bundle (bar, scatter), MIT: plotly-basic.LICENSE.txt
 
 STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 24px auto; max-width: 1200px; color: #1d2733; padding: 0 16px; }
-h1 { font-size: 22px; } h2 { font-size: 17px; margin-top: 28px; border-bottom: 1px solid #d8dee4; }
+h1 { font-size: 22px; margin-bottom: 4px; } h2 { font-size: 17px; margin-top: 28px; border-bottom: 1px solid #d8dee4; }
 table { border-collapse: collapse; margin: 8px 0; font-size: 13px; }
 th, td { padding: 3px 8px; border-bottom: 1px solid #eaeef2; text-align: left; vertical-align: top; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
-.chart { width: 100%; height: 380px; }
+.chart { width: 100%; height: 360px; }
 .note { color: #7a4b00; } .muted { color: #59636e; }
+.warning { background: #fff1f0; border: 1px solid #e5534b; color: #8b1a10; padding: 6px 12px; margin: 8px 0; }
+.headline { display: flex; flex-wrap: wrap; gap: 8px 28px; margin: 10px 0; }
+.headline div { font-size: 13px; color: #59636e; } .headline b { display: block; font-size: 20px; color: #1d2733; }
+#summary ul { margin: 4px 0; font-size: 13px; }
 code, .kernel { font-family: ui-monospace, monospace; font-size: 12px; word-break: break-all; }
 """
 
+# Charts draw from the JSON island; plotly gets names with < and & as entities (see the module doc).
+# Every axis that shows an amount starts at zero, so 0.2 % of noise stays 0.2 % of the height.
 SCRIPT = """
 (function () {
   var data = JSON.parse(document.getElementById('report-data').textContent);
+  var view = data.view;
   function esc(s) { return String(s).replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;'); }
   var cfg = {displaylogo: false, responsive: true};
+  function zero(axis) { return Object.assign({rangemode: 'tozero', automargin: true}, axis); }
   function shade(f) { return 'rgba(31, 119, 180, ' + (0.15 + 0.85 * f).toFixed(3) + ')'; }
   var stages = data.stages.map(function (s) { return esc(s.stage); });
   var pct = function (key) { return data.stages.map(function (s) { return s[key] == null ? null : 100 * s[key]; }); };
-  Plotly.newPlot('chart-mfu', ['kernel', 'busy', 'wall'].map(function (b) {
+  Plotly.newPlot('chart-mfu', view.bases.map(function (b) {
     return {type: 'bar', name: 'MFU on ' + b + ' time', x: stages, y: pct('mfu_' + b)};
-  }), {barmode: 'group', yaxis: {title: {text: 'MFU %'}}, margin: {t: 20}}, cfg);
+  }), {barmode: 'group', yaxis: zero({title: {text: 'MFU % of peak'}}), xaxis: {automargin: true},
+       margin: {t: 20}, legend: {orientation: 'h', y: 1.15}}, cfg);
   var t = data.timeline;
   Plotly.newPlot('chart-timeline', [{
     type: 'bar', orientation: 'h', y: t.map(function (r) { return esc(r.stage); }),
@@ -59,8 +72,8 @@ SCRIPT = """
     hovertext: t.map(function (r) { return esc(r.path) + '<br>span ' + (r.span_ns / 1e6).toFixed(3) + ' ms, busy ' +
       (r.busy_ns / 1e6).toFixed(3) + ' ms'; }),
     hoverinfo: 'text+x'
-  }], {xaxis: {title: {text: 'ms from the first stage (bar: wall time; darker: GPU busy for more of the span)'}},
-       yaxis: {autorange: 'reversed'}, margin: {t: 20}}, cfg);
+  }], {xaxis: zero({title: {text: 'ms from the first stage (bar: wall time; darker: GPU busy for more of its span)'}}),
+       yaxis: {autorange: 'reversed', automargin: true}, margin: {t: 20}}, cfg);
   var d = data.decode_steps;
   if (d.length) {
     var step = d.map(function (r, i) { return i + 1; });
@@ -69,18 +82,22 @@ SCRIPT = """
       {type: 'scatter', name: 'wall ms', x: step, y: ms('wall_ns')},
       {type: 'scatter', name: 'busy ms', x: step, y: ms('busy_ns')},
       {type: 'scatter', name: 'kernel ms', x: step, y: ms('kernel_ns')},
-      {type: 'scatter', name: 'MFU kernel %', x: step, yaxis: 'y2',
+      {type: 'scatter', name: 'MFU kernel %', x: step, yaxis: 'y2', line: {dash: 'dot'},
        y: d.map(function (r) { return r.mfu_kernel == null ? null : 100 * r.mfu_kernel; })}
-    ], {xaxis: {title: {text: 'decode step'}}, yaxis: {title: {text: 'ms'}},
-        yaxis2: {title: {text: 'MFU kernel %'}, overlaying: 'y', side: 'right'}, margin: {t: 20}}, cfg);
+    ], {xaxis: {title: {text: 'decode step'}}, yaxis: zero({title: {text: 'ms'}}),
+        yaxis2: zero({title: {text: 'MFU kernel %'}, overlaying: 'y', side: 'right'}),
+        margin: {t: 20}, legend: {orientation: 'h', y: 1.15}}, cfg);
   }
   var c = data.categories, names = [];
+  var label = function (r) { return esc(r.domain ? r.domain + ':' + r.name : r.name); };
   c.forEach(function (r) { if (names.indexOf(r.category) < 0) { names.push(r.category); } });
   Plotly.newPlot('chart-categories', names.map(function (cat) {
     var rows = c.filter(function (r) { return r.category === cat; });
-    return {type: 'bar', name: esc(cat), x: rows.map(function (r) { return esc(r.name); }),
+    return {type: 'bar', name: esc(cat), x: rows.map(label),
             y: rows.map(function (r) { return r.busy_share == null ? null : 100 * r.busy_share; })};
-  }), {barmode: 'stack', yaxis: {title: {text: '% of busy time'}}, margin: {t: 20}}, cfg);
+  }), {barmode: 'stack', yaxis: zero({title: {text: '% of busy time'}}),
+       xaxis: {automargin: true, categoryorder: 'array', categoryarray: view.category_order.map(esc)},
+       margin: {t: 20}}, cfg);
   document.body.setAttribute('data-rendered', 'yes');
 })();
 """
@@ -97,7 +114,8 @@ COMPARE_SCRIPT = """
       traces.push({type: 'bar', name: 'MFU ' + b + ' ' + side.toUpperCase(), x: stages, y: y});
     });
   });
-  Plotly.newPlot('chart-compare', traces, {barmode: 'group', yaxis: {title: {text: 'MFU %'}}, margin: {t: 20}},
+  Plotly.newPlot('chart-compare', traces, {barmode: 'group', yaxis: {title: {text: 'MFU %'}, rangemode: 'tozero'},
+                 xaxis: {automargin: true}, margin: {t: 20}},
                  {displaylogo: false, responsive: true});
   document.body.setAttribute('data-rendered', 'yes');
 })();
@@ -105,18 +123,23 @@ COMPARE_SCRIPT = """
 
 
 def html_page(rep: MfuReport) -> str:
-    """The report as one page."""
+    """The report as one page, in reading order: warnings, the headline numbers and summary, MFU per
+    stage on each time base and the stage timeline, the diagnosis, the tables, the other charts,
+    the notes, and the provenance (peak, trace, run) last."""
     doc = report_document(rep)
-    body = ["<ul>" + "".join(f"<li>{_e(line)}</li>" for line in report_view.summary_lines(rep)) + "</ul>"]
-    body += [f"<h2>{_e(title)}</h2>{_table(frame)}" for title, frame in report_view.sections(rep)]
+    body = [f'<p class="warning">{_e(w)}</p>' for w in rep.warnings]
     body += [
-        "<h2>Diagnosis</h2>",
-        "<ul>" + "".join(f"<li>{_e(line)}</li>" for line in report_view.diagnosis_lines(rep)) + "</ul>",
-        "<h2>MFU per stage: kernel vs busy vs wall time</h2>",
+        f'<section id="summary">{_headline(rep)}<ul>'
+        + "".join(f"<li>{_e(line)}</li>" for line in report_view.summary_lines(rep))
+        + "</ul></section>",
+        "<h2>MFU per stage on each time base</h2>",
         '<div id="chart-mfu" class="chart"></div>',
         "<h2>Stage timeline</h2>",
-        '<div id="chart-timeline" class="chart"></div>',
+        f'<div id="chart-timeline" class="chart" style="height: {_timeline_height(rep)}px"></div>',
+        "<h2>Diagnosis</h2>",
+        "<ul>" + "".join(f"<li>{_e(line)}</li>" for line in report_view.diagnosis_lines(rep)) + "</ul>",
     ]
+    body += [f"<h2>{_e(title)}</h2>{_table(frame)}" for title, frame in report_view.sections(rep)]
     if rep.decode_steps.height:
         body += ["<h2>Decode steps</h2>", '<div id="chart-decode" class="chart"></div>']
     body += [
@@ -124,10 +147,44 @@ def html_page(rep: MfuReport) -> str:
         '<div id="chart-categories" class="chart"></div>',
         f"<h2>Top kernels per stage</h2>{_table(_kernel_rows(rep))}",
         f"<h2>Notes</h2>{_notes(rep.notes)}",
-        f"<h2>Peak</h2>{_definitions(doc['peak'])}",
-        f"<h2>Trace and run</h2>{_definitions(_metadata(doc))}",
+        f'<section id="provenance"><h2>Peak</h2>{_definitions(doc["peak"])}',
+        f"<h2>Trace and run</h2>{_definitions(_metadata(doc))}</section>",
     ]
-    return _page(f"stagemfu report: {rep.times.trace.path.name}", body, doc, SCRIPT)
+    data = doc | {"view": _chart_view(rep)}
+    return _page(f"stagemfu report: {rep.times.trace.path.name}", body, data, SCRIPT)
+
+
+def _headline(rep: MfuReport) -> str:
+    """The few numbers a reader wants first: the peak, the whole generation's MFU on kernel and
+    wall time, TTFT and TPOT."""
+    items = [("peak", f"{rep.peak.tflops:,.1f} TFLOP/s {rep.peak.dtype}")]
+    for base in ("kernel", "wall") if rep.model else ():
+        share = rep.model.get(f"mfu_{base}")
+        items.append((f"MFU {base} (prefill + decode)", "-" if share is None else f"{share * 100:.1f} %"))
+    lat = rep.latency or {}
+    for key, title in (("ttft_wall_ns", "TTFT wall"), ("tpot_wall_p50_ns", "TPOT p50 wall")):
+        if lat.get(key) is not None:
+            items.append((title, f"{lat[key] / NS_PER_MS:,.1f} ms"))
+    return '<div class="headline">' + "".join(f"<div>{_e(k)}<b>{_e(v)}</b></div>" for k, v in items) + "</div>"
+
+
+def _chart_view(rep: MfuReport) -> dict[str, Any]:
+    """What the charts need besides the document: the time bases, and the category chart's stage
+    labels (``domain:name``, as the trace names them) in the order of the stage table."""
+    c = rep.categories.select("domain", "name").unique(maintain_order=True)
+    rank = {s: i for i, s in enumerate(rep.stages["stage"].to_list())}
+    labels = stage_labels(c).to_list()
+    keys = [
+        (min(rank.get(n, len(rank)), rank.get(label, len(rank))), i)
+        for i, (n, label) in enumerate(zip(c["name"], labels))
+    ]
+    order = [label for _, label in sorted(zip(keys, labels))]
+    return {"bases": list(CHART_BASES), "category_order": order}
+
+
+def _timeline_height(rep: MfuReport) -> int:
+    """Pixels for the timeline: one row per stage, so labels are never squeezed or clipped."""
+    return 110 + 26 * max(rep.timeline["stage"].n_unique(), 1)
 
 
 def compare_page(cmp: Comparison) -> str:
@@ -164,11 +221,9 @@ def _page(title: str, body: list[str], data: dict[str, Any], script: str) -> str
 
 
 def _plotly_js() -> str:
-    try:
-        js = resources.files("plotly").joinpath("package_data", "plotly.min.js").read_text(encoding="utf-8")
-    except (ModuleNotFoundError, FileNotFoundError) as err:
-        raise MissingDependencyError("the HTML report embeds plotly.js: `pip install plotly`") from err
-    return js.replace("</script", "<\\/script")
+    """plotly.js's basic bundle as shipped in ``data/`` (1.2 MB; the full bundle is 4.8 MB)."""
+    packed = resources.files("stagemfu.data").joinpath(PLOTLY_JS).read_bytes()
+    return gzip.decompress(packed).decode("utf-8").replace("</script", "<\\/script")
 
 
 def _json_island(doc: dict[str, Any]) -> str:
