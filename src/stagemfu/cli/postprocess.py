@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Literal
 import click
 
 from stagemfu.cli import FORMATS, format_option, json_text, launches_option, output_option, render
-from stagemfu.cli.view_options import view_options
+from stagemfu.cli.view_options import top_kernels_option, view_options
 from stagemfu.postprocess.many import DEFAULT_THRESHOLD, SPREAD_METRICS
 from stagemfu.postprocess.reader import Progress
 from stagemfu.report.render.postprocess_data import TABLES
@@ -43,14 +43,7 @@ SCHEDULER_ADDRESS = re.compile(r"(?:(?:tcp|tls|ucx|ws|wss)://)?(?:[\w.\-]+|\[[0-
     multiple=True,
     help="Report only ranges called NAME (repeatable). NAME or DOMAIN:NAME.",
 )
-@click.option(
-    "--top-kernels",
-    "top",
-    type=click.IntRange(min=1),
-    default=5,
-    show_default=True,
-    help="Kernels listed per stage (in every format).",
-)
+@top_kernels_option(5, "Kernels listed per stage (in every format).")
 @view_options(full_names=True)
 @click.option(
     "--categories",

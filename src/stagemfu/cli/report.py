@@ -19,7 +19,7 @@ from stagemfu.cli import (
     output_option,
     render,
 )
-from stagemfu.cli.view_options import view_options
+from stagemfu.cli.view_options import top_kernels_option, view_options
 from stagemfu.report.render.view import DEFAULT_VIEW
 
 if TYPE_CHECKING:
@@ -107,14 +107,7 @@ def flops_options(fn: Callable) -> Callable:
 @flops_options
 @within_options
 @peak_options
-@click.option(
-    "--top-kernels",
-    "top",
-    type=click.IntRange(min=1),
-    default=5,
-    show_default=True,
-    help="Kernels listed per stage (in every format).",
-)
+@top_kernels_option(5, "Kernels listed per stage (in every format).")
 @view_options()
 @format_option(
     REPORT_FORMATS,
@@ -235,14 +228,7 @@ def _html(rep: MfuReport) -> str:
 @flops_options
 @within_options
 @peak_options
-@click.option(
-    "--top-kernels",
-    "top",
-    type=click.IntRange(min=1),
-    default=10,
-    show_default=True,
-    help="Kernels whose time changed most, listed.",
-)
+@top_kernels_option(10, "Kernels whose time changed most, listed.")
 @view_options()
 @format_option(
     ("table", "json", "md", "html"),

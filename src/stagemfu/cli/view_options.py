@@ -1,5 +1,5 @@
 """The options of the human-readable views (``--top``, ``--all``, ``--columns``, ``--base``,
-``--full-names``), spelled once for every command that prints tables."""
+``--full-names``) and ``--top-kernels``, spelled once for every command that prints tables."""
 
 from __future__ import annotations
 
@@ -9,6 +9,14 @@ from typing import Any
 import click
 
 from stagemfu.report.render.view import BASES, DEFAULT_ROWS, TableView
+
+
+def top_kernels_option(default: int, help: str) -> Callable[[Callable], Callable]:
+    """``--top-kernels N``: how many kernels a command lists (per stage, or changed most); the
+    command receives it as ``top``."""
+    return click.option(
+        "--top-kernels", "top", type=click.IntRange(min=1), default=default, show_default=True, help=help
+    )
 
 
 def view_options(*, full_names: bool = False) -> Callable[[Callable], Callable]:
