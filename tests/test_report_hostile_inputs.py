@@ -85,7 +85,10 @@ def test_unusable_categories_file_is_one_line_error(toy, tmp_path, content, word
     one_line_error(invoke("postprocess", toy, "--categories", path), str(path), words)
 
 
-@pytest.mark.parametrize("address", ["not a url", "tcp://host", "http://x/y:1", "tcp://a\nb:1"])
+@pytest.mark.parametrize(
+    "address",
+    ["not a url", "tcp://host", "http://x/y:1", "tcp://a\nb:1", "tcp://h:65536", f"tcp://{'a' * 64}.b:1", "x" * 5000],
+)
 def test_scheduler_that_is_not_an_address_is_one_line_error(toy, address):
     one_line_error(invoke("postprocess", toy, toy, "--scheduler", address), "--scheduler", "tcp://host:8786")
 

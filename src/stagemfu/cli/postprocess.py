@@ -24,7 +24,9 @@ if TYPE_CHECKING:
 
 PROGRESS_DELAY_S = 1.0  # loads shorter than this draw no progress bar
 MAX_CHUNK_OPS = 10**12  # more operations than any export holds: one chunk
-SCHEDULER_ADDRESS = re.compile(r"(?:(?:tcp|tls|ucx|ws|wss)://)?(?:[\w.\-]+|\[[0-9a-fA-F:]+\]):\d{1,5}")
+SCHEDULER_ADDRESS = re.compile(
+    r"(?:(?:tcp|tls|ucx|ws|wss)://)?(?:(?:[\w\-]{1,63}\.)*[\w\-]{1,63}|\[[0-9a-fA-F:]{2,39}\]):(\d{1,5})"
+)
 
 
 @click.command()
@@ -34,14 +36,14 @@ SCHEDULER_ADDRESS = re.compile(r"(?:(?:tcp|tls|ucx|ws|wss)://)?(?:[\w.\-]+|\[[0-
     metavar="NAME",
     default=None,
     help="Keep only range instances nested in a range called NAME (e.g. measured, to leave "
-    "out the warm-up), plus those NAME ranges. NAME or DOMAIN:NAME.",
+    "out the warm-up), plus those NAME ranges. NAME or DOMAIN:NAME, or a shell pattern ('step*').",
 )
 @click.option(
     "--range",
     "range_names",
     metavar="NAME",
     multiple=True,
-    help="Report only ranges called NAME (repeatable). NAME or DOMAIN:NAME.",
+    help="Report only ranges called NAME (repeatable). NAME or DOMAIN:NAME, or a shell pattern ('aten::*mm*').",
 )
 @top_kernels_option(5, "Kernels listed per stage (in every format).")
 @view_options(full_names=True)
@@ -148,10 +150,14 @@ def postprocess(
       span    first GPU op start to last GPU op end (nsys "projected time")
       busy    union of the GPU op intervals: time the GPU was working for the range
       kernel  sum of kernel durations (overlapping kernels count twice)
-      idle %  1 - busy/span: the GPU waiting inside the stage
+      idle % of span  1 - busy/span: the GPU waiting inside the stage
     A GPU op (kernel, memcpy, memset) belongs to a range when the CUDA call that launched it lies
     inside the range on the same thread, and to every range around that one (see --launches for
     work that frameworks launch from other threads).
+
+    The terminal and Markdown show each table sorted by busy time and cut to --top rows,
+    fitted to the terminal's width; PyTorch emit_nvtx ranges are grouped by operator there
+    (--full-names for every call). JSON, CSV and SQLite hold every row and full name.
 
     \b
     Examples:
@@ -219,7 +225,8 @@ def _chunk_ops(value: str) -> int | Literal["auto"] | None:
 
 def _scheduler(value: str | None) -> str | None:
     """A Dask scheduler address, ``[tcp|tls|ucx|ws|wss://]host:port``, checked before Dask sees it."""
-    if value is not None and not SCHEDULER_ADDRESS.fullmatch(value):
+    match = SCHEDULER_ADDRESS.fullmatch(value) if value is not None and len(value) <= 300 else None
+    if value is not None and (match is None or not 0 < int(match.group(1)) < 65536):
         shown = value if len(value) <= 60 else value[:57] + "…"
         raise click.BadParameter(f"{shown!r} is not a Dask scheduler address such as tcp://host:8786")
     return value

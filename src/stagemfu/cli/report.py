@@ -83,8 +83,8 @@ def within_options(fn: Callable) -> Callable:
         "--within",
         metavar="NAME",
         default=None,
-        help="Keep only range instances nested in a range called NAME; by default 'measured' when the trace "
-        "has it (the timed repetition, leaving out the warm-up).",
+        help="Keep only range instances nested in a range called NAME (or matching a shell pattern); by "
+        "default 'measured' when the trace has it (the timed repetition, leaving out the warm-up).",
     )(fn)
 
 
@@ -98,7 +98,8 @@ def flops_options(fn: Callable) -> Callable:
         type=click.Path(path_type=Path),
         default=None,
         help="FLOPs per stage: the analyzer's JSON, or a JSON/YAML mapping stage -> FLOPs "
-        "(or {flops, bytes, instances}).",
+        "(or {flops, bytes, instances}); a stage may be a shell pattern ('aten::linear*') summing the ranges "
+        "it matches.",
     )(fn)
 
 
@@ -171,9 +172,11 @@ def report(
                   kernel (sum of kernel durations), busy (GPU working for the stage),
                   span (first to last GPU op) and wall (CPU time of the range)
       MBU         bytes / (kernel time x peak bandwidth)
-      idle %      1 - busy/span
+      idle % of span  1 - busy/span (the diagnosis uses the same share)
     Whole generation: prefill + decode (vision runs inside prefill: counted once).
     Latency: TTFT, TPOT p50/p90/p99, decode tokens/s on wall and GPU time.
+    FLOPs whose instance counts do not fit the trace (--new-tokens 32 on an 8-token trace)
+    stop the report (exit 2); warnings print first, notes last.
 
     \b
     Examples:
