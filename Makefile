@@ -45,6 +45,7 @@ bench: $(TEST_STAMP)
 	$(BIN)/python bench/bench_loading.py bench-out/traces/inflated-x700.sqlite --out bench-out/loading.json
 	$(BIN)/python bench/bench_analyze.py --out bench-out/analyze
 	$(BIN)/python bench/bench_nvtx_api.py
+	$(BIN)/python bench/bench_deep_nesting.py --depths 2000,10000 --out bench-out
 
 lint: $(STAMP)
 	$(BIN)/python -m pip install --quiet 'ruff>=0.8'

@@ -32,9 +32,11 @@ from stagemfu.postprocess.intervals import (
     segment_bounds,
     segment_union,
     union_length,
+    valid_interval,
 )
 from stagemfu.postprocess.launches import CORRELATION_LIMIT, TID_BITS
 from stagemfu.postprocess.reader import OP_KIND_TYPE, Trace
+from stagemfu.postprocess.tree import RangeTree, range_tree
 
 KERNEL_KINDS = ("kernel", "graph")  # operations whose time counts as kernel time
 NAME_KINDS = 8  # a (name_id, kind) pair is keyed name_id * NAME_KINDS + kind (kind: OP_KIND_TYPE's index)
@@ -51,33 +53,15 @@ METRICS_SCHEMA = {
     "overlap_ns": pl.Int64,
 }
 COMM_COLUMNS = ("comm_ns", "comm_busy_ns", "overlap_ns")
+# (range, operation) pairs whose name keys are held before they are totalled: one grouping per set
+# of operations in the usual case, bounded memory where nesting gives an operation many ranges.
+NAME_KEYS_HELD = 1 << 22
 # Which ranges an operation belongs to (see ``attribute``): those open on the launching thread
 # (nsys's rule, the default), or also those open on the process's main thread.
 LAUNCH_RULES = ("thread", "process")
 # A range is flagged when other threads made at least 1/OTHER_THREAD_SHARE of the launches seen
 # while it was open (its own thread made the rest).
 OTHER_THREAD_SHARE = 10
-
-
-@dataclass(frozen=True)
-class RangeTree:
-    """Closed NVTX range instances with their nesting.
-
-    Attributes
-    ----------
-    ranges
-        One row per closed range, ordered by ``rid`` (thread, start, longest first): ``rid``,
-        ``range_id``, ``domain``, ``name``, ``style``, ``pid``, ``tid``, ``global_tid``,
-        ``start_ns``, ``end_ns``, ``wall_ns``, ``same_thread``, ``depth``, ``parent_rid``, ``path``.
-    ancestors
-        ``outer``, ``inner``: every (enclosing range, enclosed range) pair of rids.
-    notes
-        Unclosed and cross-thread ranges, for the user.
-    """
-
-    ranges: pl.DataFrame
-    ancestors: pl.DataFrame
-    notes: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -100,7 +84,11 @@ class Attribution:
         Per (stage, name_id, kind) for the rids given a stage: ``count``, ``total_ns``.
     innermost
         For every row of ``trace.ops``, the rid of the innermost range that launched it, or -1
-        (launched outside every range, or without a matching runtime call). Empty when the
+        (launched outside every range, without a matching runtime call, or left out as damaged).
+        Empty when the trace was read in chunks.
+    kept
+        For every row of ``trace.ops``, whether it was attributed: False for the operations left
+        out because they end before they start or lack a time. None when all were, or when the
         trace was read in chunks.
     notes
         Facts about the trace the user should know (unclosed ranges, orphan operations...).
@@ -117,14 +105,7 @@ class Attribution:
     notes: tuple[str, ...]
     totals: pl.DataFrame
     unattributed: pl.DataFrame
-
-
-def range_tree(ranges: pl.DataFrame, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> RangeTree:
-    """Closed ranges in rid order with depth, parent and path (see :class:`RangeTree`)."""
-    notes: list[str] = []
-    closed = _closed_ranges(ranges, notes)
-    ancestors = _ancestors(closed, chunk_rows)
-    return RangeTree(_with_tree(closed, ancestors), ancestors, tuple(notes))
+    kept: np.ndarray | None = None
 
 
 def attribute(
@@ -164,7 +145,7 @@ def attribute(
     """
     if launches not in LAUNCH_RULES:
         raise ValueError(f"launches must be one of {', '.join(LAUNCH_RULES)}, not {launches!r}")
-    tree = tree or range_tree(trace.ranges, chunk_rows=chunk_rows)
+    tree = tree or range_tree(trace.ranges)
     ranges = tree.ranges.filter("same_thread")
     on_main_thread = launches == "process"
 
@@ -179,6 +160,12 @@ def attribute(
         seen = _SeenLaunches()
         parts = list(trace.op_chunks.map(attribute_ops, before=seen.fresh, workers=CHUNK_WORKERS))
     notes = list(tree.notes)
+    dropped = sum(p.dropped for p in parts)
+    if dropped:
+        notes.append(
+            f"{dropped} GPU operation(s) end before they start, or have no or impossible times (damaged "
+            "records, or clocks that disagree); they are left out"
+        )
     orphans = sum(p.orphans for p in parts)
     if orphans:
         notes.append(
@@ -209,8 +196,9 @@ def attribute(
         for field in ("totals", "unattributed")
     )
     by_row = parts[0].innermost if trace.op_chunks is None else np.zeros(0, dtype=np.int64)
+    kept = parts[0].kept if trace.op_chunks is None else None
     names = _sum_names([n for p in parts for n in p.names])
-    return Attribution(instances, devices, names, by_row, tuple(notes), totals, unattributed)
+    return Attribution(instances, devices, names, by_row, tuple(notes), totals, unattributed, kept)
 
 
 @dataclass(frozen=True)
@@ -226,9 +214,29 @@ class _Part:
     unattributed: pl.DataFrame
     other_threads: pl.DataFrame
     orphans: int
+    kept: np.ndarray | None = None  # operations attributed (None: all), see _attribute_ops
+    dropped: int = 0
 
 
-def _attribute_ops(
+def _attribute_ops(frame: pl.DataFrame, ranges: pl.DataFrame, fresh: np.ndarray, *args: object) -> _Part:
+    """Attribute one set of operations (the whole trace, or one time-ordered chunk of it), leaving out
+    those that end before they start, lack a time or hold an impossible one (damaged records: they
+    would give negative times, see :func:`valid_interval`).
+
+    ``args`` are those of :func:`_attribute_valid_ops`.
+    """
+    bad = ~valid_interval()
+    dropped = frame.select(bad.sum()).item()
+    if not dropped:
+        return _attribute_valid_ops(frame, ranges, fresh, *args)
+    kept = frame.select(~bad).to_series().to_numpy()
+    part = _attribute_valid_ops(frame.filter(kept), ranges, fresh[kept], *args)
+    innermost = np.full(frame.height, -1, dtype=np.int64)
+    innermost[kept] = part.innermost
+    return dataclasses.replace(part, innermost=innermost, kept=kept, dropped=dropped)
+
+
+def _attribute_valid_ops(
     frame: pl.DataFrame,
     ranges: pl.DataFrame,
     fresh: np.ndarray,
@@ -237,7 +245,7 @@ def _attribute_ops(
     chunk_rows: int,
     on_main_thread: bool,
 ) -> _Part:
-    """Attribute one set of operations (the whole trace, or one time-ordered chunk of it).
+    """Attribute operations that all have a start and an end no earlier.
 
     ``fresh`` marks the operations whose launch no earlier chunk counted. With
     ``on_main_thread`` (the process launch rule) each operation launched by another thread also
@@ -249,7 +257,8 @@ def _attribute_ops(
     ops = _LaunchOrder(work, columns if source is None else columns.take(source), comm_name_ids)
     rids = ranges["rid"].to_numpy()
     innermost = np.full(len(ops.start), -1, dtype=np.int64)
-    per_range, per_device, per_name = [], [], []
+    per_range, per_device, per_name, name_parts = [], [], [], []
+    held_keys = 0
 
     def reduce_chunk(pair: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, tuple]:
         outer, inner = pair
@@ -284,6 +293,10 @@ def _attribute_ops(
                 per_device.append(devices)
             if names is not None:
                 per_name.append(names)
+                held_keys += len(names[0])
+                if held_keys > NAME_KEYS_HELD:  # deep nesting: many pairs per operation
+                    name_parts.append(ops.name_totals(per_name))
+                    per_name, held_keys = [], 0
 
     stats = pl.concat(per_range) if per_range else pl.DataFrame(schema={"rid": pl.Int64, **METRICS_SCHEMA})
     by_row = _innermost_by_row(frame.height, ops.row, innermost, source)
@@ -310,7 +323,7 @@ def _attribute_ops(
         stats=stats,
         exclusive=exclusive,
         devices=devices.select("rid", "device", *METRICS_SCHEMA),
-        names=[ops.name_totals(per_name)] if per_name else [],
+        names=[*name_parts, ops.name_totals(per_name)] if per_name else name_parts,
         innermost=by_row,
         totals=_op_totals(columns, slice(None)),
         unattributed=_op_totals(columns, np.flatnonzero(outside)),
@@ -646,77 +659,3 @@ class _OpColumns:
             launch_key=pid_rank.astype(np.int64) * CORRELATION_LIMIT + (corr + 1),
             fresh=fresh,
         )
-
-
-def _closed_ranges(ranges: pl.DataFrame, notes: list[str]) -> pl.DataFrame:
-    """Closed ranges, in (thread, start, longest first) order, with a dense ``rid`` in that order.
-
-    That order puts every range after the ranges enclosing it on its thread, so "the enclosing
-    range with the largest rid" is the innermost one.
-    """
-    unclosed = ranges.filter(pl.col("end").is_null()).height
-    if unclosed:
-        notes.append(f"{unclosed} NVTX range(s) never ended (the capture stopped inside them); they are left out")
-    cross = ranges.filter(
-        pl.col("end_global_tid").is_not_null() & (pl.col("end_global_tid") != pl.col("global_tid"))
-    ).height
-    if cross:
-        notes.append(
-            f"{cross} start/end range(s) ended on another thread: wall time only, no GPU work is "
-            "attributed to them (as in nsys)"
-        )
-    return (
-        ranges.filter(pl.col("end").is_not_null())
-        .sort(["global_tid", "start", "end", "range_id"], descending=[False, False, True, False])
-        .with_row_index("rid")
-        .select(
-            pl.col("rid").cast(pl.Int64),
-            "range_id",
-            "domain",
-            "name",
-            "style",
-            ((pl.col("global_tid") // TID_BITS) % TID_BITS).alias("pid"),
-            (pl.col("global_tid") % TID_BITS).alias("tid"),
-            "global_tid",
-            pl.col("start").alias("start_ns"),
-            pl.col("end").alias("end_ns"),
-            (pl.col("end") - pl.col("start")).alias("wall_ns"),
-            (pl.col("end_global_tid").is_null() | (pl.col("end_global_tid") == pl.col("global_tid"))).alias(
-                "same_thread"
-            ),
-        )
-    )
-
-
-def _ancestors(ranges: pl.DataFrame, chunk_rows: int) -> pl.DataFrame:
-    """Every (outer, inner) pair of rids where outer encloses inner on the same thread."""
-    start, end, tid = (ranges[c].to_numpy() for c in ("start_ns", "end_ns", "global_tid"))
-    chunks = []
-    for outer, inner in containment_pairs(tid, start, end, tid, start, end, chunk_rows=chunk_rows):
-        keep = outer < inner  # rid order: an enclosing range always comes first; drops self-pairs
-        chunks.append(pl.DataFrame({"outer": outer[keep], "inner": inner[keep]}))
-    return pl.concat(chunks) if chunks else pl.DataFrame(schema={"outer": pl.Int64, "inner": pl.Int64})
-
-
-def _with_tree(ranges: pl.DataFrame, ancestors: pl.DataFrame) -> pl.DataFrame:
-    """Add ``depth``, ``parent_rid`` (innermost enclosing range) and ``path`` (names joined by /)."""
-    tree = ancestors.group_by("inner").agg(
-        pl.len().cast(pl.Int64).alias("depth"), pl.col("outer").max().alias("parent_rid")
-    )
-    ranges = (
-        ranges.join(tree, left_on="rid", right_on="inner", how="left")
-        .with_columns(pl.col("depth").fill_null(0))
-        .sort("rid")
-    )
-    names = ranges["name"]
-    parent = ranges["parent_rid"]
-    path = names
-    hop = parent
-    while hop.is_not_null().any():
-        path = pl.select(
-            pl.when(hop.is_not_null())
-            .then(pl.concat_str([names.gather(hop.fill_null(0)), pl.lit("/"), path]))
-            .otherwise(path)
-        ).to_series()
-        hop = pl.select(pl.when(hop.is_not_null()).then(parent.gather(hop.fill_null(0)))).to_series()
-    return ranges.with_columns(path=path)

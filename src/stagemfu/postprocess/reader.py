@@ -60,6 +60,14 @@ REQUIRED_TABLES = {
     "`nsys export --type sqlite`",
 }
 GPU_OP_TABLES = (KERNEL_TABLE, MEMCPY_TABLE, MEMSET_TABLE, GRAPH_TABLE)
+# Columns without which a table cannot be read (others are optional and read as nulls when absent).
+OP_COLUMNS = ("start", "end", "correlationId")
+REQUIRED_COLUMNS = {
+    "NVTX_EVENTS": ("start", "end", "eventType", "globalTid"),
+    RUNTIME_TABLE: ("start", "end", "globalTid", "correlationId"),
+    "StringIds": ("id", "value"),
+    **{t: OP_COLUMNS for t in GPU_OP_TABLES},
+}
 
 # Standard CUDA memcpy kinds (ENUM_CUDA_MEMCPY_OPER), for exports that predate the enum tables.
 MEMCPY_KINDS = {
@@ -83,7 +91,7 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 FETCH_BATCH_ROWS = 1 << 18
 # CUDA API functions that can launch GPU work: kernel launches, graph launches, copies, fills.
 LAUNCHER_NAMES_SQL = """
-    SELECT id FROM StringIds WHERE value LIKE 'cu%' AND
+    SELECT id FROM StringIds WHERE typeof(id) = 'integer' AND value LIKE 'cu%' AND
         (value LIKE '%Launch%' OR value LIKE '%Memcpy%' OR value LIKE '%Memset%')
 """
 READ_THREADS = min(16, CPUS)
@@ -117,7 +125,12 @@ CALL_COLUMNS = {"call_start": pl.Int64, "call_end": pl.Int64, "global_tid": pl.I
 OP_KIND = {KERNEL_TABLE: "kernel", MEMCPY_TABLE: "memcpy", MEMSET_TABLE: "memset", GRAPH_TABLE: "graph"}
 OP_KIND_TYPE = pl.Enum(list(OP_KIND.values()))
 KERNEL_NAME_COLUMNS = ("demangledName", "shortName", "mangledName")
-# Names of non-kernel operations get ids below zero, apart from StringIds' non-negative ids.
+# Names of non-kernel operations get ids below zero, apart from StringIds' non-negative ids: memcpy
+# kinds -1 - kind (kinds from 0 below MEMCPY_KINDS_MAX; others count as kind 0, "Unknown"), then
+# kernels without a name, memsets, and CUDA graphs from GRAPH_NAME_ID down.
+MEMCPY_KINDS_MAX = 98
+UNNAMED = "[unnamed kernel]"
+UNNAMED_NAME_ID = -99
 MEMSET_NAME_ID = -100
 GRAPH_NAME_ID = -1000
 OPS_SCHEMA = {
@@ -250,9 +263,13 @@ class OpChunks:
 
     def chunk(self, k: int) -> pl.DataFrame:
         """The operations of chunk ``k`` with their launching calls, as ``Trace.ops``."""
+        with _damage_errors(self.path):
+            return self._chunk(k)
+
+    def _chunk(self, k: int) -> pl.DataFrame:
         window = [
-            f"start >= {self.cuts[k - 1]}" if k > 0 else "1",
-            f"start < {self.cuts[k]}" if k < len(self.cuts) else "1",
+            f'"start" >= {self.cuts[k - 1]}' if k > 0 else "1",
+            f'"start" < {self.cuts[k]}' if k < len(self.cuts) else "1",
         ]
         frames = [
             _read_ops(
@@ -305,8 +322,14 @@ def read_trace(
         raise ValueError(f"chunk_ops must be a positive number of operations, 0, None or 'auto', not {chunk_ops}")
     path = Path(path)
     _check_file(path)
+    with _damage_errors(path):
+        return _read(path, chunk_ops, progress)
+
+
+def _read(path: Path, chunk_ops: int | Literal["auto"] | None, progress: Progress | None) -> Trace:
+    """:func:`read_trace` of a file that looks like SQLite (the caller turns SQLite's errors into a TraceError)."""
     with _open(path) as db:
-        tables = _tables(db, path)
+        tables = _tables(db)
         missing = [t for t in REQUIRED_TABLES if t not in tables]
         if missing:
             raise TraceError(f"{path}: {REQUIRED_TABLES[missing[0]]}")
@@ -316,7 +339,9 @@ def read_trace(
                 f"{path}: has no GPU activity (no kernel, memcpy, memset or CUDA graph table); "
                 "profile with `nsys profile --trace=cuda,nvtx` and make sure the program uses the GPU"
             )
-        columns = {t: _columns(db, t) for t in (*op_tables, RUNTIME_TABLE, "NVTX_EVENTS")}
+        columns = {t: _columns(db, t) for t in (*op_tables, RUNTIME_TABLE, "NVTX_EVENTS", "StringIds")}
+        for table, cols in columns.items():
+            _require_columns(path, table, cols)
         nsys_version, schema_version = _versions(db, tables)
         gpus = _gpus(db, tables)
         memcpy_names = _memcpy_names(db, tables)
@@ -387,30 +412,58 @@ def _uri(path: Path) -> str:
 
 
 def _open(path: Path) -> contextlib.closing[sqlite3.Connection]:
-    """A read-only connection that ``with`` closes (sqlite3's own context manager only commits)."""
-    return contextlib.closing(sqlite3.connect(_uri(path), uri=True))
+    """A read-only connection that ``with`` closes (sqlite3's own context manager only commits).
+
+    Text that is not valid UTF-8 (a damaged page, or a program that named a range with raw
+    bytes) is read with replacement characters rather than failing the whole read.
+    """
+    db = sqlite3.connect(_uri(path), uri=True)
+    db.text_factory = lambda raw: raw.decode("utf-8", "replace")
+    return contextlib.closing(db)
 
 
-def _tables(db: sqlite3.Connection, path: Path) -> set[str]:
+@contextlib.contextmanager
+def _damage_errors(path: Path) -> Iterator[None]:
+    """Turn an SQLite error (a damaged page met anywhere in a read) into one TraceError naming the file."""
     try:
-        return {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")}
-    except sqlite3.DatabaseError as err:
-        raise TraceError(f"{path}: is damaged or truncated ({err}); export the report again") from err
+        yield
+    except (sqlite3.Error, UnicodeDecodeError) as err:  # SQLite's message may quote damaged bytes
+        detail = (str(err).splitlines() or [type(err).__name__])[0]
+        raise TraceError(f"{path}: is damaged or unreadable ({detail}); export the report again") from err
+
+
+def _tables(db: sqlite3.Connection) -> set[str]:
+    return {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")}
 
 
 def _columns(db: sqlite3.Connection, table: str) -> set[str]:
-    return {r[1] for r in db.execute(f'PRAGMA table_info("{table}")')}
+    """The table's column names, lower-cased (SQLite matches names without regard to case)."""
+    return {str(r[1]).lower() for r in db.execute(f'PRAGMA table_info("{table}")')}
+
+
+def _has(columns: set[str], name: str) -> bool:
+    return name.lower() in columns
+
+
+def _require_columns(path: Path, table: str, columns: set[str]) -> None:
+    """Refuse a table that lacks a column the numbers need (SQLite would read a missing "end" as a string)."""
+    missing = [c for c in REQUIRED_COLUMNS.get(table, ()) if not _has(columns, c)]
+    if missing:
+        raise TraceError(
+            f"{path}: table {table} has no column {missing[0]!r}; this is not an nsys export stagemfu can read "
+            "(damaged, or an unknown schema): export the report again with `nsys export --type sqlite`"
+        )
 
 
 def _versions(db: sqlite3.Connection, tables: set[str]) -> tuple[str, str]:
     # 2022.x exports name the metadata table EXPORT_META_DATA; later ones META_DATA_EXPORT.
     table = next((t for t in ("META_DATA_EXPORT", "EXPORT_META_DATA") if t in tables), None)
-    if table is None:
+    if table is None or not {"name", "value"} <= _columns(db, table):
         return "unknown", "unknown"
-    meta = dict(db.execute(f'SELECT name, value FROM "{table}"').fetchall())
+    meta = dict(db.execute(f'SELECT CAST("name" AS TEXT), CAST("value" AS TEXT) FROM "{table}"').fetchall())
     return (
-        str(meta.get("EXPORT_PRODUCT_VERSION", "unknown")),
-        str(meta.get("EXPORT_SCHEMA_VERSION", "unknown")),
+        str(meta.get("EXPORT_PRODUCT_VERSION") or "unknown"),
+        str(meta.get("EXPORT_SCHEMA_VERSION") or "unknown"),
     )
 
 
@@ -419,11 +472,15 @@ def _gpus(db: sqlite3.Connection, tables: set[str]) -> pl.DataFrame:
     if "TARGET_INFO_GPU" not in tables:
         return pl.DataFrame(schema=schema)
     cols = _columns(db, "TARGET_INFO_GPU")
+
+    def integer(column: str) -> str:  # a number of the wrong type reads as unknown
+        return f"""CASE WHEN typeof("{column}") = 'integer' THEN "{column}" END""" if _has(cols, column) else "NULL"
+
     pick = {
-        "id": "id" if "id" in cols else "NULL",
-        "name": "name" if "name" in cols else "NULL",
-        "sms": "smCount" if "smCount" in cols else "NULL",
-        "clock_hz": "clockRate" if "clockRate" in cols else "NULL",
+        "id": integer("id"),
+        "name": 'CAST("name" AS TEXT)' if _has(cols, "name") else "NULL",
+        "sms": integer("smCount"),
+        "clock_hz": integer("clockRate"),
     }
     sql = ", ".join(f"{expr} AS {alias}" for alias, expr in pick.items())
     rows = db.execute(f"SELECT DISTINCT {sql} FROM TARGET_INFO_GPU ORDER BY 1").fetchall()
@@ -432,13 +489,23 @@ def _gpus(db: sqlite3.Connection, tables: set[str]) -> pl.DataFrame:
 
 def _memcpy_names(db: sqlite3.Connection, tables: set[str]) -> dict[int, str]:
     names = dict(MEMCPY_KINDS)
-    if "ENUM_CUDA_MEMCPY_OPER" in tables:
-        names.update(db.execute("SELECT id, label FROM ENUM_CUDA_MEMCPY_OPER").fetchall())
+    if "ENUM_CUDA_MEMCPY_OPER" in tables and {"id", "label"} <= _columns(db, "ENUM_CUDA_MEMCPY_OPER"):
+        names.update(
+            db.execute(
+                'SELECT "id", CAST("label" AS TEXT) FROM ENUM_CUDA_MEMCPY_OPER '
+                """WHERE typeof("id") = 'integer' AND "label" IS NOT NULL"""
+            ).fetchall()
+        )
     return names
 
 
+def _q(name: str) -> str:
+    """An SQL identifier, quoted."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 def _col(columns: set[str], name: str, alias: str | None = None, default: str = "NULL") -> str:
-    return f"{name if name in columns else default} AS {alias or name}"
+    return f"{_q(name) if _has(columns, name) else default} AS {alias or name}"
 
 
 def _read_ranges(uri: str, path: Path, cols: set[str]) -> pl.DataFrame:
@@ -449,21 +516,23 @@ def _read_ranges(uri: str, path: Path, cols: set[str]) -> pl.DataFrame:
     """
     types = ", ".join(str(t) for t in (*RANGE_EVENT_TYPES, NVTX_DOMAIN_CREATE))
     events = f"""
-        SELECT rowid AS rid, start, "end", eventType, text, globalTid,
-               {_col(cols, "textId")}, {_col(cols, "domainId", default="0")}, {_col(cols, "endGlobalTid")}
-        FROM NVTX_EVENTS WHERE eventType IN ({types})
+        SELECT rowid AS rid, "start" AS start, "end" AS "end", "eventType" AS eventType, {_col(cols, "text")},
+               "globalTid" AS globalTid, {_col(cols, "textId")}, {_col(cols, "domainId", default="0")},
+               {_col(cols, "endGlobalTid")}
+        FROM NVTX_EVENTS WHERE "eventType" IN ({types})
     """
+    # Texts come as bytes (decoded by _fetch, with replacement characters where they are not UTF-8).
     sql = f"""
         WITH e AS ({events}),
         named AS (
-            SELECT e.*, COALESCE(e.text, s.value, '') AS label
-            FROM e LEFT JOIN StringIds AS s ON s.id = e.textId
+            SELECT e.*, CAST(COALESCE(e.text, s."value", '') AS BLOB) AS label
+            FROM e LEFT JOIN StringIds AS s ON s."id" = e.textId
         ),
         domains AS (
             SELECT domainId, globalTid >> 24 AS pid, MIN(label) AS name
             FROM named WHERE eventType = {NVTX_DOMAIN_CREATE} GROUP BY 1, 2
         )
-        SELECT n.rid AS range_id, COALESCE(d.name, '') AS domain, n.label AS name,
+        SELECT n.rid AS range_id, COALESCE(d.name, X'') AS domain, n.label AS name,
                CASE WHEN n.eventType IN ({", ".join(map(str, PUSHPOP_EVENT_TYPES))}) THEN 'PushPop'
                     ELSE 'StartEnd' END AS style,
                n.start AS start, n."end" AS "end", n.globalTid AS global_tid,
@@ -496,29 +565,42 @@ def _read_ops(
     """GPU operations of one activity table, named by ``name_id`` (see :func:`_op_names`)."""
     base = ", ".join(
         [
-            "start",
-            '"end"',
+            '"start" AS start',
+            '"end" AS "end"',
             _col(cols, "deviceId", "device"),
             _col(cols, "streamId", "stream"),
-            "correlationId AS correlation_id",
+            '"correlationId" AS correlation_id',
             _col(cols, "globalPid", "global_pid"),
         ]
     )
     kind, name_id = OP_KIND[table], _name_id_sql(table, cols)
     schema = {c: t for c, t in OPS_SCHEMA.items() if c != "kind"}
-    frame = _fetch_rows(uri, path, table, f"{base}, {name_id} AS name_id", schema=schema, where=where, rowids=rowids)
+    frame = _fetch_rows(
+        uri, path, table, f"{base}, {name_id} AS name_id", schema=schema, where=where, rowids=rowids, what=table
+    )
     return frame.with_columns(kind=pl.lit(kind, OP_KIND_TYPE)).select(list(OPS_SCHEMA))
 
 
 def _name_id_sql(table: str, cols: set[str]) -> str:
-    """Kernels are named by their StringIds id; other operations by negative ids of their own."""
+    """Kernels are named by their StringIds id; other operations by negative ids of their own.
+
+    Values outside their range (a damaged export) fall back to the kind's default, so that no two
+    kinds of operation ever share an id.
+    """
+
+    def within(column: str, low: int, high: int, default: int) -> str:
+        if not _has(cols, column):
+            return str(default)
+        return f"CASE WHEN {_q(column)} BETWEEN {low} AND {high} THEN {_q(column)} ELSE {default} END"
+
     if table == KERNEL_TABLE:
-        return next((c for c in KERNEL_NAME_COLUMNS if c in cols), "NULL")
+        name = next((c for c in KERNEL_NAME_COLUMNS if _has(cols, c)), None)
+        return within(name, 0, np.iinfo(np.int64).max, UNNAMED_NAME_ID) if name else str(UNNAMED_NAME_ID)
     if table == MEMCPY_TABLE:
-        return f"-1 - {'copyKind' if 'copyKind' in cols else '0'}"
+        return f"-1 - {within('copyKind', 0, MEMCPY_KINDS_MAX - 1, 0)}"
     if table == MEMSET_TABLE:
         return str(MEMSET_NAME_ID)
-    return f"{GRAPH_NAME_ID} - COALESCE({'graphId' if 'graphId' in cols else 'NULL'}, 0)"
+    return f"{GRAPH_NAME_ID} - {within('graphId', 0, np.iinfo(np.int64).max + GRAPH_NAME_ID, 0)}"
 
 
 def _op_names(uri: str, path: Path, name_ids: pl.Series, memcpy_names: dict[int, str]) -> pl.DataFrame:
@@ -531,14 +613,16 @@ def _op_names(uri: str, path: Path, name_ids: pl.Series, memcpy_names: dict[int,
                 uri,
                 path,
                 f"""
-            SELECT id AS name_id, COALESCE(value, '') AS name FROM StringIds
-            WHERE id IN ({", ".join(map(str, kernel_ids.to_list()))})
+            SELECT "id" AS name_id, CAST(COALESCE("value", '') AS BLOB) AS name FROM StringIds
+            WHERE "id" IN ({", ".join(map(str, kernel_ids.to_list()))})
         """,
                 schema={"name_id": pl.Int64, "name": pl.Utf8},
+                what="StringIds",
             )
         )
-    synthetic = {-1 - k: f"[CUDA memcpy {v}]" for k, v in memcpy_names.items()}
+    synthetic = {-1 - k: f"[CUDA memcpy {v}]" for k, v in memcpy_names.items() if 0 <= k < MEMCPY_KINDS_MAX}
     synthetic[MEMSET_NAME_ID] = "[CUDA memset]"
+    synthetic[UNNAMED_NAME_ID] = UNNAMED
     graph_ids = name_ids.filter(name_ids <= GRAPH_NAME_ID).unique().to_list()
     synthetic.update({g: f"[CUDA graph {GRAPH_NAME_ID - g}]" for g in graph_ids})
     frames.append(
@@ -549,7 +633,7 @@ def _op_names(uri: str, path: Path, name_ids: pl.Series, memcpy_names: dict[int,
     )
     names = pl.concat(frames)
     unnamed = name_ids.unique().to_frame("name_id").join(names, on="name_id", how="anti")
-    return pl.concat([names, unnamed.with_columns(name=pl.lit("[unnamed kernel]"))]).unique("name_id")
+    return pl.concat([names, unnamed.with_columns(name=pl.lit(UNNAMED))]).unique("name_id")
 
 
 def _fetch_rows(
@@ -562,6 +646,7 @@ def _fetch_rows(
     where: str = "1",
     keep: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
     rowids: tuple[int, int] | None = None,
+    what: str = "",
 ) -> pl.DataFrame:
     """``SELECT columns FROM table WHERE where``, read as rowid slices by parallel connections.
 
@@ -579,7 +664,7 @@ def _fetch_rows(
     if not queries:
         return pl.DataFrame(schema=schema)
     with ThreadPoolExecutor(len(queries)) as pool:
-        frames = list(pool.map(lambda sql: _fetch(uri, path, sql, schema=schema, keep=keep), queries))
+        frames = list(pool.map(lambda sql: _fetch(uri, path, sql, schema=schema, keep=keep, what=table), queries))
     return pl.concat(frames)
 
 
@@ -626,7 +711,7 @@ def _with_calls(
     first search to that span of the runtime table and to the operations' range of correlation
     ids (see :class:`OpChunks`); the second always reads the whole table, for any call.
     """
-    columns = "start, end, globalTid AS global_tid, correlationId AS correlation_id"
+    columns = '"start" AS start, "end" AS "end", "globalTid" AS global_tid, "correlationId" AS correlation_id'
     corr, pid = ops["correlation_id"].fill_null(-1).to_numpy(), ops["global_pid"].fill_null(-1).to_numpy()
 
     def read_calls(where: str, wanted: np.ndarray | None, rowids: tuple[int, int] | None) -> pl.DataFrame:
@@ -642,17 +727,17 @@ def _with_calls(
             rowids=rowids,
         )
 
-    by_name = "nameId" in runtime_cols and launcher_ids
+    by_name = _has(runtime_cols, "nameId") and launcher_ids
     id_list = ", ".join(str(i) for i in launcher_ids)
-    launching = f"nameId IN ({id_list})" if by_name else "1"
+    launching = f'"nameId" IN ({id_list})' if by_name else "1"
     known = corr[corr >= 0]
     if rowids is not None:  # a chunk's span holds calls of neighbouring chunks too: SQLite drops most of them
-        ids = f"correlationId BETWEEN {known.min()} AND {known.max()}" if len(known) else "0"
+        ids = f'"correlationId" BETWEEN {known.min()} AND {known.max()}' if len(known) else "0"
         calls = read_calls(f"{launching} AND {ids}", None, rowids)
         others = "1"  # a launching call may lie outside the span
     else:  # launching calls of the whole table are about one per operation; every API call is far more
         calls = read_calls(launching, None if by_name else known, None)
-        others = f"nameId NOT IN ({id_list}) OR nameId IS NULL" if by_name else ""
+        others = f'"nameId" NOT IN ({id_list}) OR "nameId" IS NULL' if by_name else ""
     rows = _match(calls, pid, corr, path)
     missing = (rows < 0) & (corr >= 0)  # an operation without a correlation id has no call to look for
     if others and missing.any():
@@ -682,21 +767,58 @@ def _fetch(
     sql: str,
     schema: dict[str, pl.DataType],
     keep: Callable[[pl.DataFrame], pl.DataFrame] | None = None,
+    what: str = "",
 ) -> pl.DataFrame:
     """Run one query through ADBC and return the result as a polars frame of ``schema``.
 
     ADBC infers a column's type from its first rows, so every text column in our queries is
-    COALESCEd to a string; integer columns that start with NULLs come back as Int64. ``keep``
-    filters each record batch as it arrives, so a read of a whole table holds only what it keeps.
+    COALESCEd to a string (or read as bytes, see :func:`_text`); integer columns that start with
+    NULLs come back as Int64, and a column holding values of several types comes back as text or
+    bytes, which is refused here (``what`` names the table in the message). ``keep`` filters each
+    record batch as it arrives, so a read of a whole table holds only what it keeps.
     """
     if keep is None:
         frame = _query(uri, path, sql)
     else:
-        parts = [keep(batch) for batch in _batches(uri, path, sql)]
+        parts = [keep(_checked(batch, schema, path, what)) for batch in _batches(uri, path, sql)]
         frame = pl.concat(parts) if parts else pl.DataFrame(schema=schema)
     if frame.width == 0:  # no column: a result of no rows
         frame = pl.DataFrame(schema=schema)
-    return frame.select([pl.col(c).cast(t) for c, t in schema.items()])
+    frame = _checked(frame, schema, path, what)
+    # Narrow ids (device, stream) out of their type's range are damage: read as unknown (null).
+    return frame.select(
+        [(_text(frame[c]) if t == pl.Utf8 else frame[c]).cast(t, strict=False) for c, t in schema.items()]
+    )
+
+
+def _checked(frame: pl.DataFrame, schema: dict[str, pl.DataType], path: Path, what: str) -> pl.DataFrame:
+    """``frame``, after checking that every column meant to hold integers does (nulls allowed)."""
+    for column, dtype in schema.items():
+        if dtype.is_integer() and column in frame.columns:
+            got = frame.schema[column]
+            if not (got.is_integer() or got == pl.Null):
+                raise TraceError(
+                    f"{path}: {what + ' ' if what else ''}column {column!r} holds {got} values where integers "
+                    "belong; the export is damaged: export the report again"
+                )
+    return frame
+
+
+def _text(column: pl.Series) -> pl.Series:
+    """A text column from bytes, with replacement characters where the bytes are not UTF-8.
+
+    Strings the ADBC driver reads are not checked for UTF-8, and one invalid byte in a range
+    or kernel name would make polars fail (or panic) later, so names are read as bytes and
+    decoded here: in one pass when all are valid, the distinct invalid ones by Python's codec.
+    """
+    if column.dtype != pl.Binary:
+        return column
+    try:
+        return column.cast(pl.Utf8)
+    except pl.exceptions.ComputeError:
+        distinct = column.unique().drop_nulls()
+        decoded = pl.Series([raw.decode("utf-8", "replace") for raw in distinct.to_list()], dtype=pl.Utf8)
+        return column.replace_strict(distinct, decoded, default=None, return_dtype=pl.Utf8).alias(column.name)
 
 
 def _query(uri: str, path: Path, sql: str) -> pl.DataFrame:
@@ -770,9 +892,9 @@ class _Blocks:
     reach: np.ndarray
 
     @classmethod
-    def of(cls, summaries: list[tuple[int, ...]], block_rows: int) -> _Blocks:
+    def of(cls, summaries: list[tuple[int, ...]], block_rows: int, path: Path, table: str) -> _Blocks:
         """From (first rowid, rows, low, high, reach) rows; empty blocks dropped."""
-        table = np.array([s for s in summaries if s[1]], dtype=np.int64).reshape(-1, 5)
+        table = _integers([s for s in summaries if s[1]], 5, path, f"{table}: start and end")
         first = table[:, 0]
         return cls(first, first + block_rows - 1, *table[:, 1:].T)
 
@@ -808,12 +930,12 @@ class _CallSamples:
         if lo is None or hi is None:
             return cls(*(np.zeros(0, dtype=np.int64),) * 3, 1, 0)
         sql = (
-            f"SELECT rowid, globalTid, correlationId FROM {RUNTIME_TABLE} "
-            "WHERE rowid >= ? AND correlationId >= 0 LIMIT 1"
+            f'SELECT rowid, "globalTid", "correlationId" FROM {RUNTIME_TABLE} '
+            'WHERE rowid >= ? AND "correlationId" >= 0 LIMIT 1'
         )
         with _open(path) as db:
             found = [db.execute(sql, (at,)).fetchone() for at in range(lo, hi + 1, CALL_SAMPLE_ROWS)]
-        rows = np.array([f for f in found if f and f[1] is not None], dtype=np.int64).reshape(-1, 3)
+        rows = _integers([f for f in found if f and f[1] is not None], 3, path, f"{RUNTIME_TABLE}: globalTid")
         return cls(rows[:, 0], rows[:, 1] - rows[:, 1] % TID_BITS, rows[:, 2], lo, hi)
 
     def span(self, ops: pl.DataFrame) -> tuple[int, int]:
@@ -867,11 +989,13 @@ def _plan_chunks(
             for piece in _slices(path, t, ranges[t] if ranges[t][0] is not None else (1, 0))
         ]
         blocks = {
-            t: _Blocks.of([row for part in parts for row in part.result()], op_block_rows)
+            t: _Blocks.of([row for part in parts for row in part.result()], op_block_rows, path, t)
             for t, parts in pending_ops.items()
         }
         calls = pending_calls.result()
-        name_ids = pl.Series("name_id", [n for part in pending_names for n in part.result()], pl.Int64).unique()
+        name_ids = pl.Series(
+            "name_id", _integers([(n,) for part in pending_names for n in part.result()], 1, path, "name ids")[:, 0]
+        ).unique()
     cuts = _cuts(uri, path, blocks, chunk_ops, max(PROBE_CHUNKS * chunk_ops, PROBE_BLOCKS * op_block_rows))
     starts = np.concatenate([[np.iinfo(np.int64).min], cuts])
     stops = np.concatenate([cuts, [np.iinfo(np.int64).max]])
@@ -896,7 +1020,7 @@ def _summarise(
     if lo is None or hi is None:
         return []
     sql = (
-        f'SELECT COUNT(start), MIN(start), MAX(start), MAX(COALESCE("end", start)) FROM "{table}" '
+        f'SELECT COUNT("start"), MIN("start"), MAX("start"), MAX(COALESCE("end", "start")) FROM "{table}" '
         "WHERE rowid >= ? AND rowid < ?"
     )
 
@@ -965,16 +1089,23 @@ def _clean_instant(uri: str, path: Path, blocks: dict[str, _Blocks], a: int, b: 
     if not reads:
         return a
     sql = " UNION ALL ".join(
-        f'SELECT start AS s, COALESCE("end", start) AS e FROM "{table}" '
-        f'WHERE rowid BETWEEN {lo} AND {hi} AND start < {b} AND COALESCE("end", start) > {a}'
+        f'SELECT "start" AS s, COALESCE("end", "start") AS e FROM "{table}" '
+        f'WHERE rowid BETWEEN {lo} AND {hi} AND "start" < {b} AND COALESCE("end", "start") > {a}'
         for table, lo, hi in reads
     )
-    near_ops = _fetch(uri, path, sql, schema={"s": pl.Int64, "e": pl.Int64}).sort("s")
+    near_ops = _fetch(uri, path, sql, schema={"s": pl.Int64, "e": pl.Int64}, what="GPU activity").sort("s")
     start, end = near_ops["s"].to_numpy(), near_ops["e"].to_numpy()
     reach = np.maximum.accumulate(np.concatenate([[a], end]))
     free = np.flatnonzero(start >= reach[:-1])
     cut = int(reach[free[0]] if len(free) else reach[-1])
     return cut if cut <= b else None
+
+
+def _integers(rows: list[tuple], width: int, path: Path, what: str) -> np.ndarray:
+    """Rows of integers from SQLite as an (n, width) array; a value of another type means a damaged export."""
+    if any(type(v) is not int for row in rows for v in row):
+        raise TraceError(f"{path}: {what} hold values that are not integers; the export is damaged: export it again")
+    return np.array(rows, dtype=np.int64).reshape(-1, width)
 
 
 def _runs(first: np.ndarray, last: np.ndarray) -> list[tuple[int, int]]:

@@ -13,16 +13,11 @@ import polars as pl
 
 from stagemfu.errors import StagemfuError
 from stagemfu.globs import glob_regex, is_glob
-from stagemfu.postprocess.attribution import (
-    COMM_COLUMNS,
-    Attribution,
-    RangeTree,
-    attribute,
-    range_tree,
-)
+from stagemfu.postprocess.attribution import COMM_COLUMNS, Attribution, attribute
 from stagemfu.postprocess.categories import COMMUNICATION, category_expr, category_rules
 from stagemfu.postprocess.intervals import DEFAULT_CHUNK_ROWS
 from stagemfu.postprocess.reader import Trace
+from stagemfu.postprocess.tree import RangeTree, range_tree
 
 TIME_SUMS = ["wall_ns", "span_ns", "busy_ns", "exclusive_busy_ns", "kernel_ns", *COMM_COLUMNS]
 STAT_METRICS = ["wall_ns", "span_ns", "busy_ns"]
@@ -134,8 +129,8 @@ def stage_times(
     StageTimes
     """
     rules = category_rules(categories)
-    tree = range_tree(trace.ranges, chunk_rows=chunk_rows)
-    keep = _selected(tree, within, trace.path)
+    tree = range_tree(trace.ranges)
+    keep = _selected(tree, within, trace)
     if ranges:
         unknown = [r for r in ranges if not tree.ranges.filter(_matches(r)).height]
         if unknown:
@@ -190,16 +185,22 @@ def stage_times(
         categories=_categories(kernels, instances),
         unattributed=att.unattributed.select(UNATTRIBUTED_COLUMNS),
         totals=att.totals.select(TOTAL_COLUMNS),
-        ops=trace.ops.with_columns(range_id=_range_ids(att)),
+        ops=_ops(trace.ops, att),
         within=within,
         notes=tuple([*trace.notes, *att.notes]),
     )
 
 
-def _range_ids(att: Attribution) -> pl.Series:
-    """The innermost range's NVTX event id for every operation, null outside every range."""
+def _ops(ops: pl.DataFrame, att: Attribution) -> pl.DataFrame:
+    """The attributed operations with their innermost range's NVTX event id (null outside every range)."""
+    if att.kept is None:
+        return ops.with_columns(range_id=_range_ids(att, att.innermost))
+    return ops.filter(pl.Series(att.kept)).with_columns(range_id=_range_ids(att, att.innermost[att.kept]))
+
+
+def _range_ids(att: Attribution, inner: np.ndarray) -> pl.Series:
+    """The range's NVTX event id for every rid in ``inner``, null for -1."""
     by_rid = att.instances.sort("rid").get_column("range_id").to_numpy()
-    inner = att.innermost
     ids = pl.Series("range_id", by_rid[np.maximum(inner, 0)] if len(by_rid) else np.zeros(len(inner), np.int64))
     return ids.set(pl.Series(inner < 0), None)
 
@@ -223,15 +224,27 @@ def _known_names(instances: pl.DataFrame) -> str:
     return f"ranges in the trace include {shown}"
 
 
-def _selected(tree: RangeTree, within: str | None, path: Path) -> pl.DataFrame:
+def _selected(tree: RangeTree, within: str | None, trace: Trace) -> pl.DataFrame:
+    """The instances to report: all of them, or those nested in a range named ``within`` (and those ranges).
+
+    ``within`` may come from the user or from a caller's default (the report keeps the
+    ``measured`` range when the run recorded one), so the messages speak of the range, not of
+    an option.
+    """
     instances = tree.ranges
     if within is None:
         return instances
-    anchors = instances.filter(_matches(within)).get_column("rid")
-    if anchors.is_empty():
-        raise StagemfuError(f"{path}: --within {within!r}: no NVTX range of that name; {_known_names(instances)}")
-    nested = tree.ancestors.filter(pl.col("outer").is_in(anchors.implode())).get_column("inner")
-    return instances.filter(pl.col("rid").is_in(pl.concat([anchors, nested]).implode()))
+    anchors = instances.select(_matches(within)).to_series()
+    if not anchors.any():
+        if trace.ranges.filter(_matches(within) & pl.col("end").is_null()).height:
+            raise StagemfuError(
+                f"{trace.path}: the range {within!r} was never closed (the capture stopped inside it), so no "
+                "instance lies within it; record the run again so that the range ends inside the capture"
+            )
+        raise StagemfuError(
+            f"{trace.path}: no NVTX range named {within!r} to keep the instances within; {_known_names(instances)}"
+        )
+    return instances.filter(tree.within(anchors.to_numpy()))
 
 
 def _idle_share() -> pl.Expr:
