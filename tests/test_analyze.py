@@ -8,13 +8,14 @@ import json
 import pytest
 
 from stagemfu.analyzer import COUNTERS, SCHEMA, analyze
-from stagemfu.analyzer.blocks import lm_dims, model_blocks
 from stagemfu.analyzer.combine import combine
 from stagemfu.analyzer.counter_result import CounterResult
 from stagemfu.analyzer.formulas import attention_groups, rel_pos
-from stagemfu.analyzer.memory import expected_experts, lm_params, model_params, stage_bytes
+from stagemfu.analyzer.memory import expected_experts, model_params, stage_bytes
 from stagemfu.errors import MissingDependencyError, ModelConfigError
 from stagemfu.models import Inputs, load_model_spec, resolve_shapes
+from stagemfu.models.blocks import model_blocks
+from stagemfu.models.params import lm_params
 from stagemfu.report import flops_file
 
 LM = {"hidden_size": 64, "intermediate_size": 96, "moe_intermediate_size": 32, "num_hidden_layers": 2,
@@ -71,7 +72,7 @@ def test_three_counters_agree_on_small_configs(tmp_path, name):
     spec = small_spec(tmp_path, name)
     inputs = (
         Inputs(mode="gundam", crops=2, text_tokens=8, new_tokens=3)
-        if spec.family != "decoder-lm"
+        if spec.dims.vision is not None
         else Inputs(text_tokens=12, new_tokens=3)
     )
     analysis = analyze(spec, inputs)
@@ -160,7 +161,7 @@ def test_full_logits_and_batch_scale_what_they_should():
     spec = load_model_spec("deepseek-ocr")
     base = analyze(spec, Inputs(), counters=("analytic",)).stages
     full = analyze(spec, Inputs(full_logits=True), counters=("analytic",)).stages
-    lm = lm_dims(spec)
+    lm = spec.dims.lm
     assert full["prefill"]["flops"] - base["prefill"]["flops"] == 2 * (337 - 1) * lm.hidden * lm.vocab
     batched = analyze(spec, Inputs(batch=3), counters=("analytic",)).stages
     assert all(batched[s]["flops"] == 3 * base[s]["flops"] for s in base)
@@ -170,10 +171,10 @@ def test_moe_weights_read_follow_the_expected_distinct_experts():
     assert expected_experts(64, 6, 1) == pytest.approx(6)
     assert expected_experts(64, 6, 10_000) == pytest.approx(64)
     spec = load_model_spec("deepseek-ocr")
-    lm, weights = lm_dims(spec), lm_params(lm_dims(spec))
+    lm, weights = spec.dims.lm, lm_params(spec.dims.lm)
     one, two = (stage_bytes(spec, resolve_shapes(spec, Inputs(batch=b))) for b in (1, 2))
     kv = 2 * lm.layers * 2 * lm.kv_heads * lm.head_dim  # bf16 K and V of one position, all layers
-    extra_experts = lm.moe_layers * (expected_experts(64, 6, 2) - 6) * weights["expert"] * 2
+    extra_experts = lm.moe_layers * (expected_experts(64, 6, 2) - 6) * weights.expert * 2
     # a second sequence in the step reaches more experts and brings its own KV cache and activations
     assert two["decode_first"] - one["decode_first"] > extra_experts + kv * (337 + 1)
 
@@ -215,10 +216,10 @@ def test_published_models_regression(model, inputs):
     stages = analyze(spec, inputs, counters=("analytic",)).stages
     assert {s: e["flops"] for s, e in stages.items()} == REGRESSION[model, inputs]
     # independent route for a decode step: 2 FLOPs per weight a token passes through, plus attention
-    lm, weights = lm_dims(spec), lm_params(lm_dims(spec))
+    lm, weights = spec.dims.lm, lm_params(spec.dims.lm)
     norms = (2 * lm.layers + 1) * lm.hidden
-    unused_experts = lm.moe_layers * (lm.moe["experts"] - lm.moe["top_k"]) * weights["expert"]
-    active = weights["total"] - lm.vocab * lm.hidden - norms - unused_experts  # embedding lookup is no matmul
+    unused_experts = lm.moe_layers * (lm.moe.experts - lm.moe.top_k) * weights.expert
+    active = weights.total - lm.vocab * lm.hidden - norms - unused_experts  # embedding lookup is no matmul
     context = resolve_shapes(spec, inputs).prompt_tokens + 1
     attention = lm.layers * 2 * lm.heads * context * 2 * lm.head_dim
     assert stages["decode_first"]["flops"] == 2 * active + attention
@@ -229,10 +230,14 @@ def test_counters_are_the_contract_names():
 
 
 def test_inconsistent_vision_widths_are_refused(tmp_path):
-    (tmp_path / "o.json").write_text(json.dumps({"vision_config": {"encoder_config": {"hidden_size": 512}}}))
-    spec = load_model_spec("deepseek-ocr2", config=tmp_path / "o.json")
-    with pytest.raises(ModelConfigError, match="SAM's last downsample channels 896 must equal the encoder_config"):
-        analyze(spec, Inputs(), counters=("analytic",))
+    (tmp_path / "o.json").write_text(json.dumps({"vision_config": {"encoder_config": {"hidden_size": 448}}}))
+    with pytest.raises(ModelConfigError) as err:
+        load_model_spec("deepseek-ocr2", config=tmp_path / "o.json")
+    assert str(err.value) == (
+        f"preset deepseek-ocr2 + {tmp_path / 'o.json'}: vision_config.encoder_config.hidden_size = 448 must equal "
+        "SAM's last downsample_channels 896 (the encoder takes SAM's features as its tokens); fix the model config "
+        "(or pass --config FILE)"
+    )
 
 
 def test_hand_derived_bytes_of_a_decode_step(tmp_path):
@@ -254,7 +259,7 @@ def test_hand_derived_bytes_of_a_decode_step(tmp_path):
 
 def test_a_sliding_window_shorter_than_the_context_is_noted(tmp_path):
     config = {"model_type": "mistral", "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1,
-              "num_attention_heads": 2, "vocab_size": 10, "sliding_window": 16}  # fmt: skip
+              "num_attention_heads": 2, "num_key_value_heads": 2, "vocab_size": 10, "sliding_window": 16}  # fmt: skip
     (tmp_path / "config.json").write_text(json.dumps(config))
     spec = load_model_spec(str(tmp_path))
     short, long = (analyze(spec, Inputs(text_tokens=n, new_tokens=2), counters=("analytic",)) for n in (8, 32))

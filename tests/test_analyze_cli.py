@@ -73,13 +73,22 @@ def test_help_explains_stages_and_conventions():
         assert text in " ".join(result.stdout.split()), text
 
 
+def test_help_names_every_registered_model_type():
+    from stagemfu.models.family import families
+
+    text = " ".join(invoke("--help").stdout.split())
+    for family in families().values():
+        for model_type in family.model_types:
+            assert model_type in text, model_type
+
+
 def test_decoder_lm_config_directory(tmp_path):
     config = {"model_type": "qwen2", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
               "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 100}  # fmt: skip
     (tmp_path / "config.json").write_text(json.dumps(config))
     result = invoke(tmp_path, "--counters", "analytic", "--format", "json", "--text-tokens", "16")
     doc = json.loads(result.stdout)
-    assert doc["model"]["family"] == "decoder-lm"
+    assert doc["model"]["family"] == "qwen2"
     assert list(doc["stages"]) == ["prefill", "decode", "decode_first", "decode_last"]
 
 
@@ -104,7 +113,7 @@ def test_bad_input_exits_2_with_one_line(args, words):
     ("config", "words"),
     [
         ({"model_type": "bert"}, ["model_type 'bert' is not supported", "llama"]),
-        ({"model_type": "llama", "hidden_size": 64}, ["no 'num_hidden_layers'"]),
+        ({"model_type": "llama", "hidden_size": 64}, ["num_hidden_layers is missing"]),
     ],
 )
 def test_bad_config_file_exits_2_with_one_line(tmp_path, config, words):

@@ -64,7 +64,7 @@ def test_shapes_json_says_what_report_needs_to_count_the_same_flops(tmp_path, ll
         "dtype": "fp32", "full_logits": False,
     }  # fmt: skip
     assert doc["weights"] == "random" and any("random" in n for n in doc["notes"])
-    assert doc["family"] == "decoder-lm" and doc["stage_modules"] == {} and doc["device_name"] == "cpu"
+    assert doc["family"] == "llama" and doc["stage_modules"] == {} and doc["device_name"] == "cpu"
     run_json = tmp_path / "run.json"
     run_json.write_text(json.dumps({"schema": "stagemfu.run/1", "exit_status": 0}))
     merge_shapes(run_json, tmp_path / "shapes.json")

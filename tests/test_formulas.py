@@ -10,7 +10,6 @@ import pytest
 
 from stagemfu.analyzer import analyze
 from stagemfu.analyzer.analytic import count_analytic, stage_flops
-from stagemfu.analyzer.blocks import SamDims, sam_blocks, sam_tokens
 from stagemfu.analyzer.formulas import (
     FLOP_FORMULAS,
     attention_scores,
@@ -26,9 +25,20 @@ from stagemfu.analyzer.formulas import (
     swiglu_mlp,
 )
 from stagemfu.models import Inputs, load_model_spec, resolve_shapes
+from stagemfu.models.blocks import sam_blocks, sam_tokens
+from stagemfu.models.dims import SamDims
 
 TINY_SAM = SamDims(
-    hidden=32, layers=2, heads=2, global_layers=1, mlp=64, patch=16, window=3, neck=16, downsample=(16, 24)
+    hidden=32,
+    layers=2,
+    heads=2,
+    global_layers=1,
+    mlp=64,
+    patch=16,
+    window=3,
+    neck=16,
+    downsample=(16, 24),
+    image_size=256,
 )
 
 

@@ -42,7 +42,7 @@ def write_json(path, data):
 def test_presets_carry_the_published_values_and_their_source():
     for name in MODEL_PRESETS:
         spec = load_model_spec(name)
-        assert spec.name == spec.family == name
+        assert spec.name == spec.family.name == name
         assert "huggingface.co" in spec.source
         assert "_source" not in spec.config
     v1 = load_model_spec("deepseek-ocr").config
@@ -116,7 +116,7 @@ def test_ocr2_grid_matches_transformers_image_processor(width, height):
 
 def test_text_only_model_has_no_image_tokens(tmp_path):
     spec = load_model_spec(str(write_json(tmp_path / "config.json", LLAMA_TINY).parent))
-    assert (spec.family, spec.name) == ("decoder-lm", tmp_path.name)
+    assert (spec.family.name, spec.name) == ("llama", tmp_path.name)
     shapes = resolve_shapes(spec, Inputs(text_tokens=100, mode="large"))
     assert (shapes.image_tokens, shapes.prompt_tokens, shapes.base_size) == (0, 100, 0)
 
@@ -156,7 +156,9 @@ def test_bad_model_arguments_raise_one_line(tmp_path):
     cases = {
         "no-such-model": "not a preset (deepseek-ocr2, deepseek-ocr) and no config.json there",
         str(write_json(tmp_path / "bert.json", {"model_type": "bert"})): "model_type 'bert' is not supported",
-        str(write_json(tmp_path / "partial.json", {"model_type": "llama", "hidden_size": 8})): "no 'num_hidden_layers'",
+        str(
+            write_json(tmp_path / "partial.json", {"model_type": "llama", "hidden_size": 8})
+        ): "num_hidden_layers is missing",
     }
     (tmp_path / "broken.json").write_text("{", encoding="utf-8")
     cases[str(tmp_path / "broken.json")] = "not valid JSON"
@@ -174,10 +176,8 @@ def test_override_that_removes_a_required_key_is_refused(tmp_path):
 
 def test_token_side_follows_the_config_downsampling(tmp_path):
     # three stride-2 convolutions instead of two halve the token grid once more
-    spec = load_model_spec(
-        "deepseek-ocr2",
-        config=write_json(tmp_path / "o.json", {"vision_config": {"sam_config": {"downsample_channels": [8, 8, 8]}}}),
-    )
+    override = {"vision_config": {"sam_config": {"downsample_channels": [8, 8, 896]}}}
+    spec = load_model_spec("deepseek-ocr2", config=write_json(tmp_path / "o.json", override))
     assert resolve_shapes(spec, Inputs()).image_tokens == math.ceil(1024 / 16 / 8) ** 2 + 1
 
 

@@ -81,10 +81,19 @@ _TINY_DEEPSEEK = {
 }
 TINY_LMS = {
     "llama": {"num_key_value_heads": 2},
+    "mistral": {"num_key_value_heads": 2},
+    "qwen2": {"num_key_value_heads": 2},
+    "qwen3": {"num_key_value_heads": 2, "head_dim": 24},  # head_dim need not be hidden / heads
+    # layer 0 dense (mlp_only_layers), layer 1 sparse with a gated shared expert
+    "qwen2_moe": {"num_key_value_heads": 2, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+                  "shared_expert_intermediate_size": 48, "mlp_only_layers": [0]},
+    # decoder_sparse_step 2: layer 0 dense, layer 1 sparse
+    "qwen3_moe": {"num_key_value_heads": 2, "head_dim": 24, "num_experts": 4, "num_experts_per_tok": 2,
+                  "moe_intermediate_size": 32, "decoder_sparse_step": 2},
     "mixtral": {"num_local_experts": 4, "num_experts_per_tok": 2, "num_key_value_heads": 2},
     "deepseek_v2": {**_TINY_DEEPSEEK, "q_lora_rank": None},
     "deepseek_v3": {**_TINY_DEEPSEEK, "n_group": 2, "topk_group": 1, "q_lora_rank": 24},
-}
+}  # fmt: skip
 
 
 def tiny_spec(tmp_path, model: str, **overrides) -> ModelSpec:

@@ -12,17 +12,18 @@ from __future__ import annotations
 import importlib
 from dataclasses import asdict, dataclass
 
-from stagemfu.analyzer.analytic import CONVENTIONS, count_analytic
-from stagemfu.analyzer.blocks import model_blocks
+from stagemfu.analyzer.analytic import CONVENTIONS, stage_flops
 from stagemfu.analyzer.combine import TOLERANCE, combine
 from stagemfu.analyzer.counter_result import CounterResult
 from stagemfu.analyzer.memory import BYTES_NOTE, model_params, stage_bytes, stage_params
 from stagemfu.errors import MissingDependencyError, ModelConfigError
+from stagemfu.models.blocks import model_blocks
 from stagemfu.models.presets import ModelSpec
-from stagemfu.models.shapes import IMAGE_RULES, Inputs, Shapes, resolve_shapes
+from stagemfu.models.shapes import Inputs, Shapes, resolve_shapes
 
 SCHEMA = "stagemfu.analyze/1"
 COUNTERS = ("analytic", "torch", "fvcore")
+INT64_MAX = 2**63 - 1  # every count is an int64 column downstream (polars, the report's join)
 RULE = (
     "flops = the analytic count when it covers the stage, else the torch counter, else fvcore; "
     f"the others are checks and every difference over {100 * TOLERANCE:g} % is noted with its cause"
@@ -71,7 +72,7 @@ class Analysis:
             "schema": SCHEMA,
             "model": {
                 "name": self.spec.name,
-                "family": self.spec.family,
+                "family": self.spec.family.name,
                 "source": self.spec.source,
                 "params": self.params,
                 "flops": self.total_flops,
@@ -90,7 +91,7 @@ class Analysis:
         }
 
 
-def analyze(spec: ModelSpec, inputs: Inputs, *, counters: tuple[str, ...] = COUNTERS) -> Analysis:
+def analyze(spec: ModelSpec, inputs: Inputs, *, counters: tuple[str, ...] | None = None) -> Analysis:
     """FLOPs, bytes and parameters per stage of ``spec`` for ``inputs``.
 
     Parameters
@@ -100,8 +101,9 @@ def analyze(spec: ModelSpec, inputs: Inputs, *, counters: tuple[str, ...] = COUN
     inputs
         The generate call: mode, crops, prompt and generated tokens, batch, dtype.
     counters
-        Which counters to run, any of ``analytic``, ``torch``, ``fvcore``. A torch-based counter
-        whose dependencies are missing gives null figures and a note naming the extra to install.
+        Which counters to run, any of ``analytic``, ``torch``, ``fvcore``. None (the default) runs
+        all three, and a torch-based one whose dependencies are missing gives null figures and a
+        note naming the extra to install; a counter named here must run.
 
     Returns
     -------
@@ -113,20 +115,31 @@ def analyze(spec: ModelSpec, inputs: Inputs, *, counters: tuple[str, ...] = COUN
     Raises
     ------
     ModelConfigError
-        Bad inputs for this model, a config key the count needs, or an unknown counter.
+        Bad inputs for this model, an unknown counter, or inputs so large that a count would not fit
+        a 64-bit integer.
+    MissingDependencyError
+        A counter named in ``counters`` needs torch, transformers or fvcore, which are missing.
     """
+    asked = counters is not None
+    counters = COUNTERS if counters is None else tuple(counters)
     unknown = [c for c in counters if c not in COUNTERS]
     if unknown or not counters:
         raise ModelConfigError(f"--counters {','.join(unknown) or '(none)'}: use one or more of {', '.join(COUNTERS)}")
     shapes = resolve_shapes(spec, inputs)
     blocks = model_blocks(spec, shapes)
+    analytic, byte_counts, params = stage_flops(blocks), stage_bytes(spec, shapes), stage_params(spec)
+    _check_countable(spec, shapes, {**{f"{s} FLOPs": n for s, n in analytic.flops.items()},
+                                    **{f"{s} bytes": n for s, n in byte_counts.items()},
+                                    "parameters": model_params(spec)})  # fmt: skip
     results, notes = [], [RULE, *CONVENTIONS]
     for counter in COUNTERS:
         if counter not in counters:
             continue
         try:
-            result = _run_counter(counter, spec, shapes)
+            result = analytic if counter == "analytic" else _run_counter(counter, spec, shapes)
         except MissingDependencyError as err:
+            if asked:
+                raise MissingDependencyError(f"--counters {counter}: {err}") from err
             notes.append(f"{counter} counter not run: {err}")
             continue
         results.append(result)
@@ -142,13 +155,12 @@ def analyze(spec: ModelSpec, inputs: Inputs, *, counters: tuple[str, ...] = COUN
         BYTES_NOTE,
         *_sliding_window_note(spec, shapes),
     ]
-    if spec.family in IMAGE_RULES:
+    if spec.family.image_rule is not None:
         notes.append(
             f"{shapes.image_tokens} image tokens per sample, counted as the processor of the model counts them "
-            f"({IMAGE_RULES[spec.family].source})"
+            f"({spec.family.image_rule.source})"
         )
     combined = combine(results, blocks)
-    byte_counts, params = stage_bytes(spec, shapes), stage_params(spec)
     for stage, entry in combined.items():
         entry.update(bytes=byte_counts.get(stage), params=params.get(stage), notes=entry.pop("notes"))
     return Analysis(spec, shapes, combined, tuple(counters), tuple(notes))
@@ -156,9 +168,9 @@ def analyze(spec: ModelSpec, inputs: Inputs, *, counters: tuple[str, ...] = COUN
 
 def _sliding_window_note(spec: ModelSpec, shapes: Shapes) -> list[str]:
     """Sliding-window attention is counted over the whole context: say so when the window is shorter."""
-    window = spec.config.get("sliding_window") if spec.config.get("use_sliding_window", True) else None
+    window = spec.dims.lm.sliding_window
     context = shapes.prompt_tokens + shapes.inputs.new_tokens - 1
-    if spec.family != "decoder-lm" or not window or context <= window:
+    if not window or context <= window:
         return []
     return [
         f"attention is counted over the whole context (up to {context} positions); the sliding window of the model "
@@ -166,10 +178,26 @@ def _sliding_window_note(spec: ModelSpec, shapes: Shapes) -> list[str]:
     ]
 
 
+def _check_countable(spec: ModelSpec, shapes: Shapes, counts: dict[str, int]) -> None:
+    """Refuse a model or inputs whose counts would not fit the int64 columns every output holds them in.
+
+    ``counts`` are the analytic figures, exact Python integers computed before any torch-based
+    counter builds tensors of these shapes (the other counters count the same work).
+    """
+    too_large = [(what, count) for what, count in counts.items() if count > INT64_MAX]
+    if not too_large:
+        return
+    what, count = too_large[0]
+    inputs = shapes.inputs
+    raise ModelConfigError(
+        f"{spec.origin} with --text-tokens {inputs.text_tokens} --new-tokens {inputs.new_tokens} --batch "
+        f"{inputs.batch}: {what} would be {count:.3g}, past the 64-bit counts stagemfu keeps (9.2e18); "
+        "use smaller inputs or a smaller config"
+    )
+
+
 def _run_counter(counter: str, spec: ModelSpec, shapes: Shapes) -> CounterResult:
-    """One counter; the torch-based ones live in ``torch_count.py`` / ``fvcore_count.py``."""
-    if counter == "analytic":
-        return count_analytic(spec, shapes)
+    """One torch-based counter (``torch_count.py`` / ``fvcore_count.py``), imported when it runs."""
     module = importlib.import_module(f"stagemfu.analyzer.{counter}_count")
     return getattr(module, f"count_{counter}")(spec, shapes)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from stagemfu.analyzer.blocks import VISION_PARTS, Block, model_blocks
 from stagemfu.analyzer.counter_result import CounterResult
 from stagemfu.analyzer.formulas import FLOP_FORMULAS
+from stagemfu.models.blocks import Block, model_blocks, vision_parts
 from stagemfu.models.presets import ModelSpec
 from stagemfu.models.shapes import Shapes
 
@@ -34,7 +34,8 @@ def count_analytic(
     Returns
     -------
     CounterResult
-        ``counter="analytic"``; ``vision`` is the sum of ``sam``, ``clip``/``encoder`` and ``projector``.
+        ``counter="analytic"``; ``vision`` is the sum of the vision stages (``sam``, ``clip`` or
+        ``encoder``, ``projector``).
     """
     return stage_flops(model_blocks(spec, shapes), formulas=formulas)
 
@@ -53,7 +54,7 @@ def stage_flops(
         flops[block.stage] = flops.get(block.stage, 0) + block.repeat * formula(**block.sizes)
     for stage in missing:
         flops.pop(stage, None)
-    parts = [stage for stage in VISION_PARTS if any(b.stage == stage for b in blocks)]
+    parts = vision_parts(blocks)
     if parts and all(stage in flops for stage in parts):
         flops = {"vision": sum(flops[stage] for stage in parts), **flops}
     notes = [

@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from itertools import combinations
 
-from stagemfu.analyzer.blocks import VISION_PARTS, Block
 from stagemfu.analyzer.counter_result import CounterResult
 from stagemfu.analyzer.formulas import attention_groups, attention_scores, swiglu_mlp
+from stagemfu.models.blocks import Block, vision_parts
 from stagemfu.models.shapes import STAGES
 
 PREFERENCE = ("analytic", "torch", "fvcore")
@@ -101,7 +101,7 @@ def _stage_order(by_counter: dict[str, dict[str, int]]) -> list[str]:
 
 
 def _gaps(stage: str, blocks: tuple[Block, ...]) -> list[tuple[str, int]]:
-    members = VISION_PARTS if stage == "vision" else (stage,)
+    members = vision_parts(blocks) if stage == "vision" else (stage,)
     sized = [(what, sum(size(b) for b in blocks if b.stage in members)) for what, size in KNOWN_GAPS]
     return [(what, flops) for what, flops in sized if flops]
 

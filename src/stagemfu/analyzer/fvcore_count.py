@@ -105,7 +105,7 @@ def count_fvcore(spec: ModelSpec, shapes: Shapes) -> CounterResult:
     dtype = torch_dtype(RUN_DTYPE)
     unsupported: set[str] = set()
     flops: dict[str, int] = {}
-    if spec.family != "decoder-lm":
+    if spec.dims.vision is not None:
         flops.update(_vision_flops(spec, shapes, reduced, unsupported))
     logits = prompt if inputs.full_logits else 1
     prefill = LanguageModelCall(backbone, head, logits)

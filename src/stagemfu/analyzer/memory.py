@@ -18,21 +18,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from stagemfu.analyzer.blocks import (
-    LM_STAGES,
-    V2_QUERIES,
-    VISION_PARTS,
-    Block,
-    LmDims,
-    SamDims,
-    lm_dims,
-    lm_passes,
-    model_blocks,
-    sam_dims,
-    views,
-)
 from stagemfu.analyzer.formulas import attention_groups
-from stagemfu.models.presets import DEEPSEEK_OCR_FIXED, ModelSpec, config_value
+from stagemfu.models.blocks import LM_STAGES, Block, lm_passes, model_blocks, views, vision_parts
+from stagemfu.models.params import lm_params
+from stagemfu.models.presets import ModelSpec
 from stagemfu.models.shapes import DTYPE_BYTES, Shapes
 
 BYTES_NOTE = (
@@ -144,61 +133,45 @@ def stage_params(spec: ModelSpec) -> dict[str, int]:
     Returns
     -------
     dict
-        Stage -> parameter count for ``sam``, ``clip``/``encoder``, ``projector``, ``vision`` and the
-        language-model stages (all equal to the language model's count, embeddings and head included).
+        Stage -> parameter count for the vision stages and their sum ``vision`` (image models) and
+        the language-model stages (all equal to the language model's count, embeddings and head
+        included).
     """
-    lm = lm_params(lm_dims(spec))
-    params = dict.fromkeys(LM_STAGES, lm["total"])
-    if spec.family == "decoder-lm":
-        return params
-    vision = {"sam": _sam_params(spec, sam_dims(spec))}
-    if spec.family == "deepseek-ocr":
-        vision["clip"] = _clip_params(spec)
-        d_in = config_value(spec.config, "projector_config.input_dim", spec.source)
-        d_out = config_value(spec.config, "projector_config.n_embed", spec.source)
-        vision["projector"] = d_in * d_out + d_out + 2 * d_out  # linear, image_newline, view_separator
-    else:
-        vision["encoder"] = _encoder_params(spec)
-        d_in = config_value(spec.config, "vision_config.encoder_config.hidden_size", spec.source)
-        d_out = lm_dims(spec).hidden
-        vision["projector"] = d_in * d_out + d_out + d_out  # linear, view_separator
-    return {"vision": sum(vision.values()), **vision, **params}
+    params = dict.fromkeys(LM_STAGES, lm_params(spec.dims.lm).total)
+    vision = spec.family.vision_params(spec.dims)
+    return {"vision": sum(vision.values()), **vision, **params} if vision else params
 
 
 def model_params(spec: ModelSpec) -> int:
     """All parameters of the model (the stages' plus any the forward never reads)."""
-    params = stage_params(spec)
-    unused = 0
-    if spec.family == "deepseek-ocr":  # CLIP's own patch convolution: in the checkpoint, never run
-        clip = config_value(spec.config, "vision_config.width.clip-l-14-224", spec.source)
-        unused = clip["width"] * 3 * clip["patch_size"] ** 2
-    return params["prefill"] + sum(params.get(part, 0) for part in VISION_PARTS) + unused
+    vision = spec.family.vision_params(spec.dims)
+    return lm_params(spec.dims.lm).total + sum(vision.values()) + spec.family.unused_params(spec.dims)
 
 
 def stage_bytes(spec: ModelSpec, shapes: Shapes) -> dict[str, int]:
     """Estimated bytes moved per stage (see the module docstring for what is counted)."""
     size = DTYPE_BYTES[shapes.inputs.dtype]
+    blocks = model_blocks(spec, shapes)
     activations: dict[str, int] = {}
-    for block in model_blocks(spec, shapes):
+    for block in blocks:
         activations[block.stage] = activations.get(block.stage, 0) + block.repeat * _block_io(block)
     traffic = {stage: size * elements for stage, elements in activations.items()}
-    params = stage_params(spec)
-    passes = len(views(shapes)) if spec.family != "decoder-lm" else 0
-    for part in VISION_PARTS:
-        if part in params and part in traffic:
-            traffic[part] += size * params[part] * passes
-    if spec.family != "decoder-lm":
-        traffic["vision"] = sum(traffic[p] for p in VISION_PARTS if p in traffic)
-    lm = lm_dims(spec)
+    parts = vision_parts(blocks)
+    if parts:
+        passes, params = len(views(shapes)), spec.family.vision_params(spec.dims)
+        for part in parts:
+            traffic[part] += size * params.get(part, 0) * passes
+        traffic = {"vision": sum(traffic[p] for p in parts), **traffic}
+    lm = spec.dims.lm
     weights = lm_params(lm)
     batch = shapes.inputs.batch
     for p in lm_passes(shapes):
         tokens = batch * p.tokens  # per forward pass
-        read = weights["dense_part"] + batch * p.tokens * lm.hidden  # embedding rows looked up
-        if lm.moe_layers:
-            hit = expected_experts(lm.moe["experts"], lm.moe["top_k"], tokens)
-            read += round(lm.moe_layers * (weights["moe_fixed"] + hit * weights["expert"]))
-        kv = batch * lm.layers * _kv_per_position(lm) * (p.context + p.tokens * p.passes)
+        read = weights.dense_part + tokens * lm.hidden  # embedding rows looked up
+        if lm.moe is not None and lm.moe_layers:
+            hit = expected_experts(lm.moe.experts, lm.moe.top_k, tokens)
+            read += round(lm.moe_layers * (weights.moe_fixed + hit * weights.expert))
+        kv = batch * lm.layers * lm.kv_values_per_token * (p.context + p.tokens * p.passes)
         traffic[p.stage] += size * (read * p.passes + kv)
     return traffic
 
@@ -208,74 +181,3 @@ def _block_io(block: Block) -> int:
     if block.kind == "attention_scores" and block.stage in LM_STAGES:  # K and V are the KV cache's
         return attention_io(sizes["q_len"], 0, sizes["heads"], sizes["head_dim"], sizes.get("v_head_dim"))
     return ACTIVATION_IO[block.kind](**sizes)
-
-
-def _kv_per_position(lm: LmDims) -> int:
-    if lm.attention == "mla":
-        return lm.mla["kv_lora_rank"] + lm.mla["qk_rope_head_dim"]
-    return 2 * lm.kv_heads * lm.head_dim
-
-
-def lm_params(lm: LmDims) -> dict[str, int]:
-    """The decoder's parameters, split as the byte estimate needs them."""
-    h = lm.hidden
-    if lm.attention == "mla":
-        m = lm.mla
-        qk = m["qk_nope_head_dim"] + m["qk_rope_head_dim"]
-        q = (
-            (h * m["q_lora_rank"] + m["q_lora_rank"] + m["q_lora_rank"] * lm.heads * qk)
-            if m["q_lora_rank"]
-            else h * lm.heads * qk
-        )
-        kv = h * (m["kv_lora_rank"] + m["qk_rope_head_dim"]) + m["kv_lora_rank"]
-        kv += m["kv_lora_rank"] * lm.heads * (m["qk_nope_head_dim"] + m["v_head_dim"])
-        attention = q + kv + lm.heads * m["v_head_dim"] * h
-    else:
-        qkv = (lm.heads + 2 * lm.kv_heads) * lm.head_dim
-        attention = h * qkv + lm.qkv_bias * qkv + lm.heads * lm.head_dim * h
-    per_layer = attention + 2 * h  # two RMSNorms
-    dense_mlp = 3 * h * lm.intermediate
-    expert = 3 * h * lm.moe.get("intermediate", 0)
-    moe_fixed = h * lm.moe.get("experts", 0) + 3 * h * lm.moe.get("shared_intermediate", 0)
-    head = 0 if lm.tied_embeddings else lm.vocab * h
-    dense_part = lm.layers * per_layer + lm.dense_layers * dense_mlp + h + head  # + final norm, head
-    total = dense_part + lm.vocab * h + lm.moe_layers * (moe_fixed + lm.moe.get("experts", 0) * expert)
-    return {"total": total, "dense_part": dense_part, "moe_fixed": moe_fixed, "expert": expert}
-
-
-def _sam_params(spec: ModelSpec, sam: SamDims) -> int:
-    if spec.family == "deepseek-ocr2":
-        image = config_value(spec.config, "vision_config.sam_config.image_size", spec.source)
-    else:
-        image = config_value(spec.config, "vision_config.image_size", spec.source)
-    grid, head_dim, h = image // sam.patch, sam.hidden // sam.heads, sam.hidden
-    layer = 3 * h * h + 3 * h + h * h + h + 4 * h + h * sam.mlp + sam.mlp + sam.mlp * h + h  # qkv, proj, 2 LN, mlp
-    windowed = 2 * (2 * sam.window - 1) * head_dim  # relative-position tables (rows and columns)
-    global_ = 2 * (2 * grid - 1) * head_dim
-    layers = sam.layers * layer + (sam.layers - sam.global_layers) * windowed + sam.global_layers * global_
-    embed = sam.channels * sam.patch**2 * h + h + grid * grid * h  # patch conv + bias, absolute positions
-    neck = h * sam.neck + 2 * sam.neck + 9 * sam.neck * sam.neck + 2 * sam.neck  # conv 1x1, LN, conv 3x3, LN
-    downsample = sum(9 * c_in * c_out for c_in, c_out in zip((sam.neck, *sam.downsample), sam.downsample))
-    return embed + layers + neck + downsample
-
-
-def _clip_params(spec: ModelSpec) -> int:
-    clip = config_value(spec.config, "vision_config.width.clip-l-14-224", spec.source)
-    h, grid = clip["width"], clip["image_size"] // clip["patch_size"]
-    inter = DEEPSEEK_OCR_FIXED["clip_mlp_ratio"] * h
-    layer = 3 * h * h + 3 * h + h * h + h + 4 * h + h * inter + inter + inter * h + h
-    return h + (grid * grid + 1) * h + 2 * h + clip["layers"] * layer  # class token, positions, pre-norm
-
-
-def _encoder_params(spec: ModelSpec) -> int:
-    key = "vision_config.encoder_config."
-    h = config_value(spec.config, key + "hidden_size", spec.source)
-    heads = config_value(spec.config, key + "num_attention_heads", spec.source)
-    kv_heads = config_value(spec.config, key + "num_key_value_heads", spec.source)
-    inter = config_value(spec.config, key + "intermediate_size", spec.source)
-    layers = config_value(spec.config, key + "num_hidden_layers", spec.source)
-    head_dim = h // heads
-    qkv = h * (heads + 2 * kv_heads) * head_dim + (heads + 2 * kv_heads) * head_dim  # with bias
-    layer = qkv + heads * head_dim * h + 2 * h + 3 * h * inter
-    queries = sum(count for _, count in V2_QUERIES)  # both learnt query tables
-    return layers * layer + h + queries * h

@@ -70,7 +70,7 @@ def count_torch(spec: ModelSpec, shapes: Shapes) -> CounterResult:
 
     model = build_model(spec, device="meta", dtype=META_DTYPE, experts="batched_mm")
     flops: dict[str, int] = {}
-    if spec.family != "decoder-lm":
+    if spec.dims.vision is not None:
         flops.update(_vision_flops(spec, shapes, model))
     backbone, head = language_model(spec, model)
     inputs = shapes.inputs

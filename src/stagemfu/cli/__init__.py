@@ -101,17 +101,17 @@ def input_options(*, from_trace: bool = False) -> Callable[[Callable], Callable]
     inputs = model_input_options(from_trace=from_trace, dtype=not from_trace)
     counters = click.option(
         "--counters",
-        default="analytic,torch,fvcore",
-        show_default=True,
-        help="Comma-separated FLOP counters to run; analytic alone skips the model build (fastest); "
-        "torch and fvcore need stagemfu[model].",
+        default=None,
+        help="Comma-separated FLOP counters to run (analytic, torch, fvcore); a counter named here must run. "
+        "[default: all three; torch and fvcore, which need stagemfu[model], are skipped with a note when "
+        "missing] analytic alone skips the model build (fastest).",
     )
     return lambda fn: inputs(counters(fn))
 
 
-def counter_names(counters: str) -> tuple[str, ...]:
-    """``--counters`` split into names: ``"analytic, torch"`` -> ``("analytic", "torch")``."""
-    return tuple(c.strip() for c in counters.split(",") if c.strip())
+def counter_names(counters: str | None) -> tuple[str, ...] | None:
+    """``--counters`` split into names: ``"analytic, torch"`` -> ``("analytic", "torch")``; None when not given."""
+    return None if counters is None else tuple(c.strip() for c in counters.split(",") if c.strip())
 
 
 @click.group(cls=StagemfuGroup, context_settings={"help_option_names": ["-h", "--help"]})

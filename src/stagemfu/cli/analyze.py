@@ -29,15 +29,18 @@ def analyze(
     batch: int,
     dtype: str,
     full_logits: bool,
-    counters: str,
+    counters: str | None,
     fmt: str,
     output: Path | None,
 ) -> None:
     """FLOPs, bytes and parameters per stage of MODEL for one generate() call.
 
     MODEL is a preset (deepseek-ocr, deepseek-ocr2) or a local Hugging Face config.json (or a
-    directory holding one) of a decoder LM: llama, mistral, qwen2, qwen3, mixtral, deepseek_v2/v3.
-    Nothing is downloaded; the torch and fvcore counters need `pip install 'stagemfu[model]'`.
+    directory holding one) whose model_type is one of llama, mistral, qwen2, qwen3, qwen2_moe,
+    qwen3_moe, mixtral, deepseek_v2, deepseek_v3, deepseek_ocr2. Every size is checked (types,
+    ranges, heads dividing the width, top-k within the experts, ...): a bad one is one error line
+    naming the key. Nothing is downloaded; the torch and fvcore counters need
+    `pip install 'stagemfu[model]'`.
 
     \b
     Stages:

@@ -72,7 +72,7 @@ def run_model(options: RunnerOptions, *, out_dir: Path) -> dict[str, Any]:
     kwargs = example_inputs(spec, shapes, device=options.device)
     notes = ["weights: random (pass --weights DIR for a checkpoint)" if weights is None else f"weights: {weights}"]
     if options.image is not None:
-        kwargs, image_note = image_inputs(spec, shapes, options.image, kwargs)
+        kwargs, image_note = spec.family.processed_image(shapes, options.image, kwargs)
         notes.append(image_note)
     stages = stage_modules(spec, model)
     walls = generate_repeatedly(model, kwargs, stages, inputs.new_tokens, repeat=options.repeat, sync=options.sync)
@@ -127,7 +127,7 @@ def generate_repeatedly(
 
 def image_size(spec: ModelSpec, image: Path) -> tuple[int, int]:
     """(width, height) of a real image, for the crop-grid rule; only OCR models take images."""
-    if spec.family == "decoder-lm":
+    if spec.family.image_rule is None:
         raise ModelConfigError(f"--image {image}: {spec.name} is a text-only model; drop --image")
     try:
         from PIL import Image
@@ -138,42 +138,6 @@ def image_size(spec: ModelSpec, image: Path) -> tuple[int, int]:
         raise ModelConfigError(f"--image {image}: reading images needs Pillow: pip install pillow") from err
     except OSError as err:
         raise ModelConfigError(f"--image {image}: not a readable image ({err})") from err
-
-
-def image_inputs(spec: ModelSpec, shapes: Shapes, image: Path, kwargs: dict[str, Any]) -> tuple[dict[str, Any], str]:
-    """Pixels of a real image made by the model's own image processor, over the example inputs.
-
-    DeepSeek-OCR-2's processor (transformers) resizes and pads the global view, cuts the local
-    crops and normalizes; its crop count must equal the shape rule's. DeepSeek-OCR v1 has no
-    processor in transformers: its pixels stay random and the image only sets the crop grid.
-
-    Returns
-    -------
-    ``(kwargs, note)``: the inputs with the image's pixels, and what was done, in one line.
-    """
-    if spec.family != "deepseek-ocr2":
-        return kwargs, f"image {image.name}: {image_size(spec, image)} px sets the crop grid; pixels are random"
-    import transformers
-    from PIL import Image
-
-    crop = shapes.inputs.mode == "gundam"
-    processor = transformers.DeepseekOcr2ImageProcessorPil(
-        size={"height": shapes.base_size, "width": shapes.base_size},
-        tile_size=shapes.local_size if crop else shapes.base_size,
-        crop_to_patches=crop,
-    )
-    with Image.open(image) as img:
-        pixels = processor(images=[img.convert("RGB")] * shapes.inputs.batch, return_tensors="pt")
-    if list(pixels["num_local_patches"]) != [shapes.crops] * shapes.inputs.batch:
-        raise ModelConfigError(
-            f"--image {image}: the image processor cut {list(pixels['num_local_patches'])} crops but the shape rule "
-            f"gives {shapes.crops}; pass --crops to match"
-        )
-    reference = kwargs["pixel_values"]
-    out = dict(kwargs, pixel_values=pixels["pixel_values"].to(reference.device, reference.dtype))
-    if shapes.crops:
-        out["pixel_values_local"] = pixels["pixel_values_local"].to(reference.device, reference.dtype)
-    return out, f"image {image.name}: pixels from transformers' DeepseekOcr2ImageProcessorPil"
 
 
 def shapes_document(
@@ -200,7 +164,7 @@ def shapes_document(
         "schema": SHAPES_SCHEMA,
         "model": argv[0],
         "config": str(options.config.resolve()) if options.config is not None else None,
-        "family": spec.family,
+        "family": spec.family.name,
         "config_source": spec.source,
         "inputs": dataclasses.asdict(shapes.inputs),
         "shapes": {k: v for k, v in dataclasses.asdict(shapes).items() if k != "inputs"} | {"crops": shapes.crops},

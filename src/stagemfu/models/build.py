@@ -1,11 +1,12 @@
 """Turn a :class:`~stagemfu.models.ModelSpec` into a runnable transformers model and its inputs.
 
 The built-in runners of ``stagemfu run`` and the torch and fvcore FLOP counters all start here, so
-the model that is timed on the GPU and the model whose FLOPs are counted are the same object:
-
-- ``deepseek-ocr2``: transformers' own ``DeepseekOcr2ForConditionalGeneration``;
-- ``deepseek-ocr``: :mod:`stagemfu.models.deepseek_ocr_v1`, composed from transformers' blocks;
-- ``decoder-lm``: ``AutoModelForCausalLM`` for the config's ``model_type``.
+the model that is timed on the GPU and the model whose FLOPs are counted are the same object. Which
+class builds it, where its stages sit and which image inputs it takes are its family's
+(:meth:`~stagemfu.models.family.Family.transformers_model`, ``stage_paths``,
+``language_model_paths``, :meth:`~stagemfu.models.family.Family.image_inputs`): a decoder LM is
+transformers' causal-LM class for its ``model_type``, DeepSeek-OCR-2 transformers' own
+``DeepseekOcr2ForConditionalGeneration``, DeepSeek-OCR :mod:`stagemfu.models.deepseek_ocr_v1`.
 
 torch and transformers are the ``[model]`` extra; they are imported when a function here is called.
 """
@@ -25,31 +26,6 @@ if TYPE_CHECKING:
     from stagemfu.models.shapes import Shapes
 
 TORCH_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
-
-# Stage -> attribute path (from the top-level model) of what runs exactly that stage. The vision
-# stage is a method: no single module runs global view, local crops and projector together.
-STAGE_PATHS: dict[str, dict[str, str]] = {
-    "deepseek-ocr2": {
-        "vision": "model.get_image_features",
-        "sam": "model.vision_tower.sam_encoder",
-        "encoder": "model.vision_tower.vision_encoder",
-        "projector": "model.multi_modal_projector",
-    },
-    "deepseek-ocr": {
-        "vision": "model.get_image_features",
-        "sam": "model.vision_tower.sam_encoder",
-        "clip": "model.vision_tower.clip_encoder",
-        "projector": "model.multi_modal_projector",
-    },
-    "decoder-lm": {},
-}
-
-# Where the language model and its head sit in each family's model object.
-LANGUAGE_MODEL_PATHS: dict[str, tuple[str, str]] = {
-    "deepseek-ocr2": ("model.language_model", "lm_head"),
-    "deepseek-ocr": ("model.language_model", "lm_head"),
-    "decoder-lm": ("model", "lm_head"),
-}
 
 SEED = 0  # example inputs are random but the same on every call
 
@@ -88,26 +64,13 @@ def model_class_and_config(spec: ModelSpec) -> tuple[type, Any]:
     from huggingface_hub.errors import StrictDataclassError
 
     try:
-        if spec.family == "deepseek-ocr2":
-            return transformers.DeepseekOcr2ForConditionalGeneration, transformers.DeepseekOcr2Config.from_dict(
-                spec.config
-            )
-        if spec.family == "deepseek-ocr":
-            from stagemfu.models import deepseek_ocr_v1
-
-            return deepseek_ocr_v1.DeepseekOcrForConditionalGeneration, deepseek_ocr_v1.config_from_published(
-                spec.config
-            )
-        config = dict(spec.config)
-        config_class = transformers.CONFIG_MAPPING[config.pop("model_type")]
-        model_class = transformers.MODEL_FOR_CAUSAL_LM_MAPPING[config_class]
-        return model_class, config_class.from_dict(config)
+        return spec.family.transformers_model(spec.config)
     except ModelConfigError as err:
         raise ModelConfigError(f"{spec.source}: {err}") from err
     except (KeyError, TypeError, ValueError, StrictDataclassError) as err:
         reason = " ".join(str(err).split()) or type(err).__name__
         raise ModelConfigError(
-            f"{spec.source}: transformers {transformers.__version__} cannot build this config ({reason}); "
+            f"{spec.source}: transformers {transformers.__version__} cannot build this config ({reason[:200]}); "
             "fix the config or pass a matching --config FILE"
         ) from err
 
@@ -185,7 +148,7 @@ def stage_modules(spec: ModelSpec, model: torch.nn.Module) -> dict[str, str]:
     ModelConfigError
         When a path does not resolve on ``model`` (a model built from another spec).
     """
-    paths = STAGE_PATHS[spec.family]
+    paths = spec.family.stage_paths
     for stage, path in paths.items():
         try:
             resolve(model, path)
@@ -206,7 +169,7 @@ def resolve(model: torch.nn.Module, path: str) -> Any:
 
 def language_model(spec: ModelSpec, model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
     """(decoder stack, lm_head) of ``model``: what prefill and each decode step run, images aside."""
-    backbone, head = LANGUAGE_MODEL_PATHS[spec.family]
+    backbone, head = spec.family.language_model_paths
     return resolve(model, backbone), resolve(model, head)
 
 
@@ -215,18 +178,14 @@ def example_inputs(spec: ModelSpec, shapes: Shapes, *, device: str | torch.devic
 
     The prompt of every sample is laid out as the model's processor does it: the BOS token, the
     image placeholders (exactly ``shapes.image_tokens``, one per image embedding the model makes),
-    then the rest of the text tokens (``text_tokens`` counts the BOS). Pixel values are random,
-    standard-normal like the processor's normalised images, in the run's dtype: the global view of
-    ``shapes.base_size`` pixels per sample and, in gundam mode, every local crop of
-    ``shapes.local_size`` (``pixel_values_local``) with the crop grid in the form each model takes
-    (``num_local_patches`` for DeepSeek-OCR-2, ``images_spatial_crop`` (columns, rows) for
-    DeepSeek-OCR). On the meta device nothing is allocated.
+    then the rest of the text tokens (``text_tokens`` counts the BOS). An image family adds its
+    pixel inputs (:meth:`~stagemfu.models.family.Family.image_inputs`): random, standard-normal like
+    the processor's normalised images, in the run's dtype. On the meta device nothing is allocated.
 
     Returns
     -------
     dict
-        ``input_ids`` and ``attention_mask`` (batch, prompt_tokens), plus ``pixel_values`` (and the
-        local-crop inputs) for the OCR families.
+        ``input_ids`` and ``attention_mask`` (batch, prompt_tokens), plus the family's image inputs.
     """
     require_model_extra()
     import torch
@@ -246,17 +205,12 @@ def example_inputs(spec: ModelSpec, shapes: Shapes, *, device: str | torch.devic
     images = torch.full((batch, shapes.image_tokens), image_token_id or 0, dtype=text.dtype)
     input_ids = torch.cat([text[:, :1], images, text[:, 1:]], dim=1)
     kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
-    if spec.family != "decoder-lm":
-        kwargs["pixel_values"] = _pixels(generator, (batch, 3, shapes.base_size, shapes.base_size), dtype, device)
-        if shapes.crops:
-            size = shapes.local_size
-            kwargs["pixel_values_local"] = _pixels(generator, (batch * shapes.crops, 3, size, size), dtype, device)
-            if spec.family == "deepseek-ocr2":
-                kwargs["num_local_patches"] = [shapes.crops] * batch
-    kwargs = {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in kwargs.items()}
-    if shapes.crops and spec.family == "deepseek-ocr":
-        kwargs["images_spatial_crop"] = torch.tensor([list(shapes.crop_grid)] * batch)  # layout: stays on the CPU
-    return kwargs
+    kwargs = {key: value.to(device) for key, value in kwargs.items()}
+
+    def pixels(count: int, side: int) -> torch.Tensor:
+        return _pixels(generator, (count, 3, side, side), dtype, device).to(device)
+
+    return kwargs | spec.family.image_inputs(shapes, pixels)
 
 
 def _pixels(generator: Any, size: tuple[int, ...], dtype: torch.dtype, device: str | torch.device) -> torch.Tensor:

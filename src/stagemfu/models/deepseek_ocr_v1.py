@@ -46,7 +46,7 @@ from transformers.models.deepseek_ocr2.modeling_deepseek_ocr2 import (
 )
 
 from stagemfu.errors import ModelConfigError
-from stagemfu.models.presets import DEEPSEEK_OCR_FIXED
+from stagemfu.models.families.deepseek_ocr import FIXED as DEEPSEEK_OCR_FIXED
 
 # The DeepSeek tokenizer's "<image>" id, shared by DeepSeek-OCR and DeepSeek-OCR-2 (the latter's
 # published transformers config: https://huggingface.co/deepseek-community/DeepSeek-OCR-2).
@@ -54,8 +54,8 @@ IMAGE_TOKEN_ID = 128815
 
 # CLIP-L/14 (https://huggingface.co/openai/clip-vit-large-patch14/blob/main/config.json): quick_gelu,
 # layer norm eps 1e-5. The sizes config.json leaves out (SAM ViT-B's patch, window and neck, CLIP's
-# 4x MLP) are presets.DEEPSEEK_OCR_FIXED, which the analytic counter reads too, so the two never
-# disagree. DeepSeek-OCR's "mlp_ratio" key belongs to no block of v1.
+# 4x MLP) are the family's FIXED sizes (models/families/deepseek_ocr.py), which the analytic counter
+# reads too, so the two never disagree. DeepSeek-OCR's "mlp_ratio" key belongs to no block of v1.
 CLIP_ACTIVATION = "quick_gelu"
 CLIP_LAYER_NORM_EPS = 1e-5
 

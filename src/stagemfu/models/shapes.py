@@ -1,16 +1,13 @@
 """Inputs of one generate() call and the shapes they give: views, crop grid, image tokens.
 
-Each DeepSeek-OCR model turns an image into a fixed set of views (one global view, plus local
-crops in ``gundam`` mode) and a number of image placeholder tokens that its own processor puts in
-the prompt. The rules here follow those processors, so the analyzer counts the same positions the
-model computes:
+An image model turns an image into a fixed set of views (one global view, plus local crops in
+``gundam`` mode) and a number of image placeholder tokens that its own processor puts in the
+prompt. Each image family states its processor's rule as an :class:`ImageRule` (its
+``image_rule``; see ``stagemfu.models.families.deepseek_ocr`` and ``deepseek_ocr2``), and
+:func:`resolve_shapes` applies it, so the analyzer counts the same positions the model computes.
 
-- DeepSeek-OCR (v1, ``infer`` in deepseek-ai/DeepSeek-OCR's modeling_deepseekocr.py and its README
-  modes): a view of side S gives q = ceil(S/16/4) tokens a side, laid out as q rows of q tokens plus
-  one newline token each; the local crops are tiled into one (q_l*cols) x (q_l*rows) grid with a
-  newline per row; one view separator ends the image. base (1024): 16*(16+1) + 1 = 273.
-- DeepSeek-OCR-2 (transformers' processing_deepseek_ocr2.py / image_processing_deepseek_ocr2.py):
-  no newline tokens; 256 query tokens for the 1024 global view, 144 per 768 crop, one separator.
+Every input is bounded: token counts and the batch by ``MAX_INPUT``, so shapes stay within what
+torch and 64-bit counts can hold (the analyzer also refuses any count past 2**63 - 1).
 """
 
 from __future__ import annotations
@@ -18,14 +15,18 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from stagemfu.errors import ModelConfigError
-from stagemfu.models.presets import DEEPSEEK_OCR_FIXED, ModelSpec, config_value
+
+if TYPE_CHECKING:
+    from stagemfu.models.presets import ModelSpec
 
 STAGES = ("vision", "sam", "clip", "encoder", "projector", "prefill", "decode", "decode_first", "decode_last")
 MODES = ("tiny", "small", "base", "large", "gundam")
 DTYPES = ("bf16", "fp16", "fp32")
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+MAX_INPUT = 2**31 - 1  # tokens, batch, crops and image sides
 
 
 @dataclass(frozen=True)
@@ -68,50 +69,15 @@ class Shapes:
         return self.crop_grid[0] * self.crop_grid[1]
 
 
-def _set_order(lo: int, hi: int) -> list[tuple[int, int]]:
-    # DeepSeek-OCR's dynamic_preprocess: a set of (cols, rows) sorted by tile count
-    return sorted({(i, j) for i in range(1, hi + 1) for j in range(1, hi + 1) if lo <= i * j <= hi}, key=math.prod)
-
-
-def _loop_order(lo: int, hi: int) -> list[tuple[int, int]]:
-    # transformers' get_all_supported_aspect_ratios: columns loop outside, rows inside, sorted by count
-    return sorted(((i, j) for i in range(1, hi + 1) for j in range(1, hi + 1) if lo <= i * j <= hi), key=math.prod)
-
-
 @dataclass(frozen=True)
 class ImageRule:
-    """How one model family turns an image into views and tokens."""
+    """How one model family turns an image into views and tokens (a family's ``image_rule``)."""
 
     modes: dict[str, tuple[int, int | None]]  # mode -> (global view side, local crop side or None)
     crop_range: tuple[int, int]  # fewest and most local crops the grid rule allows
     newline_tokens: int  # extra tokens per row of a view grid
     grid_candidates: Callable[[int, int], list[tuple[int, int]]]
     source: str
-
-
-IMAGE_RULES: dict[str, ImageRule] = {
-    "deepseek-ocr": ImageRule(
-        modes={
-            "tiny": (512, None),
-            "small": (640, None),
-            "base": (1024, None),
-            "large": (1280, None),
-            "gundam": (1024, 640),
-        },
-        crop_range=(2, 9),
-        newline_tokens=1,
-        grid_candidates=_set_order,
-        source="https://github.com/deepseek-ai/DeepSeek-OCR (README modes; modeling_deepseekocr.py infer)",
-    ),
-    "deepseek-ocr2": ImageRule(
-        modes={"base": (1024, None), "gundam": (1024, 768)},
-        crop_range=(2, 6),
-        newline_tokens=0,
-        grid_candidates=_loop_order,
-        source="transformers/models/deepseek_ocr2/image_processing_deepseek_ocr2.py (size 1024, tile_size 768, "
-        "min_patches 2, max_patches 6)",
-    ),
-}
 
 
 def resolve_shapes(spec: ModelSpec, inputs: Inputs) -> Shapes:
@@ -136,9 +102,9 @@ def resolve_shapes(spec: ModelSpec, inputs: Inputs) -> Shapes:
         gundam without ``crops`` or ``image_size``, or a crop count the model's rule cannot give.
     """
     _check_inputs(inputs)
-    if spec.family == "decoder-lm":
+    rule = spec.family.image_rule
+    if rule is None:
         return Shapes(inputs, 0, None, (0, 0), 0, inputs.text_tokens)
-    rule = IMAGE_RULES[spec.family]
     if inputs.mode not in rule.modes:
         raise ModelConfigError(
             f"{spec.name}: mode {inputs.mode!r} is not one of this model's modes ({', '.join(rule.modes)})"
@@ -147,23 +113,18 @@ def resolve_shapes(spec: ModelSpec, inputs: Inputs) -> Shapes:
     if inputs.crops is not None and local_size is None:
         raise ModelConfigError(f"--crops {inputs.crops}: local crops exist only in gundam mode, not {inputs.mode}")
     grid = _crop_grid(spec, rule, inputs, local_size) if local_size else (0, 0)
-    stride = _token_stride(spec)
-    side = math.ceil(base_size // stride[0] / stride[1])
+    sam = spec.dims.vision.sam
+    side = _token_side(base_size, sam.patch, sam.token_stride // sam.patch)
     tokens = side * (side + rule.newline_tokens) + 1  # global view grid + view separator
     if grid != (0, 0):
-        local = math.ceil(local_size // stride[0] / stride[1])
+        local = _token_side(local_size, sam.patch, sam.token_stride // sam.patch)
         tokens += local * grid[1] * (local * grid[0] + rule.newline_tokens)
     return Shapes(inputs, base_size, local_size, grid, tokens, tokens + inputs.text_tokens)
 
 
-def _token_stride(spec: ModelSpec) -> tuple[int, int]:
-    """(SAM patch size, downsampling of the stride-2 convs after the neck): pixels -> image tokens."""
-    if spec.family == "deepseek-ocr2":
-        sam = config_value(spec.config, "vision_config.sam_config", spec.source)
-        channels = config_value(spec.config, "vision_config.sam_config.downsample_channels", spec.source)
-        return int(sam.get("patch_size", 16)), 2 ** len(channels)
-    channels = config_value(spec.config, "vision_config.width.sam_vit_b.downsample_channels", spec.source)
-    return DEEPSEEK_OCR_FIXED["sam_patch_size"], 2 ** len(channels)
+def _token_side(pixels: int, patch: int, downsample: int) -> int:
+    """Image tokens along one side of a view: patches, then ``downsample``-fold fewer (rounded up)."""
+    return math.ceil(pixels // patch / downsample)
 
 
 def _crop_grid(spec: ModelSpec, rule: ImageRule, inputs: Inputs, local_size: int) -> tuple[int, int]:
@@ -204,19 +165,38 @@ def _closest_grid(width: int, height: int, tile: int, candidates: list[tuple[int
 
 
 def _check_inputs(inputs: Inputs) -> None:
+    """Types and ranges of every field; values may come from a shapes.json as well as from flags."""
     for name in ("text_tokens", "new_tokens", "batch"):
         value = getattr(inputs, name)
-        if not isinstance(value, int) or value < 1:
+        if not _whole(value, 1):
             flag = name.replace("_", "-")
-            raise ModelConfigError(f"--{flag} {value}: must be a positive whole number")
-    if inputs.dtype not in DTYPES:
-        raise ModelConfigError(f"--dtype {inputs.dtype}: unknown; use one of {', '.join(DTYPES)}")
-    if inputs.mode not in MODES:
-        raise ModelConfigError(f"--mode {inputs.mode}: unknown; use one of {', '.join(MODES)}")
-    if inputs.crops is not None and inputs.crops < 0:
-        raise ModelConfigError(f"--crops {inputs.crops}: must be 0 or more")
-    if inputs.image_size is not None and min(inputs.image_size) < 1:
-        raise ModelConfigError(f"--image-size {inputs.image_size[0]}x{inputs.image_size[1]}: sides must be positive")
+            raise ModelConfigError(f"--{flag} {_shown(value)}: must be a positive whole number, at most {MAX_INPUT}")
+    if not isinstance(inputs.dtype, str) or inputs.dtype not in DTYPES:
+        raise ModelConfigError(f"--dtype {_shown(inputs.dtype)}: unknown; use one of {', '.join(DTYPES)}")
+    if not isinstance(inputs.mode, str) or inputs.mode not in MODES:
+        raise ModelConfigError(f"--mode {_shown(inputs.mode)}: unknown; use one of {', '.join(MODES)}")
+    if inputs.crops is not None and not _whole(inputs.crops, 0):
+        raise ModelConfigError(f"--crops {_shown(inputs.crops)}: must be 0 or more, at most {MAX_INPUT}")
+    size = inputs.image_size
+    if size is not None and not (
+        isinstance(size, (tuple, list)) and len(size) == 2 and all(_whole(s, 1) for s in size)
+    ):
+        raise ModelConfigError(f"--image-size {_shown(size)}: must be WIDTHxHEIGHT, sides positive whole numbers")
+    if not isinstance(inputs.full_logits, bool):
+        raise ModelConfigError(f"--full-logits {_shown(inputs.full_logits)}: must be true or false")
+
+
+def _whole(value: Any, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and minimum <= value <= MAX_INPUT
+
+
+def _shown(value: Any) -> str:
+    """An input value in a message: ``1e15`` as written, sizes as WxH, anything else clipped to one line."""
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return f"{value[0]}x{value[1]}"
+    text = value if isinstance(value, str) else repr(value)
+    text = repr(text)[1:-1] if isinstance(value, str) else text  # control characters escaped
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def ranges_per_generation(new_tokens: int, crops: int) -> dict[str, int]:

@@ -235,14 +235,14 @@ def flops_for_model(
 
     ``run`` (a ``run.json``) supplies the config overlay and inputs a recorded run used.
     """
-    from stagemfu.analyzer import COUNTERS, analyze
+    from stagemfu.analyzer import analyze
     from stagemfu.models import Inputs, load_model_spec
 
     if run:
         config = config or _run_path(run, "config")
         inputs = inputs or Inputs(**_inputs_fields(run.get("inputs") or {}))
     spec = load_model_spec(model, config=config)
-    analysis = analyze(spec, inputs or Inputs(), counters=counters or COUNTERS)
+    analysis = analyze(spec, inputs or Inputs(), counters=counters)
     return flops_from_analysis(analysis.document(), source=f"analyzer ({spec.name}, {spec.source})")
 
 
