@@ -4,7 +4,7 @@
     bench/bench_postprocess.py --copies 70,700,3500 [--ranks 8] [--base TRACE] [--nsys PATH] [--out DIR]
 
 For each copy count N the base fixture (a real H100 trace, 3,003 kernels) is repeated N times with
-../shared/bench/inflate_trace.py. Then, each in a fresh process, timed with its peak RSS:
+bench/inflate_trace.py. Then, each in a fresh process, timed with its peak RSS:
   * `stagemfu postprocess FILE --format json` (default --chunk-ops auto: time-ordered chunks
     above 2M operations, several read and attributed at once where there are cores);
   * the same with --chunk-ops 0 (everything in memory), up to --in-memory-max kernels;
@@ -37,11 +37,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
+from inflate_trace import inflate_trace  # noqa: E402  (beside this script)
+
 from stagemfu import postprocess  # noqa: E402
 from stagemfu.collect.nsys import find_nsys  # noqa: E402
 from stagemfu.postprocess.export import decompress_cached  # noqa: E402
 
-INFLATE = ROOT.parent / "shared" / "bench" / "inflate_trace.py"
 STAGEMFU = [sys.executable, "-m", "stagemfu.cli"]
 # Child processes import stagemfu from this checkout too, installed or not.
 CHILD_PATH = [str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]
@@ -131,7 +132,7 @@ def run_one(copies: int, args: argparse.Namespace, ctx: dict) -> dict:
     """Inflate the base trace ``copies`` times, time stagemfu (and nsys) on it, check the numbers."""
     trace = ctx["work"] / f"inflated-x{copies}.sqlite"
     if not trace.exists():
-        subprocess.run([sys.executable, str(args.inflate), str(ctx["base"]), str(trace), str(copies)], check=True)
+        inflate_trace(ctx["base"], trace, copies)
     run = {"copies": copies, "kernels": ctx["base_kernels"] * copies, "file_mib": trace.stat().st_size / 2**20}
     want = {k: {c: v * copies for c, v in vals.items()} for k, vals in ctx["base_totals"].items()}
     in_memory = run["kernels"] <= args.in_memory_max
@@ -164,7 +165,7 @@ def run_ranks(ranks: int, copies: int, args: argparse.Namespace, ctx: dict) -> d
     """Time `stagemfu postprocess DIR` on ``ranks`` names of one inflated trace, sequential and on Dask."""
     trace = ctx["work"] / f"inflated-x{copies}.sqlite"
     if not trace.exists():
-        subprocess.run([sys.executable, str(args.inflate), str(ctx["base"]), str(trace), str(copies)], check=True)
+        inflate_trace(ctx["base"], trace, copies)
     ranks_dir = ctx["work"] / "ranks"
     shutil.rmtree(ranks_dir, ignore_errors=True)
     ranks_dir.mkdir()
@@ -262,7 +263,6 @@ def main() -> None:
     ap.add_argument("--nsys", default=None, help="nsys executable (default: $NSYS, PATH, /opt/nvidia)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench-out")
     ap.add_argument("--workdir", type=Path, default=None, help="where inflated traces go (default: a temp dir)")
-    ap.add_argument("--inflate", type=Path, default=INFLATE, help="the inflate_trace.py script (default: %(default)s)")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds allowed per command")
     ap.add_argument("--no-phases", dest="phases", action="store_false", help="skip the read/compute phase timing")
     ap.add_argument(
@@ -301,7 +301,7 @@ def main() -> None:
         for n in copies:
             target = work / f"inflated-x{n}.sqlite"
             if not target.exists():
-                subprocess.run([sys.executable, str(args.inflate), str(base), str(target), str(n)], check=True)
+                inflate_trace(base, target, n)
             print(f"{target}: {target.stat().st_size / 2**20:.0f} MiB", flush=True)
         return
     for n in copies:

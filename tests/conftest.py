@@ -8,10 +8,13 @@ nsys-like SQLite export with sqlite-utils: only the tables and columns stagemfu 
 
 from __future__ import annotations
 
+import atexit
 import csv
+import functools
 import itertools
 import lzma
 import shutil
+import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,7 @@ import sqlite_utils
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "traces"
+CORPUS = ROOT / "tests" / "fixtures" / "corpus"  # traces other people recorded (README there)
 FAKE_NSYS = ROOT / "tests" / "fixtures" / "fake_nsys" / "nsys"  # writes a real fixture as its "recording"
 TRACE_NAMES = ("tiny_vlm", "named_domain", "cuda_graph_node", "cuda_graph_graph", "tp_train", "llama_train")
 # `stagemfu run` recordings of the built-in models (tests/fixtures/record_models.sh); the first is the
@@ -55,9 +59,23 @@ NVTX_STARTEND = 60
 NVTX_DOMAIN_CREATE = 75
 
 
+@functools.cache
 def corpus_dir() -> Path:
-    """The shared corpus of other people's traces, at ``../shared/traces`` from the project root."""
-    return ROOT.parent / "shared" / "traces"
+    """The corpus of other people's traces under their upstream names, as a user would have them.
+
+    ``tests/fixtures/corpus/`` holds them compressed (see its README): each ``.xz`` copy is
+    decompressed, and every other file copied, once per test run into a temporary directory that
+    is removed at exit, so a test can hand stagemfu the plain file and check that it never changes.
+    """
+    out = Path(tempfile.mkdtemp(prefix="stagemfu-corpus-"))
+    atexit.register(shutil.rmtree, out, ignore_errors=True)
+    for source in sorted(CORPUS.iterdir()):
+        if source.name == "README.md":
+            continue
+        target = out / source.name.removesuffix(".xz")
+        with (lzma.open if source.suffix == ".xz" else open)(source, "rb") as src, target.open("wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+    return out
 
 
 def gtid(pid: int = DEFAULT_PID, tid: int = DEFAULT_TID) -> int:

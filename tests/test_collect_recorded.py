@@ -2,9 +2,10 @@
 embedded default trace (``src/stagemfu/data/*.sqlite.xz``, recorded by ``stagemfu run``) holds the
 documented stages.
 
-A trace is scrubbed as ``../shared/tools/scrub_trace.py`` does it: the host's name, environment,
-CPU, machine id and install directory blanked in TARGET_INFO_SYSTEM_ENV, no environment rows in
-META_DATA_CAPTURE, no ``NAME=value`` strings in StringIds.
+A trace is scrubbed as ``tests/fixtures/README.md`` says: the host's name, environment, CPU, machine
+id and install directory blanked in TARGET_INFO_SYSTEM_ENV, no environment rows in
+META_DATA_CAPTURE, no ``NAME=value`` strings in StringIds, and the exporting host, user and paths
+blanked in the export metadata.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from conftest import EMBEDDED_TRACE, FIXTURES
 
 from stagemfu.postprocess.export import decompress_cached
 
-# Every export in the repository: the fixtures (traces/, calibration/) and the embedded trace.
+# Every export in the repository: the fixtures (traces/, calibration/, corpus/) and the embedded trace.
 SHIPPED = sorted(FIXTURES.parent.glob("**/*.sqlite.xz")) + [EMBEDDED_TRACE]
 HOST_FIELDS = ("Hostname", "DeviceEnvironment", "SystemUID", "CpuInfo", "TargetInstallDir")
 ENV_STRING = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=|PATH=/")
+# Who exported the trace, and where: META_DATA_EXPORT (EXPORT_META_DATA in 2022 exports).
+EXPORT_HOST = "name in ('EXPORT_HOST', 'EXPORT_USER') or name like 'EXPORT%PATH%'"
 # `stagemfu run deepseek-ocr2` ranges (docs/collect.md); `warmup` is absent under --capture nvtx:measured
 OCR2_STAGES = {"measured", "prefill", "decode", "vision", "sam", "encoder", "projector"}
 
@@ -38,6 +41,9 @@ def environment_left(path: Path) -> list[str]:
         if "META_DATA_CAPTURE" in tables:
             sql = "select name from META_DATA_CAPTURE where name like '%ENVIRONMENT%' or value like '%=%'"
             found += [f"META_DATA_CAPTURE.{name}" for (name,) in db.execute(sql)]
+        for table in sorted(tables & {"META_DATA_EXPORT", "EXPORT_META_DATA"}):
+            sql = f"select name from {table} where ({EXPORT_HOST}) and value != ''"
+            found += [f"{table}.{name}" for (name,) in db.execute(sql)]
         found += [
             f"StringIds: {value[:40]}"
             for (value,) in db.execute("select value from StringIds")
@@ -58,11 +64,16 @@ def test_an_unscrubbed_export_is_caught(tmp_path):
         db.execute("insert into TARGET_INFO_SYSTEM_ENV values ('Hostname', 'gpu-node-17'), ('OsName', 'Linux')")
         db.execute("create table META_DATA_CAPTURE (name text, value text)")
         db.execute("insert into META_DATA_CAPTURE values ('ENVIRONMENT', 'HOME=/root')")
+        db.execute("create table EXPORT_META_DATA (name text, value text)")
+        db.execute("insert into EXPORT_META_DATA values ('EXPORT_HOST', 'gpu-node-17'), ('EXPORT_USER', '')")
+        db.execute("insert into EXPORT_META_DATA values ('EXPORT_OUTUPT_PATH', '/home/me/r.sqlite')")
         db.execute("create table StringIds (id integer, value text)")
         db.execute("insert into StringIds values (1, 'HF_TOKEN=hf_abc'), (2, 'prefill'), (3, 'x\nPATH=/usr/bin')")
     assert environment_left(path) == [
         "TARGET_INFO_SYSTEM_ENV.Hostname",
         "META_DATA_CAPTURE.ENVIRONMENT",
+        "EXPORT_META_DATA.EXPORT_HOST",
+        "EXPORT_META_DATA.EXPORT_OUTUPT_PATH",
         "StringIds: HF_TOKEN=hf_abc",
         "StringIds: x\nPATH=/usr/bin",
     ]

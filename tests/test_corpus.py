@@ -1,8 +1,8 @@
-"""Every file of the shared corpus (other people's traces, ``../shared/traces``): a report or exit 2
+"""Every trace of the corpus (other people's traces, ``tests/fixtures/corpus``): a report or exit 2
 with one line, never a traceback, never a changed input; and the counts its README states.
 
-nsys is hidden for the whole session (conftest sets NSYS to a path that does not exist), so the
-.nsys-rep/.qdrep files take the "nsys not found" path on every machine.
+nsys is hidden for the whole session (conftest sets NSYS to a path that does not exist), so
+.nsys-rep/.qdrep reports take the "nsys not found" path on every machine.
 """
 
 from __future__ import annotations
@@ -13,19 +13,38 @@ import json
 import polars as pl
 import pytest
 from click.testing import CliRunner
+from conftest import CORPUS as COMMITTED
 from conftest import corpus_dir
 
 from stagemfu import postprocess
 from stagemfu.cli import cli
 
 CORPUS = corpus_dir()
-FILES = sorted(p.name for p in CORPUS.iterdir()) if CORPUS.is_dir() else []
+FILES = sorted(p.name for p in CORPUS.iterdir())
+README = (COMMITTED / "README.md").read_text(encoding="utf-8")
 
 
 def test_corpus_is_present():
-    assert CORPUS.is_dir(), f"{CORPUS} is missing: the corpus lives at ../shared/traces from the project root"
     assert sum(name.endswith(".sqlite") for name in FILES) == 4
-    assert len(FILES) == 11  # ten traces and the README
+    assert sum(name.endswith(".pt.trace.json.gz") for name in FILES) == 3
+    assert len(FILES) == 7
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_corpus_readme_names_each_trace_and_its_source(name):
+    committed = name if name.endswith(".gz") else f"{name}.xz"
+    row = next((line for line in README.splitlines() if line.startswith(f"| `{committed}` |")), None)
+    assert row is not None, f"{committed} has no row in {COMMITTED / 'README.md'}"
+    source, blob, licence = (cell.strip() for cell in row.split("|")[2:5])
+    assert "/" in source and len(blob) == 40 and licence
+
+
+@pytest.mark.parametrize("name", [n for n in FILES if n.endswith(".gz")])
+def test_unchanged_corpus_copies_are_the_upstream_blobs(name):
+    """A copy the README calls unchanged hashes to the upstream blob it names (``git hash-object``)."""
+    data = (COMMITTED / name).read_bytes()
+    blob = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+    assert f"| `{name}` |" in README and f"| {blob} |" in README
 
 
 def test_nsys_is_hidden_during_tests():
@@ -75,10 +94,15 @@ def test_corpus_error_names_the_file_given(reports, name):
     assert line.startswith(f"Error: {CORPUS / name}:"), line
 
 
-@pytest.mark.parametrize("name", [n for n in FILES if n.endswith((".nsys-rep", ".qdrep"))])
-def test_report_container_without_nsys_says_how_to_export(reports, name):
-    line = reports[name][2]
-    assert "nsys export" in line and "NSYS" in line
+@pytest.mark.parametrize("suffix", [".nsys-rep", ".qdrep"])
+def test_report_container_without_nsys_says_how_to_export(tmp_path, suffix):
+    """The corpus's reports are not in the repository (README): without nsys their bytes are never read."""
+    path = tmp_path / f"report1{suffix}"
+    path.write_bytes(b"an Nsight Systems report")
+    result = CliRunner().invoke(cli, ["postprocess", str(path), "--format", "json"])
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.startswith(f"Error: {path}:") and result.stderr.count("\n") == 1
+    assert "nsys export" in result.stderr and "NSYS" in result.stderr
 
 
 def doc(reports, name) -> dict:
