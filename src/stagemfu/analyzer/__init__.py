@@ -20,6 +20,7 @@ from stagemfu.errors import MissingDependencyError, ModelConfigError
 from stagemfu.models.blocks import model_blocks
 from stagemfu.models.presets import ModelSpec
 from stagemfu.models.shapes import Inputs, Shapes, resolve_shapes
+from stagemfu.notebook import Summarized
 
 SCHEMA = "stagemfu.analyze/1"
 COUNTERS = ("analytic", "torch", "fvcore")
@@ -30,8 +31,8 @@ RULE = (
 )
 
 
-@dataclass(frozen=True)
-class Analysis:
+@dataclass(frozen=True, repr=False)  # repr and Jupyter summary: stagemfu.notebook
+class Analysis(Summarized):
     """The result of :func:`analyze`.
 
     Attributes

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from stagemfu.analyzer.counter_result import CounterResult
 from stagemfu.analyzer.torch_count import decode_total
-from stagemfu.errors import MissingDependencyError
+from stagemfu.deps import require
 from stagemfu.models.build import (
     build_model,
     language_model,
@@ -131,14 +131,10 @@ def count_fvcore(spec: ModelSpec, shapes: Shapes) -> CounterResult:
 def require_fvcore() -> None:
     """Raise MissingDependencyError unless fvcore (and the model extra it runs on) can be imported."""
     require_model_extra()
-    try:
-        with warnings.catch_warnings():  # fvcore.nn scripts a loss function at import; torch deprecates jit.script
-            warnings.filterwarnings("ignore", r"`torch\.jit\.script` is deprecated", DeprecationWarning)
-            import fvcore.nn  # noqa: F401
-    except ImportError as err:
-        raise MissingDependencyError(
-            "fvcore is not installed; the fvcore counter needs it: pip install 'stagemfu[model]'"
-        ) from err
+    require("fvcore", needed_for="the fvcore counter")
+    with warnings.catch_warnings():  # fvcore.nn scripts a loss function at import; torch deprecates jit.script
+        warnings.filterwarnings("ignore", r"`torch\.jit\.script` is deprecated", DeprecationWarning)
+        import fvcore.nn  # noqa: F401
 
 
 def sdpa_flop_jit(inputs: list[Any], outputs: list[Any]) -> int:

@@ -101,7 +101,7 @@ def collect(command: tuple[str, ...], dry_run: bool, **params: Any) -> int:
     from stagemfu.collect import plan_collection
 
     kwargs = _collect_kwargs(params)
-    plan = plan_collection(list(command), **kwargs)
+    plan = plan_collection(list(command), **kwargs, dry_run=dry_run)
     if _announce(plan, dry_run):
         return 0
     result = run_collection(list(command), **kwargs)
@@ -128,12 +128,14 @@ def run(dry_run: bool, **params: Any) -> int:
       stagemfu run tests/fixtures/configs/llama-3.2-1b --text-tokens 512 --new-tokens 64
     """
     from stagemfu.collect import plan_collection
-    from stagemfu.collect.model_run import collect_model, runner_command
+    from stagemfu.collect.model_run import collect_model, require_runner, runner_command
 
     options = options_from_params(params)
     options.shapes()  # a bad model or input fails here, in one line, before nsys starts
+    if not dry_run:
+        require_runner()
     kwargs = _collect_kwargs(params)
-    plan = plan_collection(runner_command(options, out_dir=kwargs["out_dir"]), **kwargs)
+    plan = plan_collection(runner_command(options, out_dir=kwargs["out_dir"]), **kwargs, dry_run=dry_run)
     if _announce(plan, dry_run):
         return 0
     result = collect_model(options, **kwargs)
@@ -145,6 +147,8 @@ def _announce(plan: CollectPlan, dry_run: bool) -> bool:
     lines = [shlex.join(plan.profile), shlex.join(plan.export)]
     if dry_run:
         click.echo("\n".join(lines))
+        for note in plan.notes:
+            click.echo(f"stagemfu: {note}", err=True)
         return True
     click.echo(f"stagemfu: {lines[0]}", err=True)
     return False

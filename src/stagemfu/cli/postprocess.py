@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,8 +16,7 @@ from stagemfu.cli import FORMATS, format_option, json_text, launches_option, out
 from stagemfu.cli.view_options import top_kernels_option, view_options
 from stagemfu.postprocess.many import DEFAULT_THRESHOLD, SPREAD_METRICS
 from stagemfu.postprocess.reader import Progress
-from stagemfu.report.render.postprocess_data import TABLES
-from stagemfu.report.render.postprocess_many import MANY_TABLES
+from stagemfu.report.render.postprocess_data import MANY_TABLES, TABLES
 
 if TYPE_CHECKING:
     from stagemfu.postprocess import CombinedTimes, StageTimes
@@ -70,7 +70,7 @@ SCHEDULER_ADDRESS = re.compile(
     type=click.IntRange(min=1),
     default=None,
     help="Several traces: Dask worker processes on this machine (default: one per trace, up to the "
-    "number of cores; 1 loads them one after the other without Dask).",
+    "number of cores, when Dask is installed; 1 loads them one after the other without Dask).",
 )
 @click.option(
     "--scheduler",
@@ -142,7 +142,7 @@ def postprocess(
     Several TRACEs, a directory of traces or a glob pattern (one trace per rank, run or node):
     each trace's stage tables, a combined table (sums, and per-trace min/median/max) and the
     stragglers (traces whose stage time exceeds the median by more than a threshold). The traces
-    load in parallel on Dask (--jobs, --scheduler).
+    load in parallel on Dask when it is installed (--jobs, --scheduler), else one after the other.
 
     \b
     Per NVTX range (aggregated by name and by nesting path):
@@ -235,14 +235,19 @@ def _scheduler(value: str | None) -> str | None:
 def _show_one(
     st: StageTimes, *, fmt: str, table_name: str, top: int, view: TableView, instances: bool, output: Path | None
 ) -> None:
-    from stagemfu.report.render import postprocess_data, postprocess_view
+    from stagemfu.report.render import postprocess_data
     from stagemfu.report.render.csv import csv_text
 
+    def views():  # they draw with rich: imported only for the formats that use them (start-up time)
+        from stagemfu.report.render import postprocess_view
+
+        return postprocess_view
+
     writers = {
-        "table": lambda t: postprocess_view.terminal_view(t, top=top, view=view),
+        "table": lambda t: views().terminal_view(t, top=top, view=view),
         "json": lambda t: json_text(postprocess_data.postprocess_document(t, top=top, instances=instances)),
         "csv": lambda t: csv_text(postprocess_data.table(t, table_name, top=top)),
-        "md": lambda t: postprocess_view.markdown_view(t, top=top, view=view),
+        "md": lambda t: views().markdown_view(t, top=top, view=view),
     }
     render(st, fmt, output, writers)
 
@@ -267,11 +272,14 @@ def progress_bar(quiet: bool, *, force: bool = False) -> Iterator[Progress | Non
     Nothing is drawn with ``quiet``, when stderr is not a terminal (unless ``force``), or when
     the load ends within the delay. The bar is transient: it disappears when the load ends.
     """
+    if quiet or not (force or sys.stderr.isatty()):  # decided before rich is imported: start-up time
+        yield None
+        return
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = Console(stderr=True, force_terminal=force or None)
-    if quiet or not console.is_terminal:
+    if not console.is_terminal:
         yield None
         return
     bar = Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console, transient=True)

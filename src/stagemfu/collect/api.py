@@ -24,7 +24,8 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from stagemfu.errors import MissingDependencyError, ModelConfigError
+from stagemfu.deps import require
+from stagemfu.errors import ModelConfigError
 
 if TYPE_CHECKING:
     import torch
@@ -51,12 +52,9 @@ class NvtxSink:
     """
 
     def __init__(self) -> None:
-        try:
-            import nvtx
-        except ImportError as err:
-            raise MissingDependencyError(
-                "stage ranges need the nvtx package: pip install 'stagemfu[model]' (or pip install nvtx)"
-            ) from err
+        require("nvtx", needed_for="recording stage ranges")
+        import nvtx
+
         self._domain = nvtx.get_domain(DOMAIN)
         self._attributes: dict[str, Any] = {}
         self.attached = type(self._domain).__name__ != "DummyDomain"

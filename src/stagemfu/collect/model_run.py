@@ -16,6 +16,7 @@ from stagemfu.collect.run_info import write_run_json
 from stagemfu.collect.run_options import RunnerOptions
 from stagemfu.collect.runner import SHAPES_FILE
 from stagemfu.collect.session import CollectResult, collect
+from stagemfu.deps import require
 
 RUNNER_MODULE = "stagemfu.collect.runner"  # run as `python -m`, the profiled child
 REPORT_KEYS = ("model", "config", "inputs")  # what `stagemfu report` reads from run.json
@@ -26,6 +27,15 @@ def runner_command(options: RunnerOptions, *, out_dir: Path) -> list[str]:
     return [sys.executable, "-m", RUNNER_MODULE, *options.argv(), "--out-dir", str(Path(out_dir).resolve())]
 
 
+def require_runner() -> None:
+    """Raise MissingDependencyError unless the runner's packages are installed at the declared versions.
+
+    The runner builds the model in a child under nsys: checked here, a missing or old package is
+    one line before anything starts, not a traceback in the child's output.
+    """
+    require("torch", "transformers", "nvtx", needed_for="running a built-in model")
+
+
 def collect_model(runner: RunnerOptions, /, *, out_dir: Path, **collect_options: Any) -> CollectResult:
     """Profile the built-in runner with ``runner``'s options under nsys (see :func:`stagemfu.collect.collect`).
 
@@ -33,6 +43,7 @@ def collect_model(runner: RunnerOptions, /, *, out_dir: Path, **collect_options:
     wrote ``shapes.json``, its ``model``, ``config`` and ``inputs`` become top-level keys of
     ``run.json`` and the whole document its ``runner`` key.
     """
+    require_runner()
     Path(out_dir, SHAPES_FILE).unlink(missing_ok=True)  # an earlier run's must not pass for this one's
     result = collect(runner_command(runner, out_dir=out_dir), out_dir=out_dir, **collect_options)
     merge_shapes(result.run_json, Path(out_dir) / SHAPES_FILE)

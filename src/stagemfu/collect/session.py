@@ -46,6 +46,8 @@ class CollectPlan:
         The ``nsys export`` argv that turns ``rep`` into ``sqlite``.
     rep, sqlite, run_json
         Paths of the report, its SQLite export and ``run.json``.
+    notes
+        What the plan could not settle (no nsys found on this machine), one line each.
     """
 
     nsys: str
@@ -54,6 +56,7 @@ class CollectPlan:
     rep: Path
     sqlite: Path
     run_json: Path
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -93,15 +96,26 @@ def plan_collection(
     extra_nsys_args: tuple[str, ...] = (),
     options: ProfileOptions = DEFAULT_PROFILE,
     name: str = DEFAULT_NAME,
+    dry_run: bool = False,
 ) -> CollectPlan:
     """The commands and files of a collection, without running anything (``--dry-run``).
+
+    With ``dry_run`` a missing nsys is not an error: the plan names the executable the user chose
+    (``--nsys``, ``$NSYS``) or plain ``nsys``, and its notes say it was not found, so the plan can
+    be read on a machine that will not run it.
 
     Raises
     ------
     CollectError
-        nsys is not found, the command is empty, or the capture mode is unknown.
+        nsys is not found (unless ``dry_run``), the command is empty, or the capture mode is unknown.
     """
-    exe = require_nsys(nsys)
+    notes: tuple[str, ...] = ()
+    try:
+        exe = require_nsys(nsys)
+    except CollectError as err:
+        if not dry_run:
+            raise
+        exe, notes = nsys or os.environ.get("NSYS") or "nsys", (f"nsys is needed to run this plan: {err}",)
     base = Path(out_dir) / name
     rep, sqlite = base.with_name(f"{name}.nsys-rep"), base.with_name(f"{name}.sqlite")
     argv = profile_argv(exe, command, output=base, options=options, capture=capture, extra=extra_nsys_args)
@@ -112,6 +126,7 @@ def plan_collection(
         rep=rep,
         sqlite=sqlite,
         run_json=Path(out_dir) / "run.json",
+        notes=notes,
     )
 
 

@@ -13,11 +13,10 @@ torch and transformers are the ``[model]`` extra; they are imported when a funct
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stagemfu.errors import MissingDependencyError, ModelConfigError
+from stagemfu.errors import ModelConfigError
 
 if TYPE_CHECKING:
     import torch
@@ -31,14 +30,10 @@ SEED = 0  # example inputs are random but the same on every call
 
 
 def require_model_extra() -> None:
-    """Raise MissingDependencyError unless torch and transformers can be imported."""
-    for module in ("torch", "transformers"):
-        try:
-            importlib.import_module(module)
-        except ImportError as err:
-            raise MissingDependencyError(
-                f"{module} is not installed; building or running a model needs it: pip install 'stagemfu[model]'"
-            ) from err
+    """Raise MissingDependencyError unless torch and transformers are installed at the declared versions."""
+    from stagemfu.deps import require
+
+    require("torch", "transformers", needed_for="building or running a model")
 
 
 def torch_dtype(dtype: str) -> torch.dtype:

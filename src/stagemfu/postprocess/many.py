@@ -18,7 +18,9 @@ from typing import Literal
 
 import polars as pl
 
-from stagemfu.errors import MissingDependencyError, StagemfuError, TraceError
+from stagemfu import deps
+from stagemfu.errors import StagemfuError, TraceError
+from stagemfu.notebook import Summarized
 from stagemfu.postprocess.export import COMPRESSED_SUFFIXES, REPORT_SUFFIXES
 from stagemfu.postprocess.reader import Progress
 from stagemfu.postprocess.stages import StageTimes
@@ -27,11 +29,11 @@ TRACE_SUFFIXES = (".sqlite", *(f".sqlite{s}" for s in COMPRESSED_SUFFIXES), *REP
 SPREAD_METRICS = ("wall_ns", "span_ns", "busy_ns", "kernel_ns", "comm_ns")
 SUM_METRICS = ("instances", "gpu_instances", *SPREAD_METRICS, "gpu_ops", "kernels")
 DEFAULT_THRESHOLD = 0.10
-DASK_HINT = "pip install 'stagemfu[dask]' (or dask[distributed])"
+DASK = ("dask", "distributed")  # the stagemfu[dask] extra
 
 
-@dataclass(frozen=True)
-class CombinedTimes:
+@dataclass(frozen=True, repr=False)  # repr and Jupyter summary: stagemfu.notebook
+class CombinedTimes(Summarized):
     """Stage times of several traces and how they compare.
 
     Attributes
@@ -121,7 +123,8 @@ def load_many(
         As for :func:`stagemfu.postprocess.load`, applied to every trace.
     jobs
         Worker processes of the local Dask cluster; by default one per trace up to the number of
-        cores. With 1 the traces load one after the other in this process, without Dask.
+        cores, or none when Dask is not installed: the traces then load one after the other in
+        this process, and a note says so. With 1 they always load that way, without Dask.
     scheduler
         Address of a running Dask scheduler (``tcp://host:8786``); the traces load on its workers,
         which must see the same paths. Overrides ``jobs``.
@@ -150,6 +153,11 @@ def load_many(
         "launches": launches,
     }
     workers = jobs if jobs is not None else min(len(paths), os.cpu_count() or 1)
+    notes: tuple[str, ...] = ()
+    if scheduler is None and jobs is None and workers > 1:
+        no_dask = deps.problem(*DASK, needed_for="loading them in parallel")
+        if no_dask:
+            workers, notes = 1, (f"{len(paths)} traces loaded one after the other: {no_dask}",)
     if scheduler is None and workers <= 1:
         results = []
         for i, path in enumerate(paths):
@@ -158,7 +166,8 @@ def load_many(
                 progress("traces", i + 1, len(paths))
     else:
         results = _on_dask(paths, options, workers=workers, scheduler=scheduler, progress=progress)
-    return combine(results, [str(p) for p in paths], metric=metric, threshold=threshold)
+    combined = combine(results, [str(p) for p in paths], metric=metric, threshold=threshold)
+    return dataclasses.replace(combined, notes=(*notes, *combined.notes))
 
 
 def load_slim(path: Path, **options: object) -> StageTimes:
@@ -178,10 +187,9 @@ def load_slim(path: Path, **options: object) -> StageTimes:
 def _on_dask(
     paths: list[Path], options: dict, *, workers: int, scheduler: str | None, progress: Progress | None
 ) -> list[StageTimes]:
-    try:
-        from distributed import Client, LocalCluster, as_completed
-    except ImportError as err:
-        raise MissingDependencyError(f"loading several traces in parallel needs Dask: {DASK_HINT}") from err
+    deps.require(*DASK, needed_for="loading several traces in parallel")
+    from distributed import Client, LocalCluster, as_completed
+
     cluster = None
     if scheduler is None:
         # One thread per worker: polars and the SQLite reader use the cores of their own process.

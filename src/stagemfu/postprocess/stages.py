@@ -13,6 +13,7 @@ import polars as pl
 
 from stagemfu.errors import StagemfuError
 from stagemfu.globs import glob_regex, is_glob
+from stagemfu.notebook import Summarized
 from stagemfu.postprocess.attribution import COMM_COLUMNS, Attribution, attribute
 from stagemfu.postprocess.categories import COMMUNICATION, category_expr, category_rules
 from stagemfu.postprocess.intervals import DEFAULT_CHUNK_ROWS
@@ -25,8 +26,8 @@ TOTAL_COLUMNS = ["gpu_ops", "kernels", "kernel_ns", "busy_ns", "span_ns"]
 UNATTRIBUTED_COLUMNS = ["gpu_ops", "kernels", "kernel_ns", "busy_ns"]
 
 
-@dataclass(frozen=True)
-class StageTimes:
+@dataclass(frozen=True, repr=False)  # repr and Jupyter summary: stagemfu.notebook
+class StageTimes(Summarized):
     """Everything ``stagemfu postprocess`` reports for one trace.
 
     Attributes

@@ -4,6 +4,7 @@ Notebook use::
 
     from stagemfu import report
     r = report.report("run.sqlite", flops_file="flops.yaml")      # or model="deepseek-ocr2"
+    r = report.report("run.sqlite", flops={"prefill": 1.6e12, "decode": {"flops": 8e9, "bytes": 4e10}})
     r.stages        # polars frame: flops, wall/span/busy/kernel ns, tflops_* and mfu_* per stage
     r.model         # prefill + decode on each base
     r.latency       # TTFT, TPOT p50/p90/p99, decode tokens/s on wall and GPU time
@@ -16,19 +17,24 @@ denominator), :mod:`.join` (per stage), :mod:`.model_level` (whole generation, l
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from stagemfu.errors import FlopsFileError, StagemfuError
+from stagemfu.notebook import Summarized
 from stagemfu.postprocess import StageTimes, read, stage_times
-from stagemfu.report.documents import RUN_DOCUMENT, check_document, read_document
-from stagemfu.report.flops_file import StageFlops, flops_from_analysis, read_flops_file
+from stagemfu.report.documents import RUN_DOCUMENT, Document, check_document, read_document
+from stagemfu.report.flops_file import StageFlops, flops_from_analysis, flops_from_document, read_flops_file
 from stagemfu.report.join import join, range_matches
 from stagemfu.report.model_level import latency, model_totals
 from stagemfu.report.peaks import Peak, resolve_peak
+
+if TYPE_CHECKING:
+    from stagemfu.analyzer import Analysis
 
 __all__ = ["MfuReport", "Peak", "StageFlops", "build_report", "flops_for_model", "read_flops_file", "report"]
 
@@ -38,8 +44,8 @@ SHAPES_FILE = "shapes.json"  # written by the built-in runner: model, config, in
 SHAPES_KEYS = ("model", "config", "inputs", "repeat", "attn", "weights", "device_name")
 
 
-@dataclass(frozen=True)
-class MfuReport:
+@dataclass(frozen=True, repr=False)  # repr and Jupyter summary: stagemfu.notebook
+class MfuReport(Summarized):
     """Everything ``stagemfu report`` shows for one trace.
 
     Attributes
@@ -87,6 +93,7 @@ class MfuReport:
 def report(
     trace: str | Path,
     *,
+    flops: Mapping[str, Any] | Analysis | None = None,
     flops_file: str | Path | None = None,
     model: str | None = None,
     config: Path | None = None,
@@ -108,8 +115,11 @@ def report(
     ----------
     trace
         An nsys SQLite export (compressed or not) or report, as :func:`stagemfu.postprocess.read` takes.
+    flops
+        FLOPs per stage given in Python: a mapping of stage to FLOPs or to ``{"flops", "bytes",
+        "instances"}`` (the shapes a FLOPs file holds), or an :class:`~stagemfu.analyzer.Analysis`.
     flops_file
-        FLOPs per stage from a file (:func:`read_flops_file`).
+        Or FLOPs per stage from a file (:func:`read_flops_file`).
     model, config, inputs, counters
         Or FLOPs from the analyzer for this model (preset name or HF config path), a config
         overlay, a :class:`stagemfu.models.Inputs` and the counters to run (all by default).
@@ -136,7 +146,11 @@ def report(
     """
     path = Path(trace)
     run, run_notes = read_run_file(path)
-    if flops_file is not None:
+    if flops is not None and flops_file is not None:
+        raise FlopsFileError(f"{flops_file}: FLOPs given twice (flops and flops_file); give one")
+    if flops is not None:
+        sf = _flops_given(flops)
+    elif flops_file is not None:
         sf = read_flops_file(flops_file)
     elif model is not None or run.get("model"):
         sf = flops_for_model(
@@ -221,6 +235,18 @@ def _several_gpus_note(st: StageTimes, in_report: pl.Expr) -> list[str]:
         "(GPU-seconds), so the peak is one GPU's and the FLOPs must be those of all processes together "
         "(with `instances` per process, a FLOPs file is scaled to the instances found)"
     ]
+
+
+def _flops_given(flops: Mapping[str, Any] | Analysis) -> StageFlops:
+    """FLOPs passed in Python to :func:`report`: an :class:`~stagemfu.analyzer.Analysis` or a mapping."""
+    from stagemfu.analyzer import Analysis
+
+    if isinstance(flops, Analysis):
+        return flops_from_analysis(flops.document(), source=f"analyzer ({flops.spec.name}, {flops.spec.source})")
+    if not isinstance(flops, Mapping):
+        kind = type(flops).__name__
+        raise FlopsFileError(f"flops: expected a mapping of stage name to FLOPs or an Analysis, not a {kind}")
+    return flops_from_document(Document("flops mapping", dict(flops)))
 
 
 def flops_for_model(

@@ -69,7 +69,9 @@ def run_calibration(
 ) -> Calibration:
     """Profile the GEMM workload under nsys into ``out_dir``, then :func:`check_calibration` it."""
     from stagemfu.collect import collect
+    from stagemfu.deps import require
 
+    require("torch", needed_for="the calibration workload")
     out_dir = Path(out_dir)
     command = [sys.executable, "-m", "stagemfu.report.calibrate_workload", "--out", str(out_dir / EVENTS_FILE)]
     command += ["--shapes", shapes] if shapes else []

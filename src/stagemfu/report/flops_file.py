@@ -106,7 +106,12 @@ def read_flops_file(path: str | Path) -> StageFlops:
         The file is missing, not UTF-8, not JSON/YAML, or does not fit its schema; the message
         names the file and the place (``stages.prefill.flops``).
     """
-    doc = read_document(path, what="FLOPs file", error=FlopsFileError, yaml=True)
+    return flops_from_document(read_document(path, what="FLOPs file", error=FlopsFileError, yaml=True))
+
+
+def flops_from_document(doc: Document) -> StageFlops:
+    """A :class:`StageFlops` from a FLOPs document already in memory: a file's content, or a mapping
+    given in Python (``report(trace, flops={...})``); ``doc.path`` names it in messages."""
     content = doc.content
     if isinstance(content, dict) and content.get("schema") == ANALYZE_SCHEMA:
         return flops_from_analysis(content, source=str(doc.path))
