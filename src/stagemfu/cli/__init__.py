@@ -1,7 +1,9 @@
 """The ``stagemfu`` command line: options in, one library call, rendered result out.
 
 This module holds the group, the shared options and the output helpers; each command lives in
-its own module beside it (``postprocess.py``, ...) and is registered in :func:`_register_commands`.
+its own module beside it (``postprocess.py``, ...), named in :data:`COMMANDS` and imported only
+when that command runs or shows its help: ``stagemfu --help`` loads none of them, and
+``stagemfu postprocess`` never loads the model code (start-up time, docs/benchmarks.md).
 
 User mistakes surface as :class:`stagemfu.errors.StagemfuError`; the group turns each into one
 line on stderr and exit status 2 (exit 1 is kept for a failed child command in ``collect``).
@@ -9,6 +11,7 @@ line on stderr and exit status 2 (exit 1 is kept for a failed child command in `
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import sys
@@ -23,6 +26,32 @@ from stagemfu.errors import StagemfuError
 
 FORMATS = ("table", "json", "csv", "md")
 PIPE_WIDTH = 160  # columns for tables written to a file or pipe
+# Command -> (module:function, its one-line help for `stagemfu --help`, which lists the commands
+# without importing them; tests/test_startup.py keeps each line equal to the command's own).
+COMMANDS = {
+    "analyze": (
+        "stagemfu.cli.analyze:analyze",
+        "FLOPs, bytes and parameters per stage of MODEL for one generate() call.",
+    ),
+    "calibrate": (
+        "stagemfu.cli.report:calibrate",
+        "Prove the report's MFU on bf16 GEMMs of known FLOPs (needs a GPU and nsys).",
+    ),
+    "collect": (
+        "stagemfu.cli.collect:collect",
+        "Run COMMAND under nsys, export the trace to SQLite and show its per-stage GPU times.",
+    ),
+    "compare": (
+        "stagemfu.cli.report:compare",
+        "Two reports side by side: time and MFU per stage on each base, and the kernels that changed most.",
+    ),
+    "postprocess": (
+        "stagemfu.cli.postprocess:postprocess",
+        "Per-stage GPU times of an nsys trace, or of several traces compared.",
+    ),
+    "report": ("stagemfu.cli.report:report", "MFU and MBU per stage of an nsys trace."),
+    "run": ("stagemfu.cli.collect:run", "Profile a built-in model's generate under nsys and report each stage's MFU."),
+}
 
 
 class UserInputError(click.ClickException):
@@ -44,6 +73,26 @@ class StagemfuGroup(click.Group):
             return super().invoke(ctx)
         except StagemfuError as err:
             raise UserInputError(str(err)) from err
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*COMMANDS, *self.commands})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        """The command, its module imported on first use."""
+        if name in COMMANDS and name not in self.commands:
+            module, function = COMMANDS[name][0].split(":")
+            self.add_command(getattr(importlib.import_module(module), function), name)
+        return super().get_command(ctx, name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list of ``--help``, from :data:`COMMANDS` (no command module is imported)."""
+        from click.utils import make_default_short_help
+
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(map(len, names))
+        rows = [(name, make_default_short_help(COMMANDS[name][1], limit)) for name in names if name in COMMANDS]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["standalone_mode"] = False
@@ -168,20 +217,6 @@ def render(result: Any, fmt: str, output: Path | None, writers: dict[str, Callab
         print_rich(write(result), output)
     else:
         emit(write(result), output)
-
-
-def _register_commands() -> None:
-    """One module per command under ``stagemfu.cli``; each defines one click command."""
-    from stagemfu.cli.analyze import analyze
-    from stagemfu.cli.collect import collect, run
-    from stagemfu.cli.postprocess import postprocess
-    from stagemfu.cli.report import calibrate, compare, report
-
-    for command in (postprocess, report, compare, calibrate, collect, run, analyze):
-        cli.add_command(command)
-
-
-_register_commands()
 
 
 def main() -> None:

@@ -14,6 +14,8 @@ SCHEMA = "stagemfu.postprocess/1"
 
 # Tables a user can pick for CSV output, in the order Markdown prints them.
 TABLES = ("ranges", "paths", "instance_stats", "kernels", "categories", "processes", "devices", "instances")
+# Several traces' own tables (postprocess_many); named here so the command's --table choices need no rich.
+MANY_TABLES = ("combined", "stragglers")
 
 
 def table(st: StageTimes, name: str, *, top: int | None = None) -> pl.DataFrame:

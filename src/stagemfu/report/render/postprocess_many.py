@@ -19,7 +19,7 @@ from stagemfu.report.render.text import stage_labels
 from stagemfu.report.render.view import DEFAULT_VIEW, TableView
 
 SCHEMA = "stagemfu.postprocess.many/1"
-MANY_TABLES = ("combined", "stragglers")
+MANY_TABLES = postprocess_data.MANY_TABLES
 PER_TRACE_ROWS_SHOWN = 16  # traces whose stage tables the terminal and Markdown views print
 RANGE_TIMES = ("wall", "span", "busy", "kernel", "comm")  # the times the combined and per-trace tables show
 
