@@ -1,7 +1,7 @@
 # stagemfu: two commands do everything on a fresh Linux machine with Python >= 3.10.
 #   make demo   create .venv, install, report per-stage MFU of the embedded real trace, write report.html
 #   make test   install what the tests need (model extra, headless Chromium) and run them
-#   make bench  speed and memory: postprocess on inflated real traces, analyzer, NVTX API cost
+#   make bench  speed and memory: postprocess on inflated real traces, analyzer, NVTX API cost, start-up
 #   make lint   ruff checks and formatting
 PYTHON ?= python3
 VENV   := .venv
@@ -46,6 +46,7 @@ bench: $(TEST_STAMP)
 	$(BIN)/python bench/bench_analyze.py --out bench-out/analyze
 	$(BIN)/python bench/bench_nvtx_api.py
 	$(BIN)/python bench/bench_deep_nesting.py --depths 2000,10000 --out bench-out
+	$(BIN)/python bench/bench_startup.py --out bench-out/startup.json
 
 lint: $(STAMP)
 	$(BIN)/python -m pip install --quiet 'ruff>=0.8'

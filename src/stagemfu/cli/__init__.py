@@ -85,12 +85,11 @@ class StagemfuGroup(click.Group):
         return super().get_command(ctx, name)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        """The command list of ``--help``, from :data:`COMMANDS` (no command module is imported)."""
-        from click.utils import make_default_short_help
-
+        """The command list of ``--help``, from :data:`COMMANDS` (no command module is imported): each
+        line is cut to the width as click cuts a command's own help."""
         names = self.list_commands(ctx)
         limit = formatter.width - 6 - max(map(len, names))
-        rows = [(name, make_default_short_help(COMMANDS[name][1], limit)) for name in names if name in COMMANDS]
+        rows = [(n, click.Command(n, help=COMMANDS[n][1]).get_short_help_str(limit)) for n in names if n in COMMANDS]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 
