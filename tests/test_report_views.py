@@ -290,3 +290,23 @@ def test_mismatch_between_generations_of_stages_is_a_warning(make_trace, tmp_pat
     )
     rep = report.report(trace, flops_file=flops, peak_tflops=1)
     assert any("different numbers of generations (prefill 1, decode 2)" in w for w in rep.warnings)
+
+
+def test_several_traces_list_the_largest_busy_time_first(make_trace, tmp_path):
+    traces = []
+    for rank in range(2):
+        small = launch(1, (10, 20), (100, 110), name="k_small")
+        big = launch(2, (60, 70), (200, 700), name="k_big")
+        traces.append(
+            make_trace(
+                tmp_path,
+                ranges=[{"start": 0, "end": 50, "text": "small"}, {"start": 55, "end": 90, "text": "big"}],
+                calls=[small[0], big[0]],
+                kernels=[small[1], big[1]],
+                name=f"rank{rank}.sqlite",
+            )
+        )
+    out = invoke("postprocess", *traces, "--jobs", "1").stdout
+    for title in ("Combined over traces", "Per trace"):
+        table = out.split(title)[1]
+        assert table.index("│ big") < table.index("│ small")

@@ -68,8 +68,11 @@ def many_meta(ct: CombinedTimes) -> dict:
 
 
 def combined_rows(ct: CombinedTimes) -> pl.DataFrame:
-    """Sums over traces, and the straggler metric's spread over traces, in ms."""
-    c, m = ct.combined, ct.metric.removesuffix("_ns")
+    """Sums over traces, and the straggler metric's spread over traces, in ms; largest busy time first."""
+    c, m = (
+        ct.combined.sort("busy_ns", descending=True, nulls_last=True, maintain_order=True),
+        ct.metric.removesuffix("_ns"),
+    )
     sums = ms_columns(c, *RANGE_TIMES)
     spread = {f"{m} {s} ms": c[f"{m}_{s}_ns"] / NS_PER_MS for s in ("min", "median", "max")}
     return pl.DataFrame({"range": stage_labels(c), "traces": c["traces"], "inst": c["instances"], **sums, **spread})
@@ -89,7 +92,9 @@ def straggler_rows(ct: CombinedTimes) -> pl.DataFrame:
 
 
 def per_trace_rows(ct: CombinedTimes) -> pl.DataFrame:
-    p = ct.per_trace.filter(pl.col("trace").is_in(list(ct.labels[:PER_TRACE_ROWS_SHOWN])))
+    p = ct.per_trace.filter(pl.col("trace").is_in(list(ct.labels[:PER_TRACE_ROWS_SHOWN]))).sort(
+        pl.col("busy_ns").sum().over("domain", "name"), descending=True, nulls_last=True, maintain_order=True
+    )
     return pl.DataFrame(
         {
             "trace": p["trace"],
