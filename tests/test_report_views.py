@@ -142,6 +142,10 @@ def test_flops_keys_take_patterns_and_sum_the_ranges_they_match(emit_nvtx_trace,
     assert rows["aten::linear*"]["instances"] == CALLS and rows["aten::linear*"]["kernel_ns"] == CALLS * 900
     assert rows["*Backward0*"]["kernel_ns"] == CALLS * 1500
     assert rep.kernels.filter(pl.col("name").str.starts_with("MmBackward0")).height > 0  # kernels follow
+    by_op = report.report(emit_nvtx_trace, flops_file=write_json(tmp_path / "o.json", {"aten::mul": 5}), peak_tflops=1)
+    mul = by_op.stages.row(0, named=True)  # an operator's name stands for all its calls
+    assert (mul["stage"], mul["instances"], mul["kernel_ns"]) == ("aten::mul", CALLS, CALLS * 120)
+    assert by_op.warnings == ()
     nested = report.report(emit_nvtx_trace, flops_file=write_json(tmp_path / "g.json", {"*": 1}), peak_tflops=1)
     assert any("'*' matches ranges nested in one another" in n for n in nested.notes)
 

@@ -20,6 +20,7 @@ from stagemfu.errors import FlopsMismatchError
 from stagemfu.globs import glob_regex, is_glob
 from stagemfu.postprocess.stages import StageTimes
 from stagemfu.report.flops_file import DERIVED_STAGES, StageFlops
+from stagemfu.report.op_ranges import op_name
 from stagemfu.report.peaks import Peak
 
 BASES = ("wall", "span", "busy", "kernel")
@@ -150,13 +151,17 @@ def with_rates(frame: pl.DataFrame, peak: Peak) -> pl.DataFrame:
 
 def _range_times(st: StageTimes, stages: list[str]) -> pl.DataFrame:
     """Times per stage key: every range under its name and, in a named domain, also ``domain:name``;
+    a PyTorch ``emit_nvtx`` call also under its operator (``aten::linear`` sums every call of it);
     a key of ``stages`` that is a shell pattern (``aten::*``) and no range's name sums the ranges
     it matches."""
-    r = st.ranges
+    r = st.ranges.with_columns(op=op_name(pl.col("name")))
+    named = r.filter(pl.col("domain") != "")
     keyed = pl.concat(
         [
             r.with_columns(stage=pl.col("name")),
-            r.filter(pl.col("domain") != "").with_columns(stage=pl.col("domain") + ":" + pl.col("name")),
+            named.with_columns(stage=pl.col("domain") + ":" + pl.col("name")),
+            r.filter(pl.col("op") != pl.col("name")).with_columns(stage=pl.col("op")),
+            named.filter(pl.col("op") != pl.col("name")).with_columns(stage=pl.col("domain") + ":" + pl.col("op")),
         ]
     )
     exact = keyed.group_by("stage", maintain_order=True).agg(pl.col(TIME_COLUMNS).sum())
@@ -170,12 +175,15 @@ def _range_times(st: StageTimes, stages: list[str]) -> pl.DataFrame:
 
 
 def range_matches(stage: str) -> pl.Expr:
-    """The ranges a stage key stands for: its name, ``domain:name``, or the names its pattern matches."""
-    qualified = pl.col("domain") + ":" + pl.col("name")
-    exact = (pl.col("name") == stage) | (qualified == stage)
+    """The ranges a stage key stands for: its name, ``domain:name``, the calls of the operator it
+    names, or the names its pattern matches."""
+    names = [pl.col("name"), op_name(pl.col("name"))]
+    candidates = [*names, *(pl.col("domain") + ":" + n for n in names)]
+    exact = pl.any_horizontal([c == stage for c in candidates])
     if not is_glob(stage):
         return exact
-    return exact | pl.col("name").str.contains(glob_regex(stage)) | qualified.str.contains(glob_regex(stage))
+    pattern = glob_regex(stage)
+    return exact | pl.any_horizontal([c.str.contains(pattern) for c in candidates[::2]])
 
 
 def _nested_pattern_notes(st: StageTimes, stages: list[str]) -> list[str]:
