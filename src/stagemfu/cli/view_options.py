@@ -33,8 +33,9 @@ def view_options(*, full_names: bool = False) -> Callable[[Callable], Callable]:
                 type=click.IntRange(min=1),
                 default=DEFAULT_ROWS,
                 show_default=True,
-                help="Rows shown per table in the terminal and Markdown, largest time first; a line says "
-                "how many were left out (JSON, CSV and SQLite hold every row).",
+                help="Rows shown per table in the terminal and Markdown (postprocess sorts its tables by GPU "
+                "busy time, largest first); a line says how many were left out (JSON, CSV and SQLite hold "
+                "every row).",
             ),
             click.option("--all", "all_rows", is_flag=True, help="Show every row of every table (no --top limit)."),
             click.option(
