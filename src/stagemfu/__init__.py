@@ -14,6 +14,7 @@ Stage ranges for your own code (see :mod:`stagemfu.collect.api`)::
     with stagemfu.stage("prefill"): ...
     stagemfu.instrument(model, {"sam": "model.vision_tower.sam_encoder"})
     with stagemfu.generation_stages(model): model.generate(...)
+    with stagemfu.count_flops(): train_step(batch)    # FLOPs per stage of one call -> flops.json
 
 Everything is loaded on first use (the subpackages ``stagemfu.postprocess``, ``stagemfu.report``,
 ``stagemfu.analyzer``, ``stagemfu.collect``, ``stagemfu.models`` too), so ``import stagemfu``
@@ -40,6 +41,7 @@ LAZY = {
     "stage": "stagemfu.collect.api",
     "instrument": "stagemfu.collect.api",
     "generation_stages": "stagemfu.collect.api",
+    "count_flops": "stagemfu.collect.flop_count",
     "load": "stagemfu.postprocess",
     "load_many": "stagemfu.postprocess",
     "StageTimes": "stagemfu.postprocess",

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from stagemfu.report.render.view import TableView
 
 REPORT_FORMATS = ("table", "json", "csv", "md", "html", "sqlite")
-REPORT_TABLES = ("stages", "decode_steps", "timeline", "kernels", "categories")
+REPORT_TABLES = ("stages", "decode_steps", "timeline", "kernels", "categories", "uncounted_ops")
 CALIBRATION_FAILED = 3  # exit status of a calibration whose MFUs disagree
 COMPARE_KERNELS = 50  # kernels kept per stage of a trace compared on the spot
 
@@ -89,9 +89,16 @@ def within_options(fn: Callable) -> Callable:
 
 
 def flops_options(fn: Callable) -> Callable:
-    """Where FLOPs come from: ``--flops FILE`` or ``--model`` with the analyzer's input options."""
+    """Where FLOPs come from: ``--flops FILE``, ``--op-flops``, or ``--model`` with the analyzer's input options."""
     fn = input_options(from_trace=True)(fn)
     fn = click.option("--model", default=None, help="Count FLOPs with the analyzer for this preset or HF config.")(fn)
+    fn = click.option(
+        "--op-flops",
+        is_flag=True,
+        help="Count FLOPs from the op ranges torch.autograd.profiler.emit_nvtx(record_shapes=True) left in the "
+        "trace: each stage covers its instances holding op ranges, and work of other threads (backward) counts "
+        "for the main thread's open stages, as with --launches process.",
+    )(fn)
     return click.option(
         "--flops",
         "flops_file",
@@ -135,6 +142,7 @@ def flops_options(fn: Callable) -> Callable:
 def report(
     trace: Path | None,
     flops_file: Path | None,
+    op_flops: bool,
     model: str | None,
     config: Path | None,
     mode: str | None,
@@ -162,9 +170,11 @@ def report(
     """MFU and MBU per stage of an nsys trace.
 
     TRACE is an nsys SQLite export (also compressed) or report. FLOPs per stage come from
-    --flops FILE, from the analyzer (--model), or, for a trace recorded by `stagemfu run`, from
-    the shapes.json it left beside the trace (model, config, inputs). Without TRACE: the embedded
-    real trace (DeepSeek-OCR-2 base, random weights, 8 new tokens, H100, nsys 2025.3.1).
+    --flops FILE, from the op ranges of a trace recorded under emit_nvtx(record_shapes=True)
+    (--op-flops), from the flops.json stagemfu.count_flops left beside the trace, or from the
+    analyzer (--model, or the shapes.json `stagemfu run` left beside the trace); the first of
+    these is used and the others are shown beside it. Without TRACE: the embedded real trace
+    (DeepSeek-OCR-2 base, random weights, 8 new tokens, H100, nsys 2025.3.1).
 
     \b
     Per stage (NVTX range matched by name):
@@ -182,6 +192,7 @@ def report(
     Examples:
       stagemfu report --html report.html              (the embedded trace)
       stagemfu report run.sqlite --flops flops.yaml
+      stagemfu report train.sqlite --op-flops          (any PyTorch program, no model config)
       stagemfu report run.sqlite --model deepseek-ocr2 --mode base --new-tokens 32 --html report.html
       stagemfu report run.sqlite --flops flops.json --gpu 'NVIDIA H100 80GB HBM3' --format json -o report.json
     """
@@ -353,6 +364,7 @@ def _report_options(given: dict[str, object]) -> dict[str, object]:
     inputs = _inputs(given)
     return {
         "flops_file": given["flops_file"],
+        "op_flops": given["op_flops"],
         "model": given["model"],
         "config": given["config"],
         "inputs": inputs,

@@ -5,6 +5,9 @@ Output directory layout (``NAME`` defaults to ``trace``)::
     OUT/NAME.nsys-rep   the report nsys wrote
     OUT/NAME.sqlite     its SQLite export (``nsys export --type sqlite``), what postprocess reads
     OUT/run.json        the stagemfu.run/1 document: command, exit status, times, GPU, versions
+    OUT/flops.json      FLOPs per stage, when the program counts them (stagemfu.count_flops)
+
+The program runs with ``STAGEMFU_OUT_DIR`` set to OUT, where ``stagemfu.count_flops`` writes.
 
 A failing command keeps its exit status and whatever trace nsys wrote; Ctrl-C (SIGINT) and
 SIGTERM are passed on to nsys, which stops the program and writes the report, and the
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from stagemfu.analyzer.run_count import OUT_DIR_ENV, RUN_COUNT_FILE
 from stagemfu.collect.command import CAPTURE_ALL, DEFAULT_PROFILE, ProfileOptions, profile_argv
 from stagemfu.collect.nsys import export_argv, export_report, nsys_version, require_nsys
 from stagemfu.collect.run_info import run_document, write_run_json
@@ -181,13 +185,16 @@ def collect(
     )
     try:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        for stale in (plan.rep, plan.rep.with_suffix(".qdstrm"), plan.sqlite, plan.run_json):
+        counted = Path(out_dir) / RUN_COUNT_FILE  # stagemfu.count_flops writes it there during the run
+        for stale in (plan.rep, plan.rep.with_suffix(".qdstrm"), plan.sqlite, plan.run_json, counted):
             stale.unlink(missing_ok=True)  # an earlier run's files must not pass for this run's
     except OSError as err:
         raise CollectError(f"{out_dir}: cannot prepare the output directory ({err.strerror})") from err
     version = nsys_version(plan.nsys)
     started = datetime.now(timezone.utc)
-    status, interrupted = run_forwarding_signals(list(plan.profile))
+    status, interrupted = run_forwarding_signals(
+        list(plan.profile), env={**os.environ, OUT_DIR_ENV: str(Path(out_dir).resolve())}
+    )
     finished = datetime.now(timezone.utc)
     sqlite, notes = _export(plan)
     files = {"rep": plan.rep.name if plan.rep.is_file() else None, "sqlite": sqlite.name if sqlite else None}
@@ -226,8 +233,8 @@ def _export(plan: CollectPlan) -> tuple[Path | None, tuple[str, ...]]:
     return plan.sqlite, ()
 
 
-def run_forwarding_signals(argv: list[str]) -> tuple[int, bool]:
-    """Run ``argv`` to its end, passing Ctrl-C and SIGTERM on to it.
+def run_forwarding_signals(argv: list[str], env: dict[str, str] | None = None) -> tuple[int, bool]:
+    """Run ``argv`` to its end (in ``env``, by default ours), passing Ctrl-C and SIGTERM on to it.
 
     The child runs in its own session, so a terminal's Ctrl-C reaches it once, through us, and
     never kills this process before the report is finalized.
@@ -242,7 +249,7 @@ def run_forwarding_signals(argv: list[str]) -> tuple[int, bool]:
         The program cannot be started.
     """
     try:
-        child = subprocess.Popen(argv, start_new_session=True)
+        child = subprocess.Popen(argv, start_new_session=True, env=env)
     except OSError as err:
         raise CollectError(f"{argv[0]}: cannot be run ({err.strerror}); check --nsys or $NSYS") from err
     received: list[int] = []

@@ -105,6 +105,7 @@ def stage_times(
     categories: str | Path | None = None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     launches: str = "thread",
+    instances: pl.Series | None = None,
 ) -> StageTimes:
     """Per-stage wall, span, busy and kernel time of a trace.
 
@@ -124,6 +125,9 @@ def stage_times(
     launches
         Which ranges an operation belongs to: "thread" (nsys's rule) or "process" (see
         :func:`stagemfu.postprocess.attribution.attribute`).
+    instances
+        Keep only these range instances (``range_id``), e.g. the steps recorded with op shapes;
+        by default every instance.
 
     Returns
     -------
@@ -137,6 +141,8 @@ def stage_times(
         if unknown:
             raise StagemfuError(f"{trace.path}: no NVTX range named {unknown[0]!r}; {_known_names(tree.ranges)}")
         keep = keep.filter(pl.any_horizontal([_matches(r) for r in ranges]))
+    if instances is not None:
+        keep = keep.filter(pl.col("range_id").is_in(instances.implode()))
     # Stage number per rid (-1: not reported), so kernel names are totalled per stage on the fly.
     stage_of = keep.select("rid", "domain", "name").with_columns(
         stage=pl.struct("domain", "name").rank("dense").cast(pl.Int64) - 1

@@ -24,14 +24,23 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from stagemfu.errors import FlopsFileError, StagemfuError
+from stagemfu.analyzer.run_count import RUN_COUNT_FILE
+from stagemfu.errors import FlopsFileError, FlopsMismatchError, StagemfuError
 from stagemfu.notebook import Summarized
-from stagemfu.postprocess import StageTimes, read, stage_times
-from stagemfu.report.documents import RUN_DOCUMENT, Document, check_document, read_document
-from stagemfu.report.flops_file import StageFlops, flops_from_analysis, flops_from_document, read_flops_file
+from stagemfu.postprocess import StageTimes, Trace, read, stage_times
+from stagemfu.report.documents import RUN_COUNT_DOCUMENT, RUN_DOCUMENT, Document, check_document, read_document
+from stagemfu.report.flops_file import (
+    SOURCE_KINDS,
+    StageFlops,
+    flops_from_analysis,
+    flops_from_document,
+    read_flops_file,
+    stage_table,
+)
 from stagemfu.report.join import join, range_matches
 from stagemfu.report.model_level import latency, model_totals
 from stagemfu.report.peaks import Peak, resolve_peak
+from stagemfu.report.sources import side_by_side
 
 if TYPE_CHECKING:
     from stagemfu.analyzer import Analysis
@@ -41,6 +50,7 @@ __all__ = ["MfuReport", "Peak", "StageFlops", "build_report", "flops_for_model",
 MEASURED = "measured"  # the range `stagemfu run` puts around the timed repetition
 RUN_FILE = "run.json"  # written by `stagemfu run` next to its trace: command, times, GPUs
 SHAPES_FILE = "shapes.json"  # written by the built-in runner: model, config, inputs
+COUNTED_FILE = RUN_COUNT_FILE  # written by stagemfu.count_flops: FLOPs per stage of one call
 SHAPES_KEYS = ("model", "config", "inputs", "repeat", "attn", "weights", "device_name")
 
 
@@ -68,6 +78,9 @@ class MfuReport(Summarized):
         The inputs: the peak used, the FLOPs per stage, the trace's times.
     run
         What ``stagemfu run`` wrote beside the trace (:func:`read_run_file`; empty when absent).
+    uncounted_ops
+        With FLOPs from op ranges: per stage, the ops whose kernel time no formula covered,
+        largest first (``stage``, ``op``, ``kernel_ns``, ``kernel_share``); else empty.
     notes
         What the user should know: scaled FLOPs, peak assumptions, counters' conventions (each once).
     warnings
@@ -86,6 +99,7 @@ class MfuReport(Summarized):
     flops: StageFlops
     times: StageTimes
     run: dict[str, Any] = field(default_factory=dict)
+    uncounted_ops: pl.DataFrame = field(default_factory=pl.DataFrame)
     notes: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
 
@@ -108,8 +122,14 @@ def report(
     top: int = 5,
     categories: str | Path | None = None,
     launches: str = "thread",
+    op_flops: bool = False,
 ) -> MfuReport:
     """Read a trace, find its FLOPs, and build the report.
+
+    FLOPs may come from several sources at once: a file, the op ranges of the trace, the
+    run-time count ``stagemfu.count_flops`` left beside it (``flops.json``) and the analyzer.
+    The report uses the first of them in that order and shows the others side by side
+    (``flops_<kind>`` columns), noting every stage where one differs by over 2 % and why.
 
     Parameters
     ----------
@@ -125,6 +145,10 @@ def report(
         overlay, a :class:`stagemfu.models.Inputs` and the counters to run (all by default).
         With neither, ``shapes.json`` beside the trace (written by ``stagemfu run``) names the
         model and its inputs.
+    op_flops
+        Count FLOPs from the op ranges ``emit_nvtx(record_shapes=True)`` left in the trace
+        (:mod:`stagemfu.report.op_flops`): each stage covers its instances that hold op ranges,
+        and GPU work follows the ``process`` launch rule, as the backward ops do.
     within
         Keep only range instances inside this range; by default ``measured`` when the trace has
         it (the timed repetition, not the warm-up), else every instance.
@@ -148,37 +172,113 @@ def report(
     run, run_notes = read_run_file(path)
     if flops is not None and flops_file is not None:
         raise FlopsFileError(f"{flops_file}: FLOPs given twice (flops and flops_file); give one")
+    sources = []
     if flops is not None:
-        sf = _flops_given(flops)
+        sources.append(_flops_given(flops))
     elif flops_file is not None:
-        sf = read_flops_file(flops_file)
-    elif model is not None or run.get("model"):
-        sf = flops_for_model(
-            model or run["model"], config=config, inputs=inputs, counters=counters, run=run if model is None else None
+        sources.append(read_flops_file(flops_file))
+    if model is not None or run.get("model"):
+        sources.append(
+            flops_for_model(
+                model or run["model"],
+                config=config,
+                inputs=inputs,
+                counters=counters,
+                run=run if model is None else None,
+            )
         )
-    else:
-        why = "; ".join(run_notes) or f"no {SHAPES_FILE} from `stagemfu run` beside the trace"
-        raise FlopsFileError(f"{path}: no FLOPs: pass --flops FILE or --model MODEL ({why})")
+    counted, counted_notes = read_counted_file(path)
+    if counted is not None:
+        sources.append(counted)
+    found_notes = (*run_notes, *counted_notes)
+    if not sources and not op_flops:
+        why = "; ".join(found_notes) or (
+            f"no {SHAPES_FILE} from `stagemfu run` nor {COUNTED_FILE} from stagemfu.count_flops beside the trace"
+        )
+        raise FlopsFileError(f"{path}: no FLOPs: pass --flops FILE, --model MODEL or --op-flops ({why})")
     tr = read(path)
     if within is None and not all_instances and tr.ranges.filter(pl.col("name") == MEASURED).height:
         within = MEASURED
-    st = stage_times(tr, within=None if all_instances else within, categories=categories, launches=launches)
+    within = None if all_instances else within
+    if op_flops:
+        st, ops = _op_flops(tr, within=within, categories=categories, top=top)
+        sources.append(ops.flops)
+    else:
+        st = stage_times(tr, within=within, categories=categories, launches=launches)
+    sources.sort(key=lambda sf: SOURCE_KINDS.index(sf.kind))
     peak = resolve_peak(
         tr.gpus,
-        dtype=dtype or sf.dtype,
+        dtype=dtype or sources[0].dtype,
         gpu=gpu,
         peak_tflops=peak_tflops,
         peak_bandwidth_gbs=peak_bandwidth_gbs,
     )
-    rep = build_report(st, sf, peak, top=top, run=run)
-    return dataclasses.replace(rep, notes=tuple(dict.fromkeys((*rep.notes, *run_notes)))) if run_notes else rep
+    rep = build_report(st, sources[0], peak, top=top, run=run, others=sources[1:])
+    notes = tuple(dict.fromkeys((*rep.notes, *found_notes)))
+    if not op_flops:
+        return dataclasses.replace(rep, notes=notes)
+    return dataclasses.replace(
+        rep,
+        stages=_with_coverage(rep.stages, ops.coverage),
+        uncounted_ops=ops.uncounted,
+        notes=notes if sources[0] is ops.flops else (*notes, *ops.flops.notes),
+    )
+
+
+def _op_flops(tr: Trace, *, within: str | None, categories: str | Path | None, top: int) -> tuple[StageTimes, Any]:
+    """Stage times of the instances holding op ranges, and their FLOPs counted from those ranges."""
+    from stagemfu.postprocess.op_ranges import op_ranges
+    from stagemfu.report.op_flops import count_op_flops, instances_note, stage_op_flops
+
+    opr = op_ranges(tr)
+    if opr.ops.is_empty():
+        raise FlopsFileError(
+            f"{tr.path}: --op-flops: the trace holds no op ranges; record a few steps inside "
+            "`with torch.autograd.profiler.emit_nvtx(record_shapes=True):`"
+        )
+    opc = count_op_flops(opr)
+    st = stage_times(
+        dataclasses.replace(tr, ranges=opr.stage_ranges),
+        within=within,
+        categories=categories,
+        launches="process",
+        instances=opc.instances["range_id"],
+    )
+    ops = stage_op_flops(opc, st, source=f"op ranges of {tr.path.name}", top=top)
+    flops = dataclasses.replace(ops.flops, notes=(*ops.flops.notes, *instances_note(st, opr)))
+    return st, dataclasses.replace(ops, flops=flops)
+
+
+def _with_coverage(stages: pl.DataFrame, coverage: pl.DataFrame) -> pl.DataFrame:
+    """Fill ``flops_coverage`` (share of kernel time inside counted ops) in the report's stage rows."""
+    return stages.drop("flops_coverage").join(
+        coverage.select("stage", "flops_coverage"), on="stage", how="left", maintain_order="left"
+    )
 
 
 def build_report(
-    st: StageTimes, sf: StageFlops, peak: Peak, *, top: int = 5, run: dict[str, Any] | None = None
+    st: StageTimes,
+    sf: StageFlops,
+    peak: Peak,
+    *,
+    top: int = 5,
+    run: dict[str, Any] | None = None,
+    others: list[StageFlops] | tuple[StageFlops, ...] = (),
 ) -> MfuReport:
-    """Join times, FLOPs and a peak into an :class:`MfuReport` (no I/O)."""
+    """Join times, FLOPs and a peak into an :class:`MfuReport` (no I/O).
+
+    ``others``: more sources of FLOPs, shown beside ``sf``'s as ``flops_<kind>`` columns.
+    """
     joined = join(st, sf, peak)
+    beside, unfit = [], []
+    for other in others:
+        try:
+            beside.append((other, join(st, other, peak)))
+        except FlopsMismatchError as err:  # a source shown for comparison does not stop the report
+            unfit.append(f"{other.kind} FLOPs not shown beside the {sf.kind} FLOPs: {err}")
+    rows, disagreements = side_by_side(joined.stages, sf, beside)
+    rows = rows.with_columns(flops_coverage=pl.lit(None, pl.Float64))  # known for FLOPs from op ranges
+    joined = dataclasses.replace(joined, stages=rows, notes=(*joined.notes, *disagreements, *unfit))
     names = joined.stages["stage"].to_list()
     if not names:
         raise StagemfuError(
@@ -272,6 +372,30 @@ def flops_for_model(
     return flops_from_analysis(analysis.document(), source=f"analyzer ({spec.name}, {spec.source})")
 
 
+def read_counted_file(trace: Path) -> tuple[StageFlops | None, tuple[str, ...]]:
+    """The run-time FLOP count ``stagemfu.count_flops`` left beside the trace (``flops.json`` or
+    ``<trace stem>.flops.json``), as FLOPs of kind ``counted``, and notes on what was ignored.
+
+    Its stages hold the FLOPs of one call of the step and how many times each stage ran in that
+    call (``instances``), so the join scales them to the instances of the trace. Like the files
+    ``stagemfu run`` leaves, one that cannot be read or does not fit
+    :data:`.documents.RUN_COUNT_DOCUMENT` is ignored with a note.
+    """
+    doc, notes = _json_beside(trace, COUNTED_FILE, schema=RUN_COUNT_DOCUMENT)
+    if not doc:
+        return None, notes
+    rows = [{"stage": name, "flops": e["flops"], "instances": e["calls"]} for name, e in doc["stages"].items()]
+    source = f"run-time count {COUNTED_FILE} ({doc.get('counter') or 'torch'})"
+    flops = StageFlops(
+        stages=stage_table(rows),
+        source=source,
+        dtype=doc.get("dtype") or "bf16",
+        notes=tuple(doc.get("notes") or ()),
+        kind="counted",
+    )
+    return flops, ()
+
+
 def read_run_file(trace: Path) -> tuple[dict[str, Any], tuple[str, ...]]:
     """What ``stagemfu run`` wrote beside the trace, merged: ``run.json`` (command, times, GPUs,
     versions) and ``shapes.json`` (model, config, inputs), and notes on what was ignored.
@@ -288,7 +412,9 @@ def read_run_file(trace: Path) -> tuple[dict[str, Any], tuple[str, ...]]:
     return (merged | {"_dir": str(trace.parent)} if merged else {}), (*run_notes, *shapes_notes)
 
 
-def _json_beside(trace: Path, name: str) -> tuple[dict[str, Any], tuple[str, ...]]:
+def _json_beside(trace: Path, name: str, *, schema: Any = RUN_DOCUMENT) -> tuple[Any, tuple[str, ...]]:
+    """The checked JSON object ``<trace stem>.NAME`` or ``NAME`` beside the trace and no notes; ``({}, ())``
+    when neither exists, ``({}, (note,))`` when it is unreadable or does not fit ``schema``."""
     stem = trace.name
     for suffix in (".xz", ".gz", ".bz2", ".sqlite", ".nsys-rep", ".qdrep"):
         stem = stem.removesuffix(suffix)
@@ -296,8 +422,8 @@ def _json_beside(trace: Path, name: str) -> tuple[dict[str, Any], tuple[str, ...
     if path is None:
         return {}, ()
     try:
-        doc = read_document(path, what="file `stagemfu run` wrote", error=FlopsFileError)
-        return check_document(doc, RUN_DOCUMENT, error=FlopsFileError), ()
+        doc = read_document(path, what="file stagemfu wrote beside the trace", error=FlopsFileError)
+        return check_document(doc, schema, error=FlopsFileError), ()
     except FlopsFileError as err:
         return {}, (f"ignored {err}; fix or remove it",)
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from stagemfu.analyzer.run_count import RUN_COUNT_SCHEMA
 from stagemfu.errors import MissingDependencyError, StagemfuError
 
 INT64_MAX = 2**63 - 1  # FLOPs, bytes and nanoseconds are Int64 columns
@@ -262,6 +263,23 @@ RUN_DOCUMENT = record(
         "started_at": optional(text()),
         "notes": optional(list_of(text())),
     }
+)
+
+# flops.json, the run-time count stagemfu.count_flops leaves beside a trace (stagemfu.analyzer.run_count)
+RUN_COUNT_STAGE = record(
+    {"flops": count(), "calls": count(minimum=1), "ops": optional(mapping_of(count()))}, required=("flops", "calls")
+)
+RUN_COUNT_DOCUMENT = record(
+    {
+        "schema": text(choices=(RUN_COUNT_SCHEMA,)),
+        "counter": optional(text()),
+        "torch": optional(text()),
+        "dtype": optional(text(choices=DTYPES)),
+        "total_flops": optional(count()),
+        "stages": mapping_of(RUN_COUNT_STAGE, what="a mapping of stage name to its count"),
+        "notes": optional(list_of(text())),
+    },
+    required=("schema", "stages"),
 )
 
 

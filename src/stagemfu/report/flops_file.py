@@ -40,6 +40,7 @@ from stagemfu.report.documents import (
 ANALYZE_SCHEMA = "stagemfu.analyze/1"
 COUNTERS = ("analytic", "torch", "fvcore")
 DERIVED_STAGES = ("decode_first", "decode_last")  # single decode steps, not ranges of their own
+SOURCE_KINDS = ("file", "ops", "counted", "analyzer")  # where FLOPs come from, in the order the report prefers them
 STAGE_SCHEMA = {
     "stage": pl.Utf8,
     "flops": pl.Int64,
@@ -74,6 +75,9 @@ class StageFlops:
         True for the analyzer, whose ``prefill`` is the language model only.
     notes
         Conventions and counter disagreements, for the report's notes.
+    kind
+        Where the figures come from, one of :data:`SOURCE_KINDS`: ``file`` (a user's file),
+        ``analyzer``, ``ops`` (op ranges of the trace) or ``counted`` (torch's counter at run time).
     """
 
     stages: pl.DataFrame
@@ -83,6 +87,7 @@ class StageFlops:
     dtype: str = "bf16"
     prefill_excludes_vision: bool = False
     notes: tuple[str, ...] = ()
+    kind: str = "file"
 
     @property
     def batch(self) -> int:
@@ -168,6 +173,7 @@ def flops_from_analysis(doc: dict[str, Any], *, source: str) -> StageFlops:
         dtype=inputs.get("dtype") or "bf16",
         prefill_excludes_vision=True,
         notes=tuple(doc.get("notes") or []),
+        kind="analyzer",
     )
 
 

@@ -18,7 +18,7 @@ from stagemfu.report import MfuReport
 SCHEMA = "stagemfu.report/1"
 
 # Tables a user can pick for CSV output.
-TABLES = ("stages", "decode_steps", "timeline", "kernels", "categories")
+TABLES = ("stages", "decode_steps", "timeline", "kernels", "categories", "uncounted_ops")
 
 
 def table(rep: MfuReport, name: str) -> pl.DataFrame:
@@ -36,7 +36,13 @@ def report_document(rep: MfuReport) -> dict[str, Any]:
         "within": rep.times.within,
         "gpus": trace.gpus.to_dicts(),
         "run": {k: v for k, v in rep.run.items() if not k.startswith("_")},
-        "flops_source": {"source": sf.source, "model": sf.model, "dtype": sf.dtype, "inputs": sf.inputs},
+        "flops_source": {
+            "kind": sf.kind,
+            "source": sf.source,
+            "model": sf.model,
+            "dtype": sf.dtype,
+            "inputs": sf.inputs,
+        },
         "peak": asdict(rep.peak) | {"notes": list(rep.peak.notes)},
         "stages": rep.stages.to_dicts(),
         "model": rep.model,

@@ -13,6 +13,7 @@ import polars as pl
 from rich.console import RenderableType
 
 from stagemfu.report import MfuReport
+from stagemfu.report.flops_file import SOURCE_KINDS
 from stagemfu.report.render.markdown import markdown_document
 from stagemfu.report.render.postprocess_view import IDLE, ms_columns
 from stagemfu.report.render.terminal import terminal_document
@@ -23,17 +24,21 @@ NS_PER_MS = 1e6
 FLOPS_PER_GFLOP = 1e9
 STEPS_SHOWN = 5  # decode steps shown at each end of a long generation
 COUNTERS = ("analytic", "torch", "fvcore")
+SOURCE_LABELS = {"file": "file", "ops": "op ranges", "counted": "run-time count", "analyzer": "analyzer"}
 RUN_FIELDS = ("model", "inputs", "command", "started_at", "exit_status")  # of run.json, in the summary
 
 
 def stage_rows(rep: MfuReport) -> pl.DataFrame:
-    """Per stage: FLOPs, times, idle share, kernel TFLOP/s and MFU on kernel, busy and wall time, MBU."""
+    """Per stage: FLOPs (and, counted from op ranges, the share of kernel time they cover), times,
+    idle share, kernel TFLOP/s and MFU on kernel, busy and wall time, MBU."""
     s = rep.stages
+    covered = "flops_coverage" in s.columns and s["flops_coverage"].null_count() < s.height
     return pl.DataFrame(
         {
             "stage": s["stage"],
             "inst": s["instances"],
             "GFLOP": s["flops"] / FLOPS_PER_GFLOP,
+            **({"FLOP cover %": s["flops_coverage"] * 100} if covered else {}),
             **ms_columns(s, "wall", "busy", "kernel"),
             IDLE: s["idle_share"] * 100,
             "TFLOP/s kernel": s["tflops_kernel"],
@@ -102,6 +107,37 @@ def counter_rows(rep: MfuReport) -> pl.DataFrame:
     )
 
 
+def source_rows(rep: MfuReport) -> pl.DataFrame:
+    """Each source's FLOPs per stage (file, op ranges, run-time count, analyzer) when there are several."""
+    s = rep.stages
+    present = [k for k in SOURCE_KINDS if f"flops_{k}" in s.columns and s[f"flops_{k}"].null_count() < s.height]
+    if len(present) < 2:
+        return pl.DataFrame()
+    spread = (
+        pl.max_horizontal(f"flops_{k}" for k in present) - pl.min_horizontal(f"flops_{k}" for k in present)
+    ) / pl.col("flops")
+    return s.select(
+        "stage",
+        *[(pl.col(f"flops_{k}") / FLOPS_PER_GFLOP).alias(f"{SOURCE_LABELS[k]} GFLOP") for k in present],
+        (spread * 100).alias("spread %"),
+    )
+
+
+def uncounted_rows(rep: MfuReport) -> pl.DataFrame:
+    """With FLOPs from op ranges: per stage, the ops whose kernels no formula covered, largest first."""
+    u = rep.uncounted_ops
+    if u.is_empty():
+        return pl.DataFrame()
+    return pl.DataFrame(
+        {
+            "stage": u["stage"],
+            "op": u["op"],
+            "kernel ms": u["kernel_ns"] / NS_PER_MS,
+            "% of kernel": u["kernel_share"] * 100,
+        }
+    )
+
+
 def summary_lines(rep: MfuReport) -> list[str]:
     p, sf, tr = rep.peak, rep.flops, rep.times.trace
     bandwidth = f", {p.bandwidth_gbs:,.0f} GB/s" if p.bandwidth_gbs else ", bandwidth unknown (no MBU)"
@@ -132,6 +168,8 @@ def sections(rep: MfuReport) -> list[tuple[str, pl.DataFrame]]:
         ("Latency per generation", latency_rows(rep)),
         (f"Decode steps ({rep.decode_steps.height})", decode_rows(rep)),
         ("FLOP counters", counter_rows(rep)),
+        ("FLOPs by source", source_rows(rep)),
+        ("Kernel time outside counted ops (top per stage)", uncounted_rows(rep)),
     ]
     return [(title, frame) for title, frame in parts if frame.height]
 
