@@ -50,12 +50,19 @@ class OpRanges:
     stage_ranges
         The trace's ranges that are not op ranges (all of them, closed or not), as the reader
         gave them: the frame to compute stage times from.
+    stage_nesting
+        ``outer``, ``inner``: every (enclosing, enclosed) pair of stage instances (``range_id``).
+    unrecorded
+        ``range_id``, ``kernels``: per stage instance, the kernels it launched (by the same rules
+        as ops) outside every op range: work run without ``emit_nvtx``, such as a plain step.
     """
 
     ops: pl.DataFrame
     nesting: pl.DataFrame
     stages: pl.DataFrame
     stage_ranges: pl.DataFrame
+    stage_nesting: pl.DataFrame
+    unrecorded: pl.DataFrame
 
 
 PAIRS_SCHEMA = {"outer": pl.Int64, "inner": pl.Int64}
@@ -96,10 +103,40 @@ def op_ranges(trace: Trace, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> OpRanges
     tid, start, end = (ops[c].to_numpy() for c in ("global_tid", "start_ns", "end_ns"))
     nesting = _pairs(containment_pairs(tid, start, end, tid, start, end, chunk_rows=chunk_rows), drop_self=True)
     stage_ranges = ranges.filter(~op_mask)
-    stages = _stage_pairs(stage_ranges.filter(closed), tid, start, chunk_rows)
-    kernels = _kernels_per_op(trace.ops, tid, start, end, chunk_rows)
-    ops = ops.join(kernels, on="op_row", how="left").with_columns(pl.col("kernels", "kernel_ns").fill_null(0))
-    return OpRanges(ops=ops, nesting=nesting, stages=stages, stage_ranges=stage_ranges)
+    closed_stages = stage_ranges.filter(closed).sort("global_tid", "start")
+    stages = _stage_pairs(closed_stages, tid, start, chunk_rows)
+    kernels = _launches(trace.ops)
+    k_tid, k_start = kernels["global_tid"].to_numpy(), kernels["call_start"].to_numpy()
+    innermost = _innermost_op(kernels, tid, start, end, chunk_rows)
+    per_op = (
+        kernels.select(pl.Series("op_row", innermost), "ns")
+        .filter(pl.col("op_row") >= 0)
+        .group_by("op_row")
+        .agg(pl.len().cast(pl.Int64).alias("kernels"), pl.col("ns").sum().alias("kernel_ns"))
+    )
+    ops = ops.join(per_op, on="op_row", how="left").with_columns(pl.col("kernels", "kernel_ns").fill_null(0))
+    outside = np.flatnonzero(innermost < 0)
+    unrecorded = (
+        _stage_pairs(closed_stages, k_tid[outside], k_start[outside], chunk_rows)
+        .group_by("range_id")
+        .agg(pl.len().cast(pl.Int64).alias("kernels"))
+    )
+    s_tid, s_start, s_end = (closed_stages[c].to_numpy() for c in ("global_tid", "start", "end"))
+    s_id = closed_stages["range_id"].to_numpy()
+    pairs = _pairs(
+        containment_pairs(s_tid, s_start, s_end, s_tid, s_start, s_end, chunk_rows=chunk_rows), drop_self=True
+    )
+    stage_nesting = pl.DataFrame(
+        {"outer": s_id[pairs["outer"].to_numpy()], "inner": s_id[pairs["inner"].to_numpy()]}, schema=PAIRS_SCHEMA
+    )
+    return OpRanges(
+        ops=ops,
+        nesting=nesting,
+        stages=stages,
+        stage_ranges=stage_ranges,
+        stage_nesting=stage_nesting,
+        unrecorded=unrecorded,
+    )
 
 
 def main_thread(global_tid: np.ndarray) -> np.ndarray:
@@ -116,11 +153,12 @@ def _pairs(chunks, *, drop_self: bool = False) -> pl.DataFrame:
 
 
 def _stage_pairs(stages: pl.DataFrame, tid: np.ndarray, start: np.ndarray, chunk_rows: int) -> pl.DataFrame:
-    """(stage instance, op range) pairs: enclosing on the op's thread, or open on its process's main
-    thread when the op started on another thread.
+    """(stage instance ``range_id``, item index) pairs for items (op ranges, launching calls) that
+    start at ``start`` on thread ``tid``, sorted by (thread, start): the stage encloses the item's
+    start on its thread, or is open on its process's main thread when the item started on another.
 
-    Containment is decided by the op's start alone: the op ranges are sorted by (thread, start),
-    and push/pop ranges of one thread nest properly, so an op starting inside a stage ends in it.
+    Containment is decided by the start alone: push/pop ranges of one thread nest properly, so an
+    op starting inside a stage ends in it.
     """
     s_id, s_tid, s_start, s_end = (stages[c].to_numpy() for c in ("range_id", "global_tid", "start", "end"))
     stage_index, op_row = [], []
@@ -151,25 +189,24 @@ def _stage_pairs(stages: pl.DataFrame, tid: np.ndarray, start: np.ndarray, chunk
     )
 
 
-def _kernels_per_op(
-    gpu_ops: pl.DataFrame, tid: np.ndarray, start: np.ndarray, end: np.ndarray, chunk_rows: int
-) -> pl.DataFrame:
-    """Kernels and kernel time per op range: each kernel to the innermost op range around its launching call."""
-    kernels = (
+def _launches(gpu_ops: pl.DataFrame) -> pl.DataFrame:
+    """The kernels with a launching call, sorted by (thread, call start): ``global_tid``, ``call_start``,
+    ``call_end``, ``ns`` (duration)."""
+    return (
         gpu_ops.filter(pl.col("kind").is_in(KERNEL_KINDS) & pl.col("call_start").is_not_null())
         .select("global_tid", "call_start", "call_end", (pl.col("end") - pl.col("start")).alias("ns"))
         .sort("global_tid", "call_start")
     )
-    empty = pl.DataFrame(schema={"op_row": pl.Int64, "kernels": pl.Int64, "kernel_ns": pl.Int64})
-    if kernels.is_empty() or len(tid) == 0:
-        return empty
-    k_tid, k_start, k_end = (kernels[c].to_numpy() for c in ("global_tid", "call_start", "call_end"))
+
+
+def _innermost_op(
+    kernels: pl.DataFrame, tid: np.ndarray, start: np.ndarray, end: np.ndarray, chunk_rows: int
+) -> np.ndarray:
+    """For each kernel, the innermost op range around its launching call on its thread, or -1."""
     innermost = np.full(kernels.height, -1, dtype=np.int64)
+    if kernels.is_empty() or len(tid) == 0:
+        return innermost
+    k_tid, k_start, k_end = (kernels[c].to_numpy() for c in ("global_tid", "call_start", "call_end"))
     for outer, inner in containment_pairs(tid, start, end, k_tid, k_start, k_end, chunk_rows=chunk_rows):
         np.maximum.at(innermost, inner, outer)  # op rows in nesting order: the largest is the innermost
-    return (
-        kernels.select(pl.Series("op_row", innermost), "ns")
-        .filter(pl.col("op_row") >= 0)
-        .group_by("op_row")
-        .agg(pl.len().cast(pl.Int64).alias("kernels"), pl.col("ns").sum().alias("kernel_ns"))
-    )
+    return innermost

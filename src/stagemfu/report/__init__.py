@@ -228,7 +228,7 @@ def report(
 def _op_flops(tr: Trace, *, within: str | None, categories: str | Path | None, top: int) -> tuple[StageTimes, Any]:
     """Stage times of the instances holding op ranges, and their FLOPs counted from those ranges."""
     from stagemfu.postprocess.op_ranges import op_ranges
-    from stagemfu.report.op_flops import count_op_flops, instances_note, stage_op_flops
+    from stagemfu.report.op_flops import count_op_flops, instances_note, partial_note, stage_op_flops
 
     opr = op_ranges(tr)
     if opr.ops.is_empty():
@@ -242,10 +242,11 @@ def _op_flops(tr: Trace, *, within: str | None, categories: str | Path | None, t
         within=within,
         categories=categories,
         launches="process",
-        instances=opc.instances["range_id"],
+        instances=opc.instances.filter(~pl.col("partial"))["range_id"],
     )
     ops = stage_op_flops(opc, st, source=f"op ranges of {tr.path.name}", top=top)
-    flops = dataclasses.replace(ops.flops, notes=(*ops.flops.notes, *instances_note(st, opr)))
+    notes = (*ops.flops.notes, *instances_note(st, opr), *partial_note(opc, opr))
+    flops = dataclasses.replace(ops.flops, notes=notes)
     return st, dataclasses.replace(ops, flops=flops)
 
 

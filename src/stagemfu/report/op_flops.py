@@ -55,7 +55,8 @@ class OpFlops:
         One row per stage instance holding op ranges: ``range_id``, ``flops``, ``op_ranges``,
         ``counted_ops``, ``uncounted_ops`` (ops with a formula left uncounted), ``covered_kernel_ns``
         (kernel time launched inside counted ops), ``op_kernel_ns`` (kernel time launched inside
-        any op range).
+        any op range), ``partial`` (it encloses a stage instance that launched kernels and holds
+        no op range, such as a step run without emit_nvtx: its op ranges describe part of it).
     uncounted
         Per (``range_id``, ``op``): ``kernel_ns`` launched inside op ranges with no counted op
         around them, by the innermost op that launched it (followed by :data:`UNCOUNTABLE` for
@@ -120,6 +121,12 @@ def count_op_flops(
         )
         .sort("range_id")
     )
+    # A stage instance around another that launched kernels outside every op range (a plain step
+    # inside a `measured` range) holds work its op ranges do not describe: its FLOPs would not
+    # cover its times.
+    unrecorded = opr.unrecorded.join(instances, on="range_id", how="anti")["range_id"]
+    partial = opr.stage_nesting.filter(pl.col("inner").is_in(unrecorded.implode()))["outer"]
+    instances = instances.with_columns(partial=pl.col("range_id").is_in(partial.implode()))
     uncounted = (
         pairs.filter(~pl.col("covered") & (pl.col("kernel_ns") > 0))
         .with_columns(op=pl.when(pl.col("counted")).then(pl.col("op") + UNCOUNTABLE).otherwise(pl.col("op")))
@@ -296,6 +303,18 @@ def stage_op_flops(opc: OpFlops, st: StageTimes, *, source: str, top: int = 5) -
         kind="ops",
     )
     return StageOpFlops(flops=flops, coverage=coverage.drop("flops"), uncounted=uncounted)
+
+
+def partial_note(opc: OpFlops, opr: OpRanges) -> list[str]:
+    """Name the stages left out because their instances hold steps recorded without op ranges."""
+    left_out = opc.instances.filter("partial").join(opr.stage_ranges.select("range_id", "name"), on="range_id")
+    if left_out.is_empty():
+        return []
+    names = ", ".join(repr(n[:60]) for n in left_out["name"].unique(maintain_order=True).to_list())
+    return [
+        f"op FLOPs: left out {names}: {left_out.height} instance(s) hold both op ranges and stages that launched GPU "
+        "work without op ranges (steps run outside emit_nvtx), so their FLOPs would not match their times"
+    ]
 
 
 def instances_note(st: StageTimes, opr: OpRanges) -> list[str]:
