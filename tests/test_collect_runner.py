@@ -151,3 +151,36 @@ def test_stagemfu_run_profiles_the_runner_and_records_its_shapes(tmp_path, llama
     assert doc["exit_status"] == 0 and doc["model"] == str(llama_dir)
     assert doc["inputs"]["new_tokens"] == 2 and doc["runner"]["generated_tokens"] == 2
     assert doc["command"][1:4] == ["-m", "stagemfu.collect.runner", str(llama_dir)]
+
+
+def test_op_shapes_runs_one_more_generate_under_emit_nvtx(tmp_path, llama_dir, monkeypatch):
+    import contextlib
+
+    import torch
+
+    entered = []
+
+    @contextlib.contextmanager
+    def emit_nvtx(record_shapes=False):  # this CPU build of torch has no NVTX profiler: stand in for it
+        entered.append((api.ranges().stack[:], record_shapes))
+        yield
+
+    monkeypatch.setattr(torch.autograd.profiler, "emit_nvtx", emit_nvtx)
+    options = RunnerOptions(
+        model=str(llama_dir), inputs=Inputs(dtype="fp32", text_tokens=4, new_tokens=3), device="cpu", op_shapes=True
+    )
+    with api.recording_to(Recorder()) as rec:
+        doc = run_model(options, out_dir=tmp_path)
+    assert rec.paths[-4:] == ["op_shapes", "op_shapes/prefill", "op_shapes/decode", "op_shapes/decode"]
+    assert entered == [([], True), (["op_shapes"], True)]  # the check before building, then the one call
+    assert doc["op_shapes"] is True and len(doc["call_wall_ns"]["op_shapes"]) == 1
+    assert "--op-shapes" in options.argv()
+
+
+def test_op_shapes_without_a_cuda_build_is_one_line(tmp_path, llama_dir):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this torch can emit NVTX op ranges")
+    result = CliRunner().invoke(main, [str(llama_dir), "--device", "cpu", "--op-shapes", "--out-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "--op-shapes: torch" in result.output and "CUDA build" in result.output

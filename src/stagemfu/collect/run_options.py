@@ -47,6 +47,9 @@ class RunnerOptions:
         A local checkpoint directory, or None for random weights.
     device
         Where the model runs (``cuda``, ``cuda:1``, ``cpu``).
+    op_shapes
+        After the measured calls, one more generate call (in an ``op_shapes`` range) under
+        ``torch.autograd.profiler.emit_nvtx(record_shapes=True)``, for ``stagemfu report --op-flops``.
     """
 
     model: str
@@ -58,6 +61,7 @@ class RunnerOptions:
     image: Path | None = None
     weights: Path | None = None
     device: str = DEVICE_DEFAULT
+    op_shapes: bool = False
 
     def shapes(self) -> Shapes:
         """The generate call's shapes; raises ModelConfigError for a model or input the runner
@@ -80,6 +84,7 @@ class RunnerOptions:
             args += ["--crops", str(inputs.crops)]
         args += ["--attn", self.attn, "--repeat", str(self.repeat), "--device", self.device]
         args += ["--sync"] if self.sync else []
+        args += ["--op-shapes"] if self.op_shapes else []
         for flag, path in (("--config", self.config), ("--image", self.image), ("--weights", self.weights)):
             if path is not None:
                 args += [flag, str(Path(path).resolve())]
@@ -135,6 +140,14 @@ def runner_options(fn: Callable) -> Callable:
         ),
         click.option(
             "--device", default=DEVICE_DEFAULT, show_default=True, help="Where the model runs (cuda, cuda:1, cpu)."
+        ),
+        click.option(
+            "--op-shapes",
+            is_flag=True,
+            help="After the measured calls, one more generate call (in an 'op_shapes' range) under "
+            "torch.autograd.profiler.emit_nvtx(record_shapes=True): one NVTX range per aten op with its input "
+            "sizes, so `stagemfu report --op-flops` counts FLOPs from the program itself. Its host side is "
+            "slower, so it stays out of 'measured'.",
         ),
     ]
     for option in reversed(options):

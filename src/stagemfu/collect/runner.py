@@ -5,7 +5,8 @@ makes inputs of the exact shapes the analyzer counts, then calls ``generate`` on
 and ``--repeat`` times measured, each forced to exactly ``--new-tokens`` tokens. NVTX ranges, all
 in the ``stagemfu`` domain::
 
-    warmup | measured              one per generate call
+    warmup | measured | op_shapes  one per generate call (op_shapes: with --op-shapes, under
+                                   emit_nvtx(record_shapes=True), for `report --op-flops`)
       prefill                      the first forward (makes token 1)
         vision                     OCR models: global view + local crops + projector
           sam, clip | encoder, projector
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 
 SHAPES_SCHEMA = "stagemfu.shapes/1"
 SHAPES_FILE = "shapes.json"
-WARMUP, MEASURED = "warmup", "measured"
+WARMUP, MEASURED, OP_SHAPES = "warmup", "measured", "op_shapes"
 
 
 def run_model(options: RunnerOptions, *, out_dir: Path) -> dict[str, Any]:
@@ -61,6 +62,8 @@ def run_model(options: RunnerOptions, *, out_dir: Path) -> dict[str, Any]:
     from stagemfu.models.build import build_model, example_inputs, stage_modules
 
     ranges()  # no nvtx: fail now, not after minutes of model building
+    if options.op_shapes:
+        _check_op_shapes()
     spec = load_model_spec(options.model, config=options.config)
     inputs = options.inputs
     if options.image is not None:
@@ -75,7 +78,9 @@ def run_model(options: RunnerOptions, *, out_dir: Path) -> dict[str, Any]:
         kwargs, image_note = spec.family.processed_image(shapes, options.image, kwargs)
         notes.append(image_note)
     stages = stage_modules(spec, model)
-    walls = generate_repeatedly(model, kwargs, stages, inputs.new_tokens, repeat=options.repeat, sync=options.sync)
+    walls = generate_repeatedly(
+        model, kwargs, stages, inputs.new_tokens, repeat=options.repeat, sync=options.sync, op_shapes=options.op_shapes
+    )
     document = shapes_document(options, spec, shapes, stages=stages, call_wall_ns=walls, notes=notes)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     (Path(out_dir) / SHAPES_FILE).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
@@ -90,29 +95,37 @@ def generate_repeatedly(
     *,
     repeat: int,
     sync: bool,
+    op_shapes: bool = False,
 ) -> dict[str, list[int]]:
-    """One ``warmup`` and ``repeat`` ``measured`` generate calls, each under its stage ranges.
+    """One ``warmup`` and ``repeat`` ``measured`` generate calls, each under its stage ranges, and
+    with ``op_shapes`` one more in an ``op_shapes`` range under
+    ``torch.autograd.profiler.emit_nvtx(record_shapes=True)`` (one NVTX range per aten op).
 
     Every call is checked to generate exactly ``new_tokens`` tokens per sequence.
 
     Returns
     -------
     dict
-        ``warmup`` and ``measured`` -> wall time of each call in ns, up to the GPU's end (a
-        synchronize after the range), measured the same way with and without a profiler, so
-        runs compare (``bench/bench_collect_overhead.py``).
+        ``warmup``, ``measured`` (and ``op_shapes``) -> wall time of each call in ns, up to the
+        GPU's end (a synchronize after the range), measured the same way with and without a
+        profiler, so runs compare (``bench/bench_collect_overhead.py``).
     """
+    import contextlib
     import time
 
     import torch
 
     prompt = kwargs["input_ids"].shape[1]
     forced = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False, "use_cache": True}
-    walls: dict[str, list[int]] = {WARMUP: [], MEASURED: []}
+    calls = [WARMUP] + [MEASURED] * repeat + [OP_SHAPES] * op_shapes
+    walls: dict[str, list[int]] = {name: [] for name in calls}
     with instrument(model, stages, sync=sync), torch.inference_mode():
-        for name in [WARMUP] + [MEASURED] * repeat:
+        for name in calls:
+            shapes = (
+                torch.autograd.profiler.emit_nvtx(record_shapes=True) if name == OP_SHAPES else contextlib.nullcontext()
+            )
             start = time.perf_counter_ns()
-            with stage(name), generation_stages(model, sync=sync) as steps:
+            with stage(name), shapes, generation_stages(model, sync=sync) as steps:
                 out = model.generate(**kwargs, **forced)
             synchronize()  # outside the range: repetitions never overlap on the GPU
             walls[name].append(time.perf_counter_ns() - start)
@@ -172,6 +185,7 @@ def shapes_document(
         "call_wall_ns": call_wall_ns,
         "repeat": options.repeat,
         "sync": options.sync,
+        "op_shapes": options.op_shapes,
         "attn": options.attn,
         "weights": str(options.weights.resolve()) if options.weights is not None else "random",
         "image": str(options.image.resolve()) if options.image is not None else None,
@@ -182,6 +196,20 @@ def shapes_document(
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "cuda": torch.version.cuda},
         "notes": notes,
     }
+
+
+def _check_op_shapes() -> None:
+    """``--op-shapes`` needs torch's NVTX profiler, which only a CUDA build of torch has."""
+    import torch
+
+    try:
+        with torch.autograd.profiler.emit_nvtx(record_shapes=True):
+            pass
+    except (RuntimeError, AssertionError) as err:  # a CPU build asserts "Torch not compiled with CUDA enabled"
+        raise CollectError(
+            f"--op-shapes: torch {torch.__version__} cannot emit NVTX op ranges ({' '.join(str(err).split())}); "
+            "use a CUDA build of torch or drop --op-shapes"
+        ) from err
 
 
 def _check_device(device: str) -> None:

@@ -22,7 +22,7 @@ import polars as pl
 
 OP_DOMAIN = ""  # emit_nvtx pushes its ranges with nvtxRangePushA: the default domain
 # An op range: an op name without commas, then one of the fields getNvtxStr writes after it.
-OP_RANGE_PATTERN = r"^[^,]+, (?:seq|op_id|sizes) = "
+OP_RANGE_PATTERN = r"^[^,]+, (?:seq|stashed seq|op_id|sizes) = "
 SIZES_MARK = ", sizes = "
 INPUTS_MARK = ", input_op_ids = "
 _DIMS = r"(?:\d{1,18}(?:, \d{1,18})*)?"  # at most 18 digits: every size fits an Int64

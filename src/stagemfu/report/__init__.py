@@ -151,7 +151,8 @@ def report(
         and GPU work follows the ``process`` launch rule, as the backward ops do.
     within
         Keep only range instances inside this range; by default ``measured`` when the trace has
-        it (the timed repetition, not the warm-up), else every instance.
+        it (the timed repetition, not the warm-up), else every instance; with ``op_flops``, by
+        default the instances holding op ranges, wherever they are.
     all_instances
         Keep every instance even when a ``measured`` range exists.
     gpu, dtype, peak_tflops, peak_bandwidth_gbs
@@ -197,8 +198,8 @@ def report(
         )
         raise FlopsFileError(f"{path}: no FLOPs: pass --flops FILE, --model MODEL or --op-flops ({why})")
     tr = read(path)
-    if within is None and not all_instances and tr.ranges.filter(pl.col("name") == MEASURED).height:
-        within = MEASURED
+    if within is None and not all_instances and not op_flops and tr.ranges.filter(pl.col("name") == MEASURED).height:
+        within = MEASURED  # with op_flops the instances holding op ranges are kept instead (the warm-up has none)
     within = None if all_instances else within
     if op_flops:
         st, ops = _op_flops(tr, within=within, categories=categories, top=top)
