@@ -110,6 +110,7 @@ PRIORITY = (
     "kernel Δ",
     "wall Δ",
     "GFLOP",
+    "FLOP cover",
     "busy ms",
     "inst",
     "idle",
