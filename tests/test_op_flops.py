@@ -151,3 +151,15 @@ def test_op_flops_without_op_ranges_is_a_one_line_error(make_trace, tmp_path):
     result = CliRunner().invoke(cli, ["report", str(path), "--op-flops"])
     assert result.exit_code == 2
     assert result.stderr.count("\n") == 1 and "holds no op ranges" in result.stderr and "emit_nvtx" in result.stderr
+
+
+def test_sqlite_output_holds_the_uncounted_ops(step_trace, tmp_path):
+    import sqlite3
+
+    db = tmp_path / "report.db"
+    result = CliRunner().invoke(cli, ["report", str(step_trace), "--op-flops", "--format", "sqlite", "-o", str(db)])
+    assert result.exit_code == 0, result.output
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT op, kernel_ns FROM uncounted_ops WHERE stage = 'optimizer'").fetchall()
+        coverage = conn.execute("SELECT flops_coverage FROM stages WHERE stage = 'forward'").fetchone()[0]
+    assert rows == [("aten::_foreach_add_", 20)] and coverage == pytest.approx(150 / 160)

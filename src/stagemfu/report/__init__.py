@@ -50,6 +50,7 @@ __all__ = ["MfuReport", "Peak", "StageFlops", "build_report", "flops_for_model",
 MEASURED = "measured"  # the range `stagemfu run` puts around the timed repetition
 RUN_FILE = "run.json"  # written by `stagemfu run` next to its trace: command, times, GPUs
 SHAPES_FILE = "shapes.json"  # written by the built-in runner: model, config, inputs
+UNCOUNTED_SCHEMA = {"stage": pl.Utf8, "op": pl.Utf8, "kernel_ns": pl.Int64, "kernel_share": pl.Float64}
 COUNTED_FILE = RUN_COUNT_FILE  # written by stagemfu.count_flops: FLOPs per stage of one call
 SHAPES_KEYS = ("model", "config", "inputs", "repeat", "attn", "weights", "device_name")
 
@@ -99,7 +100,7 @@ class MfuReport(Summarized):
     flops: StageFlops
     times: StageTimes
     run: dict[str, Any] = field(default_factory=dict)
-    uncounted_ops: pl.DataFrame = field(default_factory=pl.DataFrame)
+    uncounted_ops: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=UNCOUNTED_SCHEMA))
     notes: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
 

@@ -55,7 +55,8 @@ def report_document(rep: MfuReport) -> dict[str, Any]:
 
 def report_tables(rep: MfuReport) -> dict[str, pl.DataFrame]:
     """Every table of an :class:`MfuReport` by name, for the SQLite output: :data:`TABLES`, the
-    FLOPs per stage as given (``flops``), one-row ``model``, ``latency`` and ``peak``, ``gpus``."""
+    FLOPs per stage as given (``flops``), one-row ``model``, ``latency`` (when the report has them)
+    and ``peak``, ``gpus``."""
     one_row = {
         "model": rep.model,
         "latency": rep.latency,
@@ -64,7 +65,7 @@ def report_tables(rep: MfuReport) -> dict[str, pl.DataFrame]:
     return {
         **{name: table(rep, name) for name in TABLES},
         "flops": rep.flops.stages,
-        **{name: pl.DataFrame([row]) if row else pl.DataFrame() for name, row in one_row.items()},
+        **{name: pl.DataFrame([row]) for name, row in one_row.items() if row},  # no model level: no table
         "gpus": rep.times.trace.gpus,
     }
 
