@@ -47,6 +47,7 @@ bench: $(TEST_STAMP)
 	$(BIN)/python bench/bench_nvtx_api.py
 	$(BIN)/python bench/bench_deep_nesting.py --depths 2000,10000 --out bench-out
 	$(BIN)/python bench/bench_startup.py --out bench-out/startup.json
+	$(BIN)/python bench/bench_op_flops.py --out bench-out/op_flops.json
 
 lint: $(STAMP)
 	$(BIN)/python -m pip install --quiet 'ruff>=0.8'
