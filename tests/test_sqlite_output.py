@@ -53,7 +53,7 @@ def test_sqlite_needs_an_output_file_and_never_replaces_an_input(toy, analysis, 
     assert result.exit_code == 2 and "give -o FILE.db" in result.stderr
     before = toy.read_bytes()
     result = invoke("report", toy, "--flops", analysis, "--format", "sqlite", "-o", toy)
-    assert result.exit_code == 2 and "names an input" in result.stderr
+    assert result.exit_code == 2 and "inputs" in result.stderr
     assert toy.read_bytes() == before and not list(tmp_path.glob(".*.tmp"))
 
 

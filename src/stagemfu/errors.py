@@ -49,3 +49,7 @@ class ReportFileError(StagemfuError):
 
 class FlopsMismatchError(StagemfuError):
     """The FLOPs describe another shape of work than the trace holds (instance counts differ)."""
+
+
+class OutputError(StagemfuError):
+    """An output cannot be written: it would replace an input, or the disk or pipe refuses it."""

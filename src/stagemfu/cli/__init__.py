@@ -22,7 +22,18 @@ from typing import Any
 import click
 
 from stagemfu import __version__
+from stagemfu.cli.outputs import (
+    PIPE_CLOSED_STATUS,
+    StdoutClosed,
+    check_files,
+    emit,
+    guarded_stdout,
+    recording_reads,
+    terminating_on_sigterm,
+)
 from stagemfu.errors import StagemfuError
+
+__all__ = ["check_files", "cli", "emit", "main", "print_rich", "render"]
 
 FORMATS = ("table", "json", "csv", "md")
 PIPE_WIDTH = 160  # columns for tables written to a file or pipe
@@ -65,7 +76,9 @@ class StagemfuGroup(click.Group):
 
     Library errors (:class:`StagemfuError`) and click's usage errors (unknown option, bad
     value) both exit 2 with a single ``Error: ...`` line; click would otherwise print a usage
-    block first.
+    block first. While a command runs, standard output failures are one line too (a closed pipe
+    exits quietly with 141), SIGTERM cleans up like Ctrl-C, and the files it reads are recorded
+    so that no output replaces one (:mod:`stagemfu.cli.outputs`).
     """
 
     def invoke(self, ctx: click.Context) -> Any:
@@ -96,7 +109,14 @@ class StagemfuGroup(click.Group):
     def main(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["standalone_mode"] = False
         try:
-            status = super().main(*args, **kwargs)
+            with guarded_stdout(), recording_reads(), terminating_on_sigterm():
+                status = super().main(*args, **kwargs)
+                sys.stdout.flush()
+        except StdoutClosed:
+            sys.exit(PIPE_CLOSED_STATUS)
+        except StagemfuError as err:  # raised outside a command: standard output failing under --help
+            click.echo(f"Error: {err}", err=True)
+            sys.exit(UserInputError.exit_code)
         except click.ClickException as err:
             message = " ".join(err.format_message().split())
             click.echo(f"Error: {message}", err=True)
@@ -133,7 +153,7 @@ def output_option(fn: Callable) -> Callable:
         "--output",
         type=click.Path(dir_okay=False, path_type=Path),
         default=None,
-        help="Write to this file instead of standard output.",
+        help="Write to this file instead of standard output (whole or not at all; never over one of the inputs).",
     )(fn)
 
 
@@ -176,17 +196,8 @@ def cli() -> None:
     return_large_blocks()
 
 
-def emit(text: str, output: Path | None) -> None:
-    if output is None:
-        sys.stdout.write(text)
-        return
-    try:
-        output.write_text(text, encoding="utf-8")
-    except OSError as err:
-        raise UserInputError(f"{output}: cannot write ({err.strerror})") from err
-
-
 def print_rich(renderable: Any, output: Path | None) -> None:
+    """Print a rich renderable to standard output (fitted to a terminal) or, as plain text, to ``output``."""
     from rich.console import Console
 
     if output is None:
@@ -194,6 +205,7 @@ def print_rich(renderable: Any, output: Path | None) -> None:
         if not console.is_terminal:  # a pipe or a log: no width to fit, print the tables whole
             console = Console(highlight=False, width=PIPE_WIDTH)
         console.print(renderable)
+        sys.stdout.flush()
         return
     console = Console(record=True, width=PIPE_WIDTH, highlight=False, file=io.StringIO())
     console.print(renderable)

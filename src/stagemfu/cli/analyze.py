@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from stagemfu.cli import FORMATS, counter_names, format_option, input_options, output_option, render
+from stagemfu.cli import FORMATS, check_files, counter_names, format_option, input_options, output_option, render
 
 
 @click.command()
@@ -70,6 +70,7 @@ def analyze(
     from stagemfu.report.render import analyze_data, analyze_view
     from stagemfu.report.render.csv import csv_text
 
+    check_files(inputs={"MODEL": model, "--config": config}, outputs={"-o": output})
     spec = load_model_spec(model, config=config)
     inputs = Inputs(mode, image_size, crops, text_tokens, new_tokens, batch, dtype, full_logits)
     result = run_analysis(spec, inputs, counters=counter_names(counters))

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Literal
 
 import click
 
-from stagemfu.cli import FORMATS, format_option, json_text, launches_option, output_option, render
+from stagemfu.cli import FORMATS, check_files, format_option, json_text, launches_option, output_option, render
+from stagemfu.cli.outputs import files_read
 from stagemfu.cli.view_options import top_kernels_option, view_options
 from stagemfu.postprocess.many import DEFAULT_THRESHOLD, SPREAD_METRICS
 from stagemfu.postprocess.reader import Progress
@@ -178,6 +179,7 @@ def postprocess(
         "launches": launches,
     }
     paths = expand_inputs(traces)
+    check_files(inputs={"TRACE": paths, "--categories": categories}, outputs={"-o": output})
     if len(paths) > 1 or len(traces) > 1:
         with progress_bar(quiet) as progress:
             ct = pp.load_many(
@@ -193,7 +195,7 @@ def postprocess(
             from stagemfu.report.render import postprocess_many as many
             from stagemfu.report.render.sqlite import write_sqlite
 
-            write_sqlite(output, many.many_tables(ct, top=top), many.many_meta(ct), inputs=paths)
+            write_sqlite(output, many.many_tables(ct, top=top), many.many_meta(ct), inputs=[*paths, *files_read()])
             return
         _show_many(ct, fmt=fmt, table_name=table_name, top=top, view=view, output=output)
         return
@@ -205,7 +207,8 @@ def postprocess(
         from stagemfu.report.render import postprocess_data as data
         from stagemfu.report.render.sqlite import write_sqlite
 
-        write_sqlite(output, data.postprocess_tables(st, top=top), data.postprocess_meta(st), inputs=paths)
+        tables, meta = data.postprocess_tables(st, top=top), data.postprocess_meta(st)
+        write_sqlite(output, tables, meta, inputs=[*paths, *files_read()])
         return
     _show_one(st, fmt=fmt, table_name=table_name, top=top, view=view, instances=instances, output=output)
 

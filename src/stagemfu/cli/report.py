@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import click
 
 from stagemfu.cli import (
+    check_files,
     counter_names,
     emit,
     format_option,
@@ -19,6 +20,7 @@ from stagemfu.cli import (
     output_option,
     render,
 )
+from stagemfu.cli.outputs import files_read
 from stagemfu.cli.view_options import top_kernels_option, view_options
 from stagemfu.report.render.view import DEFAULT_VIEW
 
@@ -200,14 +202,18 @@ def report(
     from stagemfu.data import default_trace
 
     trace = default_trace() if trace is None else trace
+    check_files(
+        inputs={"TRACE": trace, "--flops": flops_file, "--config": config},
+        outputs={"-o": output, "--html": html_file},
+    )
     rep = rp.report(trace, top=top, **_report_options(locals()))
     if html_file is not None:
-        emit(_html(rep), html_file)
+        emit(_html(rep), html_file, option="--html")
     if fmt == "sqlite":
         from stagemfu.report.render import report_data
         from stagemfu.report.render.sqlite import write_sqlite
 
-        inputs = [trace, *([flops_file] if flops_file else [])]
+        inputs = [trace, *([flops_file] if flops_file else []), *files_read()]
         write_sqlite(output, report_data.report_tables(rep), report_data.report_meta(rep), inputs=inputs)
         return
     render_report(rep, fmt, table_name, output, view=view)
@@ -264,6 +270,10 @@ def compare(a: Path, b: Path, top: int, view: TableView, fmt: str, output: Path 
     from stagemfu.report.render import compare_view
     from stagemfu.report.render.html import compare_page
 
+    check_files(
+        inputs={"A": a, "B": b, "--flops": options["flops_file"], "--config": options["config"]},
+        outputs={"-o": output},
+    )
     cmp = compare_reports(_side(a, options), _side(b, options), top=top)
     writers = {
         "table": lambda c: compare_view.terminal_view(c, view=view),
@@ -335,6 +345,7 @@ def calibrate(
     from stagemfu.report.calibrate import check_calibration, run_calibration
     from stagemfu.report.render import calibration_view
 
+    check_files(inputs={"--check": check}, outputs={"-o": output})
     if check is not None:
         cal = check_calibration(*check, gpu=gpu, peak_tflops=peak_tflops)
     else:

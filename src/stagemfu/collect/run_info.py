@@ -124,5 +124,7 @@ def run_document(
 
 
 def write_run_json(path: Path, document: dict[str, Any]) -> None:
-    """Write ``document`` as indented JSON (UTF-8)."""
-    path.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    """Write ``document`` as indented JSON (UTF-8), whole or not at all."""
+    from stagemfu.files import write_output
+
+    write_output(path, json.dumps(document, indent=2, ensure_ascii=False) + "\n")

@@ -30,6 +30,7 @@ import click
 from stagemfu.collect.api import generation_stages, instrument, ranges, stage, synchronize
 from stagemfu.collect.run_options import ATTENTION, RunnerOptions, options_from_params, runner_options
 from stagemfu.errors import CollectError, ModelConfigError, StagemfuError
+from stagemfu.files import write_output
 
 if TYPE_CHECKING:
     import torch
@@ -83,7 +84,7 @@ def run_model(options: RunnerOptions, *, out_dir: Path) -> dict[str, Any]:
     )
     document = shapes_document(options, spec, shapes, stages=stages, call_wall_ns=walls, notes=notes)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    (Path(out_dir) / SHAPES_FILE).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    write_output(Path(out_dir) / SHAPES_FILE, json.dumps(document, indent=2) + "\n")
     return document
 
 

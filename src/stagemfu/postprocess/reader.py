@@ -32,6 +32,7 @@ import numpy as np
 import polars as pl
 
 from stagemfu.errors import TraceError
+from stagemfu.files import input_problem
 from stagemfu.postprocess.concurrency import CHUNK_WORKERS, CPUS, bounded_map
 from stagemfu.postprocess.launches import TID_BITS, match_calls, membership
 
@@ -381,10 +382,12 @@ def _read(path: Path, chunk_ops: int | Literal["auto"] | None, progress: Progres
 
 
 def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise TraceError(f"{path}: no such file")
-    if path.is_dir():
+    """Only a regular file that starts as SQLite does is read (a FIFO would block the reader forever)."""
+    problem = input_problem(path)
+    if problem == "is a directory":
         raise TraceError(f"{path}: is a directory; give the path of an nsys SQLite export")
+    if problem is not None:
+        raise TraceError(f"{path}: {problem}")
     try:
         with path.open("rb") as fh:
             head = fh.read(64)

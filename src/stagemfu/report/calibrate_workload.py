@@ -23,6 +23,8 @@ from typing import Any
 
 import click
 
+from stagemfu.files import write_output
+
 WORKLOAD_SCHEMA = "stagemfu.calibration_workload/1"
 DEFAULT_SHAPES = ((6144, 6144, 6144), (8192, 8192, 8192), (8192, 8192, 2048))
 HOLD_CYCLES = 200_000_000  # ~0.1 s of GPU clock: longer than queuing one shape's launches takes
@@ -119,7 +121,7 @@ def run_gemms(shapes: tuple[tuple[int, int, int], ...], *, repeats: int) -> dict
 def main(out: Path, shapes: str, repeats: int) -> None:
     """bf16 GEMMs of known FLOPs in NVTX ranges, timed with CUDA events."""
     doc = run_gemms(parse_shapes(shapes), repeats=repeats)
-    out.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    write_output(out, json.dumps(doc, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -7,16 +7,15 @@ a list or struct column is stored as JSON text. A table ``stagemfu`` holds the d
 metadata as key/value rows (schema, trace, versions, notes, warnings as JSON). Names are stored
 exactly as the trace has them.
 
-The file is written beside its destination and renamed over it when complete, so an interrupted
-write leaves no half database, and a database is never added to: the old file is replaced.
+The file is written beside its destination and renamed over it when complete
+(:func:`stagemfu.files.replacing_path`), so an interrupted write leaves no half database, and a
+database is never added to: the old file is replaced. It is never one of the command's inputs.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
+import sqlite3
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 import polars as pl
 
 from stagemfu.errors import StagemfuError
+from stagemfu.files import refuse_overwriting, replacing_path
 
 META_TABLE = "stagemfu"
 BATCH_ROWS = 10_000
@@ -45,30 +45,24 @@ def write_sqlite(
     if path is None:
         raise StagemfuError("--format sqlite writes a database file: give -o FILE.db")
     target = Path(path)
-    _refuse_inputs(target, inputs)
-    directory = target.resolve().parent
+    refuse_overwriting({"-o": target}, inputs)
     try:
-        handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
-    except OSError as err:
-        raise StagemfuError(f"{target}: cannot write the database ({err.strerror or err})") from err
-    os.close(handle)
-    try:
-        db = sqlite_utils.Database(temporary)
-        with db.conn:
-            for name, frame in tables.items():
-                _write_table(db, name, frame)
-            db[META_TABLE].insert_all(
-                [{"key": k, "value": _json_cell(v)} for k, v in meta.items()],
-                pk="key",
-                columns={"key": str, "value": str},
-            )
-        db.close()
-        os.replace(temporary, target)
-    except OSError as err:
-        raise StagemfuError(f"{target}: cannot write the database ({err.strerror or err})") from err
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
+        with replacing_path(target) as temporary:
+            db = sqlite_utils.Database(temporary)
+            try:
+                with db.conn:  # one transaction: rolled back, its journal removed, on any error
+                    for name, frame in tables.items():
+                        _write_table(db, name, frame)
+                    db[META_TABLE].insert_all(
+                        [{"key": k, "value": _json_cell(v)} for k, v in meta.items()],
+                        pk="key",
+                        columns={"key": str, "value": str},
+                    )
+            finally:
+                db.close()
+    except (OSError, sqlite3.Error) as err:
+        why = getattr(err, "strerror", None) or err
+        raise StagemfuError(f"{target}: cannot write the database ({why}); choose another output file") from err
 
 
 def _write_table(db: Any, name: str, frame: pl.DataFrame) -> None:
@@ -91,10 +85,3 @@ def _sql_type(dtype: pl.DataType) -> type:
 
 def _json_cell(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
-
-
-def _refuse_inputs(target: Path, inputs: Iterable[Path]) -> None:
-    resolved = target.resolve()
-    for given in inputs:
-        if Path(given).resolve() == resolved:
-            raise StagemfuError(f"{target}: -o names an input of this command; write the database to another file")
