@@ -197,6 +197,12 @@ def test_fifo_flops_file_is_one_line(toy, tmp_path):
     one_line_error(invoke("report", toy, "--flops", fifo), "--flops", "FIFO")
 
 
+def test_fifo_compressed_trace_is_one_line(tmp_path):
+    fifo = tmp_path / "x.sqlite.xz"
+    os.mkfifo(fifo)
+    one_line_error(invoke("postprocess", fifo), str(fifo), "FIFO")
+
+
 def test_device_as_trace_is_one_line():
     one_line_error(invoke("postprocess", "/dev/zero"), "/dev/zero", "character device")
 

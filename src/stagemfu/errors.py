@@ -53,3 +53,7 @@ class FlopsMismatchError(StagemfuError):
 
 class OutputError(StagemfuError):
     """An output cannot be written: it would replace an input, or the disk or pipe refuses it."""
+
+
+class CacheError(StagemfuError):
+    """The cache of decompressed and exported traces cannot hold a trace (disk full, bad setting)."""

@@ -48,6 +48,7 @@ COMMANDS = {
         "stagemfu.cli.report:calibrate",
         "Prove the report's MFU on bf16 GEMMs of known FLOPs (needs a GPU and nsys).",
     ),
+    "cache": ("stagemfu.cli.cache:cache", "The cache of decompressed and exported traces."),
     "collect": (
         "stagemfu.cli.collect:collect",
         "Run COMMAND under nsys, export the trace to SQLite and show its per-stage GPU times.",

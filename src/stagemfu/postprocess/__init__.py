@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 from stagemfu.errors import TraceError
+from stagemfu.postprocess import cache
 from stagemfu.postprocess.export import decompress_cached, export_sqlite, is_compressed, is_report
 from stagemfu.postprocess.intervals import DEFAULT_CHUNK_ROWS
 from stagemfu.postprocess.many import CombinedTimes, load_many
@@ -46,7 +47,7 @@ def read(
         trace = read_trace(sqlite, chunk_ops=chunk_ops, progress=progress)
     except TraceError as err:  # speak of the file the user gave, not of our cached copy
         raise TraceError(str(err).replace(str(sqlite), str(path))) from err
-    return dataclasses.replace(trace, path=path)
+    return dataclasses.replace(trace, path=path, notes=(*trace.notes, *cache.take_notes()))
 
 
 def load(
