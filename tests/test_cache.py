@@ -203,6 +203,25 @@ def test_a_report_is_exported_once(tmp_path, own_cache, monkeypatch):
     assert export.export_sqlite(report) == first
 
 
+def test_a_hanging_nsys_export_is_stopped_with_one_line(tmp_path, own_cache, monkeypatch):
+    report = fake_report(tmp_path, monkeypatch)
+    pids = tmp_path / "nsys.pids"
+    monkeypatch.setenv("FAKE_NSYS_EXPORT_HANG", "1")
+    monkeypatch.setenv("FAKE_NSYS_PIDFILE", str(pids))
+    monkeypatch.setenv("STAGEMFU_NSYS_TIMEOUT", "1")
+    line = one_line_error(invoke("postprocess", report), str(report), "did not finish within 1 s")
+    assert "STAGEMFU_NSYS_TIMEOUT" in line
+    assert cache.entries(own_cache) == [] and cache.temporaries(own_cache) == []
+    time.sleep(0.2)
+    assert not any(alive(int(pid)) for pid in pids.read_text().split()), "nsys or its helper still runs"
+
+
+@pytest.mark.parametrize("value", ["soon", "-5", "nan", "inf"])
+def test_a_bad_nsys_timeout_is_one_line(tmp_path, monkeypatch, value):
+    report = fake_report(tmp_path, monkeypatch)
+    one_line_error(invoke("postprocess", report, env={"STAGEMFU_NSYS_TIMEOUT": value}), "STAGEMFU_NSYS_TIMEOUT")
+
+
 # --------------------------------------------------------------------------------------------
 # Where it lives
 
@@ -368,6 +387,14 @@ main()
 """
 
 
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie, killed and not yet reaped, has ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_during_decompression_leaves_no_temporary(tmp_path, own_cache, signum):
     path = tmp_path / "slow.sqlite.gz"
@@ -394,3 +421,21 @@ def written(directory: Path) -> list[tuple[Path, int]]:
             if path.is_file():
                 found.append((path, path.stat().st_size))
     return found
+
+
+def test_sigterm_during_nsys_export_stops_nsys_and_leaves_no_temporary(tmp_path, own_cache, monkeypatch):
+    report = fake_report(tmp_path, monkeypatch)
+    pids = tmp_path / "nsys.pids"
+    env = dict(os.environ, FAKE_NSYS_EXPORT_HANG="1", FAKE_NSYS_PIDFILE=str(pids))
+    argv = [PY, "-m", "stagemfu", "postprocess", str(report)]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not pids.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert pids.exists(), "the export never started"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in err
+    assert cache.temporaries(own_cache) == []
+    time.sleep(0.2)
+    assert not any(alive(int(pid)) for pid in pids.read_text().split()), "nsys or its helper still runs"

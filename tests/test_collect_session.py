@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -157,6 +158,75 @@ def test_ctrl_c_stops_the_command_and_still_finalizes(tmp_path):
     doc = json.loads((tmp_path / "o" / "run.json").read_text())
     assert doc["interrupted"] is True and doc["exit_status"] != 0
     assert doc["files"]["sqlite"] == "trace.sqlite"
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "", ".", "..", "/abs", "x" * 300])
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_a_name_that_is_a_path_is_one_line_naming_the_option(tmp_path, fake_nsys, name, dry_run):
+    argv = [
+        "collect",
+        "-d",
+        str(tmp_path / "o"),
+        "--name",
+        name,
+        *(["--dry-run"] if dry_run else []),
+        "--",
+        PY,
+        "-c",
+        "pass",
+    ]
+    result = CliRunner().invoke(cli, argv)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: --name ") and "plain file name" in lines[0]
+    assert not (tmp_path / "o").exists() and not (tmp_path / "x.nsys-rep").exists()
+
+
+def test_an_output_that_is_an_input_is_refused_before_anything_is_removed(tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    nsys = out / "trace.nsys-rep"  # the nsys to run is where the report would go: it would be removed
+    shutil.copy(FAKE_NSYS, nsys)
+    argv = ["collect", "-d", str(out), "--nsys", str(nsys), "--", PY, "-c", "pass"]
+    result = CliRunner().invoke(cli, argv)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.splitlines() == [
+        f"Error: report {nsys}: is the same file as one of this command's inputs; writing it would destroy the "
+        "input: choose another output file"
+    ]
+    assert nsys.read_bytes() == FAKE_NSYS.read_bytes()
+
+
+def test_nsys_failing_is_blamed_on_nsys_not_the_command(tmp_path, fake_nsys, monkeypatch):
+    monkeypatch.setenv("FAKE_NSYS_PROFILE_FAIL", "1")
+    result = CliRunner().invoke(cli, ["collect", "-d", str(tmp_path), "--", PY, "-c", "pass"])
+    assert result.exit_code == 1
+    error = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert error == [
+        "Error: nsys failed (exit status 1) and wrote no report; see its messages above (the command may not have run)"
+    ]
+    assert "the command exited" not in result.stderr
+
+
+def test_a_garbage_export_exits_non_zero_and_leaves_no_sqlite(tmp_path, fake_nsys, monkeypatch):
+    garbage = tmp_path / "garbage.bin"
+    garbage.write_bytes(b"nsys export died half way" * 50)
+    monkeypatch.setenv("FAKE_NSYS_SQLITE", str(garbage))
+    out = tmp_path / "o"
+    result = CliRunner().invoke(cli, ["collect", "-d", str(out), "--", PY, "-c", "pass"])
+    assert result.exit_code == 2, result.output
+    error = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(error) == 1 and "`nsys export` gave a file that is not an SQLite file" in error[0]
+    assert sorted(p.name for p in out.iterdir()) == ["run.json", "trace.nsys-rep"]
+    assert json.loads((out / "run.json").read_text())["files"] == {"rep": "trace.nsys-rep", "sqlite": None}
+
+
+def test_a_hanging_export_after_collect_is_stopped(tmp_path, fake_nsys, monkeypatch):
+    monkeypatch.setenv("FAKE_NSYS_EXPORT_HANG", "1")
+    monkeypatch.setenv("STAGEMFU_NSYS_TIMEOUT", "1")
+    result = collect([PY, "-c", "pass"], out_dir=tmp_path)
+    assert result.sqlite is None and "did not finish within 1 s" in result.notes[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json", "trace.nsys-rep"]
 
 
 def test_nvidia_smi_rows_are_parsed():

@@ -191,6 +191,14 @@ def cli() -> None:
     Stages are NVTX ranges. For every range stagemfu reports wall time (CPU time of the range),
     span (first to last GPU operation it launched, = nsys "projected" time), busy (time the GPU
     ran at least one of its operations) and kernel time (sum of kernel durations).
+
+    \b
+    Environment:
+      NSYS                   the nsys executable (else PATH, /opt/nvidia, CUDA installs)
+      XDG_CACHE_HOME         the trace cache goes to $XDG_CACHE_HOME/stagemfu (see `stagemfu cache`)
+      STAGEMFU_CACHE_SIZE    bound of the trace cache (default 20G)
+      STAGEMFU_NSYS_TIMEOUT  seconds an nsys export may run (default 3600; 0: no limit)
+      STAGEMFU_PEAK_TFLOPS, STAGEMFU_PEAK_BANDWIDTH  peak overrides (see `stagemfu report`)
     """
     from stagemfu.heap import return_large_blocks
 

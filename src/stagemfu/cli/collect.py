@@ -9,13 +9,14 @@ from typing import Any
 
 import click
 
-from stagemfu.cli import print_rich
+from stagemfu.cli import check_files, print_rich
 from stagemfu.collect.command import CAPTURE_ALL, CAPTURE_HELP, DEFAULT_PROFILE, ProfileOptions
 from stagemfu.collect.run_options import options_from_params, runner_options
 from stagemfu.collect.session import DEFAULT_NAME, CollectPlan, CollectResult
 from stagemfu.errors import TraceError
 
 NO_GPU_ACTIVITY = "no GPU activity captured"
+INPUT_OPTIONS = {"MODEL": "model", "--config": "config", "--image": "image"}  # files `run` reads
 
 
 def collect_options(fn: Callable) -> Callable:
@@ -29,7 +30,12 @@ def collect_options(fn: Callable) -> Callable:
             show_default=True,
             help="Output directory: NAME.nsys-rep, NAME.sqlite, run.json (an earlier run's files there are replaced).",
         ),
-        click.option("--name", default=DEFAULT_NAME, show_default=True, help="Base name of the trace files."),
+        click.option(
+            "--name",
+            default=DEFAULT_NAME,
+            show_default=True,
+            help="Base name of the trace files: a plain file name (no '/'), inside --out-dir.",
+        ),
         click.option("--nsys", "nsys", default=None, help="The nsys executable (default: $NSYS, PATH, /opt/nvidia)."),
         click.option("--capture", default=CAPTURE_ALL, show_default=True, help=f"What to record. {CAPTURE_HELP}."),
         click.option("--trace", default=DEFAULT_PROFILE.trace, show_default=True, help="nsys --trace: APIs traced."),
@@ -102,6 +108,7 @@ def collect(command: tuple[str, ...], dry_run: bool, **params: Any) -> int:
 
     kwargs = _collect_kwargs(params)
     plan = plan_collection(list(command), **kwargs, dry_run=dry_run)
+    _check_files(plan, params)
     if _announce(plan, dry_run):
         return 0
     result = run_collection(list(command), **kwargs)
@@ -136,10 +143,26 @@ def run(dry_run: bool, **params: Any) -> int:
         require_runner()
     kwargs = _collect_kwargs(params)
     plan = plan_collection(runner_command(options, out_dir=kwargs["out_dir"]), **kwargs, dry_run=dry_run)
+    _check_files(plan, params)
     if _announce(plan, dry_run):
         return 0
     result = collect_model(options, **kwargs)
     return _conclude(result, within="measured", report=True)
+
+
+def _check_files(plan: CollectPlan, params: dict[str, Any]) -> None:
+    """The files a collection writes (an earlier run's are removed first) are none of its inputs."""
+    from stagemfu.collect.runner import SHAPES_FILE
+
+    check_files(
+        inputs={option: params.get(key) for option, key in INPUT_OPTIONS.items()} | {"--nsys": plan.nsys},
+        outputs={
+            "report": plan.rep,
+            "export": plan.sqlite,
+            "run.json": plan.run_json,
+            "shapes.json": plan.run_json.with_name(SHAPES_FILE),
+        },
+    )
 
 
 def _announce(plan: CollectPlan, dry_run: bool) -> bool:
@@ -162,6 +185,13 @@ def _conclude(result: CollectResult, *, within: str | None, report: bool = False
     click.echo("stagemfu: wrote " + ", ".join(str(p) for p in written), err=True)
     if result.sqlite is not None:
         _show(result.sqlite, within=within, report=report)
+    if result.exit_status != 0 and not result.interrupted and not result.rep.is_file():
+        click.echo(
+            f"Error: nsys failed (exit status {result.exit_status}) and wrote no report; see its messages above "
+            "(the command may not have run)",
+            err=True,
+        )
+        return 1
     if result.interrupted or result.exit_status != 0:
         how = "was interrupted" if result.interrupted else f"exited with status {result.exit_status}"
         click.echo(f"Error: the command {how}; the trace it left is in {result.run_json.parent}", err=True)

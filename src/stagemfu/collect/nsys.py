@@ -10,10 +10,13 @@ within each place; an explicit choice (``--nsys PATH`` or ``$NSYS``) is never se
 from __future__ import annotations
 
 import glob
+import math
 import os
 import re
 import shutil
+import signal
 import subprocess
+from contextlib import suppress
 from pathlib import Path
 
 from stagemfu.errors import CollectError, ExportError
@@ -33,6 +36,9 @@ HOW_TO_INSTALL = (
     "package from NVIDIA's CUDA repository), then put nsys on PATH, set NSYS=/path/to/nsys or pass --nsys PATH"
 )
 _VERSION = re.compile(r"(\d{4}\.\d+(?:\.\d+)*)")
+TIMEOUT_ENV = "STAGEMFU_NSYS_TIMEOUT"
+DEFAULT_TIMEOUT_S = 3600.0  # nsys export of a multi-GB report takes minutes; a hang must still end
+VERSION_TIMEOUT_S = 60.0
 
 
 def version_key(path: str) -> tuple[int, ...]:
@@ -100,12 +106,60 @@ def parse_version(text: str) -> str | None:
 
 
 def nsys_version(nsys: str) -> str | None:
-    """The version of this nsys, or None when it does not answer ``--version``."""
+    """The version of this nsys, or None when it does not answer ``--version`` within a minute."""
     try:
-        done = subprocess.run([nsys, "--version"], capture_output=True, text=True, timeout=60, check=False)
+        done = run_tool([nsys, "--version"], timeout=VERSION_TIMEOUT_S)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return parse_version(done.stdout + done.stderr)
+
+
+def tool_timeout() -> float | None:
+    """Seconds an nsys export may run, from ``STAGEMFU_NSYS_TIMEOUT`` (default an hour; 0: no limit).
+
+    Raises
+    ------
+    ExportError
+        The variable is not a number of seconds.
+    """
+    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_TIMEOUT_S
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if not (0 <= seconds < math.inf):
+        raise ExportError(f"{TIMEOUT_ENV}={raw!r}: not a number of seconds (0 for no limit)")
+    return seconds or None
+
+
+def run_tool(argv: list[str], *, timeout: float | None) -> subprocess.CompletedProcess[str]:
+    """Run an external tool to its end with its output captured, or kill it and all it started.
+
+    The tool runs in its own process group, so on a timeout, Ctrl-C or SIGTERM the whole group is
+    killed (nsys starts helper processes that would otherwise keep running, and keep its pipes
+    open).
+
+    Raises
+    ------
+    OSError
+        The tool cannot be started.
+    subprocess.TimeoutExpired
+        It ran past ``timeout`` seconds (and was killed).
+    """
+    with subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace", start_new_session=True
+    ) as child:
+        try:
+            out, err = child.communicate(timeout=timeout)
+        except BaseException:
+            with suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)
+            with suppress(subprocess.TimeoutExpired):
+                child.communicate(timeout=5)
+            raise
+    return subprocess.CompletedProcess(argv, child.returncode, out, err)
 
 
 def export_argv(nsys: str, report: Path, target: Path) -> list[str]:
@@ -114,17 +168,24 @@ def export_argv(nsys: str, report: Path, target: Path) -> list[str]:
 
 
 def export_report(nsys: str, report: Path, target: Path, *, how_to: str) -> None:
-    """Export ``report`` to SQLite at ``target`` with ``nsys export``.
+    """Export ``report`` to SQLite at ``target`` with ``nsys export``, within :func:`tool_timeout`.
 
     Raises
     ------
     ExportError
-        nsys cannot be run or fails; the message quotes nsys's first line and ends with ``how_to``.
+        nsys cannot be run, fails, or runs past the time limit; the message quotes nsys's first
+        line and ends with ``how_to``.
     """
+    timeout = tool_timeout()
     try:
-        done = subprocess.run(export_argv(nsys, report, target), capture_output=True, text=True, check=False)
+        done = run_tool(export_argv(nsys, report, target), timeout=timeout)
     except OSError as err:
         raise ExportError(f"{report}: could not run {nsys} ({err.strerror}); {how_to}") from err
+    except subprocess.TimeoutExpired as err:
+        raise ExportError(
+            f"{report}: `nsys export` did not finish within {timeout:g} s and was stopped; raise {TIMEOUT_ENV} "
+            f"(seconds, 0 for no limit) or {how_to}"
+        ) from err
     if done.returncode != 0 or not target.is_file():
         said = next((line.strip() for line in (done.stderr + done.stdout).splitlines() if line.strip()), "no message")
         raise ExportError(f"{report}: `nsys export` failed ({said[:200]}); {how_to}")

@@ -17,6 +17,9 @@ collection is still finalized.
 from __future__ import annotations
 
 import os
+import secrets
+import shlex
+import shutil
 import signal
 import subprocess
 import threading
@@ -31,8 +34,10 @@ from stagemfu.collect.command import CAPTURE_ALL, DEFAULT_PROFILE, ProfileOption
 from stagemfu.collect.nsys import export_argv, export_report, nsys_version, require_nsys
 from stagemfu.collect.run_info import run_document, write_run_json
 from stagemfu.errors import CollectError, ExportError
+from stagemfu.files import TEMP_PREFIX
 
 DEFAULT_NAME = "trace"
+NAME_MAX = 255  # bytes in one file name on Linux file systems
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -111,8 +116,10 @@ def plan_collection(
     Raises
     ------
     CollectError
-        nsys is not found (unless ``dry_run``), the command is empty, or the capture mode is unknown.
+        nsys is not found (unless ``dry_run``), the command is empty, the capture mode is unknown,
+        or ``name`` is not a plain file name.
     """
+    _check_name(name)
     notes: tuple[str, ...] = ()
     try:
         exe = require_nsys(nsys)
@@ -132,6 +139,17 @@ def plan_collection(
         run_json=Path(out_dir) / "run.json",
         notes=notes,
     )
+
+
+def _check_name(name: str) -> None:
+    """``--name`` is the base of file names inside the output directory: no path, nothing hidden."""
+    separators = {"/", "\0", os.sep, *([os.altsep] if os.altsep else [])}
+    too_long = len(os.fsencode(f"{name}.nsys-rep")) > NAME_MAX
+    if not name or name in (".", "..") or any(s in name for s in separators) or too_long:
+        raise CollectError(
+            f"--name {name!r}: must be a plain file name (no '/', not '.' or '..', at most {NAME_MAX - 9} bytes); "
+            "choose the directory with --out-dir"
+        )
 
 
 def collect(
@@ -217,6 +235,7 @@ def collect(
 
 
 def _export(plan: CollectPlan) -> tuple[Path | None, tuple[str, ...]]:
+    """Export the report and check the result; a failed or garbage export leaves no NAME.sqlite."""
     if not plan.rep.is_file():
         qdstrm = plan.rep.with_suffix(".qdstrm")
         if qdstrm.is_file():
@@ -225,11 +244,22 @@ def _export(plan: CollectPlan) -> tuple[Path | None, tuple[str, ...]]:
                 "failed; use a full Nsight Systems install (see --nsys) or convert it with `QdstrmImporter -i FILE`",
             )
         return None, (f"{plan.rep}: nsys wrote no report; see its messages above",)
-    how_to = f"run `{' '.join(plan.export)}` yourself"
+    from stagemfu.postprocess.export import check_export
+
+    how_to = f"run `{shlex.join(plan.export)}` yourself"
+    work = plan.sqlite.with_name(f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}")
     try:
-        export_report(plan.nsys, plan.rep, plan.sqlite, how_to=how_to)
+        work.mkdir()
+        made = work / plan.sqlite.name
+        export_report(plan.nsys, plan.rep, made, how_to=how_to)
+        check_export(made, plan.rep, made_by="`nsys export`")
+        os.replace(made, plan.sqlite)
     except ExportError as err:
         return None, (str(err),)
+    except OSError as err:
+        return None, (f"{plan.sqlite}: cannot be written ({err.strerror}); {how_to}",)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return plan.sqlite, ()
 
 
