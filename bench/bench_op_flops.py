@@ -10,9 +10,10 @@
    ranges in all. Timed: parsing and counting (``op_ranges`` + ``count_op_flops``), in a fresh
    process each, best of ``--repeat``, with that process's peak RSS. The FLOPs are checked
    against the template's hand count, so a fast wrong answer fails.
-2. Real: ``stagemfu report --op-flops`` and ``stagemfu postprocess`` end to end on a recorded
-   trace (by default the Llama-3.2-1B-shape generate under emit_nvtx in ``bench/traces``), each in
-   a fresh process: wall time and peak RSS.
+2. Real: ``stagemfu report --op-flops`` and ``stagemfu postprocess``, as tables and as JSON,
+   end to end on a recorded trace (by default the Llama-3.2-1B-shape generate under emit_nvtx in
+   ``bench/traces``), each in a fresh process after one run that fills the export cache: wall
+   time and peak RSS.
 
 Results are printed and written as JSON to ``--out``. Timings belong here, not in the tests.
 """
@@ -252,8 +253,10 @@ def main() -> None:
         cli = [sys.executable, "-m", "stagemfu"]
         real = {}
         for label, argv in (
-            ("report --op-flops", [*cli, "report", str(args.trace), "--op-flops", "--format", "json"]),
-            ("postprocess", [*cli, "postprocess", str(args.trace), "--format", "json"]),
+            ("report --op-flops", [*cli, "report", str(args.trace), "--op-flops"]),
+            ("report --op-flops --format json", [*cli, "report", str(args.trace), "--op-flops", "--format", "json"]),
+            ("postprocess", [*cli, "postprocess", str(args.trace)]),
+            ("postprocess --format json", [*cli, "postprocess", str(args.trace), "--format", "json"]),
         ):
             timed(argv)  # the first run decompresses into the cache
             run = real[label] = {k: v for k, v in timed(argv).items() if k != "stdout"}
