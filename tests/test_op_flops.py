@@ -124,6 +124,7 @@ def test_the_plain_step_counts_its_kernels_outside_op_ranges(make_trace, tmp_pat
     rep = rp.report(make_trace(tmp_path, ranges=ranges, calls=[call], kernels=[kernel], gpus=H100), op_flops=True)
     assert rep.uncounted_ops.select("op", "kernel_ns").rows() == [(OUTSIDE_OPS, 40)]
     assert stage_rows(rep)["forward"]["flops_coverage"] == 0.0
+    assert any("'forward': 100 % of its kernel time was launched outside op ranges" in n for n in rep.notes)
 
 
 def test_report_json_says_the_flops_come_from_ops(step_trace):

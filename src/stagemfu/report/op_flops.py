@@ -32,6 +32,7 @@ from stagemfu.report.flops_file import StageFlops, stage_table
 OUTSIDE_OPS = "(outside op ranges)"  # kernels of a stage launched outside every op range
 UNCOUNTABLE = " (has a formula; shapes unusable)"  # after an op left uncounted although it has a formula
 NOTED_PROBLEMS = 5  # kinds of uncounted ops named in the note
+OUTSIDE_SHARE = 0.1  # a stage with more of its kernel time launched outside op ranges is noted
 CONVENTIONS = (
     "op FLOPs: from the op ranges of torch.autograd.profiler.emit_nvtx(record_shapes=True), torch's counting "
     "conventions (2 FLOPs per multiply-accumulate; only matrix products, convolutions and attention; attention over "
@@ -299,10 +300,22 @@ def stage_op_flops(opc: OpFlops, st: StageTimes, *, source: str, top: int = 5) -
     flops = StageFlops(
         stages=stage_table(coverage.select("stage", "flops").to_dicts()),
         source=source,
-        notes=opc.notes,
+        notes=(*opc.notes, *_outside_share_notes(coverage)),
         kind="ops",
     )
     return StageOpFlops(flops=flops, coverage=coverage.drop("flops"), uncounted=uncounted)
+
+
+def _outside_share_notes(coverage: pl.DataFrame) -> list[str]:
+    """Name the stages whose kernels ran largely outside op ranges: their FLOPs miss that work."""
+    outside = coverage.filter(
+        pl.col("kernel_ns") > 0, (pl.col("kernel_ns") - pl.col("op_kernel_ns")) > OUTSIDE_SHARE * pl.col("kernel_ns")
+    ).select("stage", share=1 - pl.col("op_kernel_ns") / pl.col("kernel_ns"))
+    return [
+        f"op FLOPs: stage {stage[:60]!r}: {100 * share:.0f} % of its kernel time was launched outside op ranges "
+        "(run without emit_nvtx(record_shapes=True), or by code that is no aten op): its FLOPs leave that work out"
+        for stage, share in outside.iter_rows()
+    ]
 
 
 def partial_note(opc: OpFlops, opr: OpRanges) -> list[str]:
