@@ -34,7 +34,7 @@ from stagemfu.postprocess.intervals import (
     union_length,
     valid_interval,
 )
-from stagemfu.postprocess.launches import CORRELATION_LIMIT, TID_BITS
+from stagemfu.postprocess.launches import CORRELATION_LIMIT, TID_BITS, main_thread
 from stagemfu.postprocess.reader import OP_KIND_TYPE, Trace
 from stagemfu.postprocess.tree import RangeTree, range_tree
 
@@ -355,7 +355,7 @@ def _with_main_thread_copies(frame: pl.DataFrame) -> tuple[pl.DataFrame, np.ndar
     main thread's id is the process id.
     """
     tid = pl.col("global_tid")
-    main = tid - tid % TID_BITS + (tid // TID_BITS) % TID_BITS
+    main = main_thread(tid)
     others = frame.with_row_index("source").filter(tid.is_not_null() & (tid != main))
     if others.is_empty():
         return frame, None

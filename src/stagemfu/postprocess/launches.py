@@ -9,6 +9,7 @@ millions of kernels.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 import polars as pl
@@ -17,7 +18,14 @@ import polars as pl
 # with the VM id above; the process part of a thread's id (tid bits cleared) is its globalPid.
 TID_BITS = 1 << 24
 CORRELATION_LIMIT = 1 << 40
+T = TypeVar("T")
 BITMAP_LIMIT = 1 << 28  # widest id range (largest - smallest) given a membership bitmap (256 MiB of bools)
+
+
+def main_thread(global_tid: T) -> T:
+    """The global id of the main thread of each thread's process: nsys gives the main thread the
+    process's id. Works on numpy arrays and polars expressions alike."""
+    return global_tid - global_tid % TID_BITS + (global_tid // TID_BITS) % TID_BITS
 
 
 def match_calls(op_pid: np.ndarray, op_corr: np.ndarray, call_tid: np.ndarray, call_corr: np.ndarray) -> np.ndarray:

@@ -26,7 +26,7 @@ import polars as pl
 
 from stagemfu.postprocess.attribution import KERNEL_KINDS
 from stagemfu.postprocess.intervals import DEFAULT_CHUNK_ROWS, containment_pairs
-from stagemfu.postprocess.launches import TID_BITS
+from stagemfu.postprocess.launches import main_thread
 from stagemfu.postprocess.op_shapes import is_op_range, op_name
 from stagemfu.postprocess.reader import Trace
 
@@ -137,11 +137,6 @@ def op_ranges(trace: Trace, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> OpRanges
         stage_nesting=stage_nesting,
         unrecorded=unrecorded,
     )
-
-
-def main_thread(global_tid: np.ndarray) -> np.ndarray:
-    """The global id of each thread's process's main thread (nsys: the thread whose id is the process id)."""
-    return global_tid - global_tid % TID_BITS + (global_tid // TID_BITS) % TID_BITS
 
 
 def _pairs(chunks, *, drop_self: bool = False) -> pl.DataFrame:
