@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from stagemfu.collect.nsys import find_nsys  # noqa: E402
-from stagemfu.postprocess import reader  # noqa: E402
+from stagemfu.postprocess.nsys import sqlite, tables  # noqa: E402
 
 KERNEL_COLUMNS = ["start", "end", "deviceId", "streamId", "correlationId", "globalPid", "demangledName"]
 CALL_COLUMNS = ["start", "end", "globalTid", "correlationId"]
@@ -52,10 +52,10 @@ CALL_COLUMNS = ["start", "end", "globalTid", "correlationId"]
 
 def reads(db: sqlite3.Connection) -> dict[str, tuple[str, list[str], str]]:
     """The two bulk reads: name -> (table, columns, WHERE condition)."""
-    launchers = ", ".join(str(r[0]) for r in db.execute(reader.LAUNCHER_NAMES_SQL))
+    launchers = ", ".join(str(r[0]) for r in db.execute(tables.LAUNCHER_NAMES_SQL))
     return {
-        "kernels": (reader.KERNEL_TABLE, KERNEL_COLUMNS, "1"),
-        "launching calls": (reader.RUNTIME_TABLE, CALL_COLUMNS, f"nameId IN ({launchers})"),
+        "kernels": (tables.KERNEL_TABLE, KERNEL_COLUMNS, "1"),
+        "launching calls": (tables.RUNTIME_TABLE, CALL_COLUMNS, f"nameId IN ({launchers})"),
     }
 
 
@@ -91,10 +91,10 @@ def sqlite3_cursor(path: Path, sqls: list[str]) -> int:
 
 
 def adbc(path: Path, sqls: list[str]) -> int:
-    uri = reader._uri(path)
+    uri = sqlite.uri(path)
 
     def one(sql: str) -> pl.DataFrame:
-        return reader._query(uri, path, sql)
+        return sqlite.query(uri, path, sql)
 
     with ThreadPoolExecutor(len(sqls)) as pool:
         frames = list(pool.map(one, sqls))
@@ -190,7 +190,7 @@ def bench_report(report: Path, nsys: str, threads: int) -> list[dict]:
             rows.append({"read": "export", "method": "nsys export --type parquetdir", "seconds": seconds})
             with sqlite3.connect(f"file:{sqlite_out}?mode=ro&immutable=1", uri=True) as db:
                 plan = reads(db)
-                launchers = [r[0] for r in db.execute(reader.LAUNCHER_NAMES_SQL)]
+                launchers = [r[0] for r in db.execute(tables.LAUNCHER_NAMES_SQL)]
             for read, (table, columns, _) in plan.items():
                 files = sorted(parquet_out.rglob(f"{table}*.parquet")) or sorted(
                     (parquet_out / table).rglob("*.parquet")

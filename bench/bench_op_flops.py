@@ -106,7 +106,7 @@ def step_template() -> list[tuple[str, str, int, int, bool, int, str]]:
 
 def synthetic_trace(n_ops: int):
     """A Trace of whole training steps holding about ``n_ops`` op ranges, and their hand-counted FLOPs."""
-    from stagemfu.postprocess.reader import OPS_SCHEMA, Trace
+    from stagemfu.postprocess.trace import OPS_SCHEMA, HeldOps, Trace
 
     template = step_template()
     per_step, steps = len(template), max(1, n_ops // len(template))
@@ -131,7 +131,6 @@ def synthetic_trace(n_ops: int):
     s_start = np.concatenate([np.array([a for _, a, _ in stage_rows]) + i * span for i in range(steps)])
     s_end = np.concatenate([np.array([b for _, _, b in stage_rows]) + i * span for i in range(steps)])
     n_stage = len(s_names)
-    gtid = lambda t: (PID << 24) | t  # noqa: E731
     ranges = pl.DataFrame(
         {
             "range_id": np.arange(n_stage + len(names), dtype=np.int64),
@@ -140,8 +139,9 @@ def synthetic_trace(n_ops: int):
             "style": ["PushPop"] * (n_stage + len(names)),
             "start": np.concatenate([s_start, start]).astype(np.int64),
             "end": np.concatenate([s_end, end]).astype(np.int64),
-            "global_tid": np.concatenate([np.full(n_stage, gtid(MAIN)), gtid(tid)]).astype(np.int64),
-            "end_global_tid": pl.Series([None] * (n_stage + len(names)), dtype=pl.Int64),
+            "pid": np.full(n_stage + len(names), PID, dtype=np.int64),
+            "tid": np.concatenate([np.full(n_stage, MAIN), tid]).astype(np.int64),
+            "end_tid": pl.Series([None] * (n_stage + len(names)), dtype=pl.Int64),
         }
     )
     launch = np.flatnonzero(np.tile([t[4] for t in template], steps))
@@ -154,19 +154,20 @@ def synthetic_trace(n_ops: int):
             "device": np.zeros(n_k, dtype=np.int32),
             "stream": np.full(n_k, 7, dtype=np.int32),
             "correlation_id": np.arange(n_k, dtype=np.int64),
-            "global_pid": np.full(n_k, PID << 24, dtype=np.int64),
+            "pid": np.full(n_k, PID, dtype=np.int64),
             "name_id": np.zeros(n_k, dtype=np.int64),
             "call_start": start[launch] + 1,
             "call_end": start[launch] + 2,
-            "global_tid": gtid(tid[launch]).astype(np.int64),
+            "tid": tid[launch].astype(np.int64),
         }
     )
     trace = Trace(
         path=Path("synthetic"),
-        nsys_version="synthetic",
-        schema_version="synthetic",
+        format="synthetic",
+        tool_version="synthetic",
+        origin="synthetic",
         ranges=ranges,
-        ops=ops,
+        ops=HeldOps(ops),
         names=pl.DataFrame({"name_id": [0], "name": ["kernel"]}),
         gpus=pl.DataFrame(schema={"id": pl.Int64, "name": pl.Utf8, "sms": pl.Int64, "clock_hz": pl.Int64}),
     )
@@ -197,7 +198,7 @@ def count_child(n_ops: int) -> None:
         json.dumps(
             {
                 "op_ranges": n,
-                "kernels": trace.ops.height,
+                "kernels": trace.ops.held.height,
                 "op_ranges_s": t1 - t0,
                 "count_s": t2 - t1,
                 "total_s": t2 - t0,

@@ -26,7 +26,8 @@ from test_intervals_properties import PIPELINE, workloads, write
 
 from stagemfu import postprocess
 from stagemfu.cli import cli
-from stagemfu.postprocess import attribution, reader
+from stagemfu.postprocess import attribution, owners
+from stagemfu.postprocess.nsys import chunks, tables
 
 TABLES = (
     "instances",
@@ -82,7 +83,7 @@ def test_chunks_in_parallel_change_nothing(trace_paths, loaded, monkeypatch, wor
 @pytest.mark.parametrize("workers", [1, 3])
 def test_no_more_chunks_are_held_than_workers(trace_paths, monkeypatch, workers):
     """Chunks queued ahead of a slow one wait unread: at most ``workers`` are read and held at once."""
-    read, lock, held, most = reader.OpChunks.chunk, threading.Lock(), [0], [0]
+    read, lock, held, most = chunks.OpChunks.chunk, threading.Lock(), [0], [0]
 
     def tracked(self, k):
         with lock:
@@ -99,7 +100,7 @@ def test_no_more_chunks_are_held_than_workers(trace_paths, monkeypatch, workers)
                 held[0] -= 1
 
     attribute_ops = attribution._attribute_ops
-    monkeypatch.setattr(reader.OpChunks, "chunk", tracked)
+    monkeypatch.setattr(chunks.OpChunks, "chunk", tracked)
     monkeypatch.setattr(attribution, "_attribute_ops", attribute_then_release)
     monkeypatch.setattr(attribution, "CHUNK_WORKERS", workers)
     assert chunks_of(postprocess.load(trace_paths["tiny_vlm"], chunk_ops=100)) > 3 * workers
@@ -109,14 +110,14 @@ def test_no_more_chunks_are_held_than_workers(trace_paths, monkeypatch, workers)
 @pytest.mark.parametrize("workers", [1, 4])
 def test_a_chunk_that_fails_to_read_fails_the_load(trace_paths, monkeypatch, workers):
     """The error reaches the caller; the chunks after it, waiting for their turn, do not hang."""
-    read = reader.OpChunks.chunk
+    read = chunks.OpChunks.chunk
 
     def failing(self, k):
         if k == 2:
             raise OSError("disk gone")
         return read(self, k)
 
-    monkeypatch.setattr(reader.OpChunks, "chunk", failing)
+    monkeypatch.setattr(chunks.OpChunks, "chunk", failing)
     monkeypatch.setattr(attribution, "CHUNK_WORKERS", workers)
     with pytest.raises(OSError, match="disk gone"):
         postprocess.load(trace_paths["tiny_vlm"], chunk_ops=100)
@@ -183,8 +184,8 @@ def test_gpu_never_idle_means_one_chunk(make_trace, tmp_path):
 def test_auto_reads_small_exports_at_once_and_large_ones_in_chunks(trace_paths, monkeypatch):
     small = postprocess.load(trace_paths["tiny_vlm"], chunk_ops="auto")
     assert not small.ops.is_empty()
-    monkeypatch.setattr(reader, "AUTO_IN_MEMORY_OPS", 1_000)
-    monkeypatch.setattr(reader, "AUTO_CHUNK_OPS", 500)
+    monkeypatch.setattr(chunks, "AUTO_IN_MEMORY_OPS", 1_000)
+    monkeypatch.setattr(chunks, "AUTO_CHUNK_OPS", 500)
     large = postprocess.load(trace_paths["tiny_vlm"], chunk_ops="auto")
     assert large.ops.is_empty() and chunks_of(large) > 3
     assert_same_numbers(small, large)
@@ -225,14 +226,14 @@ def test_operations_out_of_time_order_land_in_their_chunks(make_trace, tmp_path)
 
 def test_zero_chunk_ops_means_all_at_once_and_negative_is_refused(trace_paths):
     """As on the command line; a chunk of zero operations used to mean a time bin per operation."""
-    assert postprocess.load(trace_paths["tiny_vlm"], chunk_ops=0).trace.op_chunks is None
+    assert postprocess.load(trace_paths["tiny_vlm"], chunk_ops=0).trace.ops.held is not None
     with pytest.raises(ValueError, match="chunk_ops"):
         postprocess.load(trace_paths["tiny_vlm"], chunk_ops=-5)
 
 
 def test_tiny_chunks_of_a_large_export_get_larger_blocks(trace_paths, loaded, monkeypatch):
     """A block of rows per operation would be an SQL query per operation: blocks grow instead."""
-    monkeypatch.setattr(reader, "MAX_OP_BLOCKS", 64)
+    monkeypatch.setattr(chunks, "MAX_OP_BLOCKS", 64)
     chunked = postprocess.load(trace_paths["tiny_vlm"], chunk_ops=1)
     assert_same_numbers(loaded["tiny_vlm"], chunked)
     assert 1 < chunks_of(chunked) <= 64 + 4  # 64 blocks, plus a partial one per activity table
@@ -242,8 +243,8 @@ def test_tiny_chunks_of_a_large_export_get_larger_blocks(trace_paths, loaded, mo
 def test_cuts_that_need_more_reading_than_allowed_are_not_made(trace_paths, loaded, monkeypatch, name):
     """Proving an instant clean reads the rows near it; past the allowance no cut is made there."""
     free = chunks_of(postprocess.load(trace_paths[name], chunk_ops=200))
-    monkeypatch.setattr(reader, "PROBE_CHUNKS", 0)
-    monkeypatch.setattr(reader, "PROBE_BLOCKS", 0)
+    monkeypatch.setattr(chunks, "PROBE_CHUNKS", 0)
+    monkeypatch.setattr(chunks, "PROBE_BLOCKS", 0)
     capped = postprocess.load(trace_paths[name], chunk_ops=200)
     assert chunks_of(capped) < free
     assert_same_numbers(loaded[name], capped)
@@ -255,14 +256,14 @@ def test_cuts_that_need_more_reading_than_allowed_are_not_made(trace_paths, load
         max_size=6,
     )
 )
-def test_launches_are_fresh_once_across_chunks(chunks):
+def test_launches_are_fresh_once_across_chunks(batches):
     """Against a set: an operation is fresh when no earlier chunk held its (process, correlation id)."""
     seen_model: set = set()
-    seen = attribution._SeenLaunches()
-    for chunk in chunks:
+    seen = owners.SeenLaunches(batches=len(batches) + 1)
+    for chunk in batches:
         frame = pl.DataFrame(
-            {"global_pid": [p for p, _ in chunk], "correlation_id": [c for _, c in chunk]},
-            schema={"global_pid": pl.Int64, "correlation_id": pl.Int64},
+            {"pid": [p for p, _ in chunk], "correlation_id": [c for _, c in chunk]},
+            schema={"pid": pl.Int64, "correlation_id": pl.Int64},
         )
         keys = [(-1 if p is None else p, -1 if c is None else c) for p, c in chunk]
         assert seen.fresh(frame).tolist() == [k not in seen_model for k in keys]
@@ -273,16 +274,16 @@ def test_launches_are_fresh_once_across_chunks(chunks):
 def test_sampled_correlation_ids_find_every_chunks_calls(trace_paths, loaded, monkeypatch, name):
     """Correlation ids sampled every few runtime rows bound each chunk's calls: with two processes
     writing calls side by side too, no chunk has to search the whole runtime table."""
-    monkeypatch.setattr(reader, "CALL_SAMPLE_ROWS", 16)
+    monkeypatch.setattr(chunks, "CALL_SAMPLE_ROWS", 16)
     whole_table_reads = []
-    fetch_rows = reader._fetch_rows
+    fetch_rows = tables.fetch_rows
 
     def counting(uri, path, table, columns, **kw):
-        if table == reader.RUNTIME_TABLE and kw.get("rowids") is None:
+        if table == tables.RUNTIME_TABLE and kw.get("rowids") is None:
             whole_table_reads.append(kw["where"])
         return fetch_rows(uri, path, table, columns, **kw)
 
-    monkeypatch.setattr(reader, "_fetch_rows", counting)
+    monkeypatch.setattr(tables, "fetch_rows", counting)
     chunked = postprocess.load(trace_paths[name], chunk_ops=50)
     assert chunks_of(chunked) > 10
     assert whole_table_reads == []
@@ -292,13 +293,13 @@ def test_sampled_correlation_ids_find_every_chunks_calls(trace_paths, loaded, mo
 def test_calls_outside_the_sampled_span_are_still_found(trace_paths, loaded, monkeypatch):
     """Samples that say nothing true (every id 0) give spans holding no call: each chunk then
     searches the whole runtime table, and the numbers stay exact."""
-    of = reader._CallSamples.of
+    of = chunks._CallSamples.of
 
     def lying(path, rowids):
         samples = of(path, rowids)
         return dataclasses.replace(samples, corr=np.zeros_like(samples.corr))
 
-    monkeypatch.setattr(reader._CallSamples, "of", staticmethod(lying))
+    monkeypatch.setattr(chunks._CallSamples, "of", staticmethod(lying))
     assert_same_numbers(loaded["tiny_vlm"], postprocess.load(trace_paths["tiny_vlm"], chunk_ops=400))
 
 
@@ -310,7 +311,7 @@ def test_call_spans_from_samples_per_process():
     rows += [(3, 7), (7, 8), (11, 9)]  # process B's: ids far below A's, on the rows between
     rows.sort()
     pid_a, pid_b, pid_c = 1 << 24, 2 << 24, 3 << 24
-    samples = reader._CallSamples(
+    samples = chunks._CallSamples(
         rowid=np.array([r for r, _ in rows]),
         pid=np.array([pid_a if c >= 10 else pid_b for _, c in rows]),
         corr=np.array([c for _, c in rows]),

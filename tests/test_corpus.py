@@ -113,7 +113,7 @@ def doc(reports, name) -> dict:
 
 def kernels_of(name: str) -> pl.DataFrame:
     trace = postprocess.read(CORPUS / name)
-    return trace.ops.filter(pl.col("kind") == "kernel")
+    return trace.ops.held.filter(pl.col("kind") == "kernel")
 
 
 def test_nsysai_two_gpus_kernel_counts(reports):

@@ -204,9 +204,7 @@ def test_wall_time_and_instances_match_nsys_nvtx_sum(loaded, nsys_stats, name):
 
 def named_ops(trace) -> pl.DataFrame:
     """The trace's GPU operations with their display ``name``."""
-    if "name" in trace.ops.columns:
-        return trace.ops
-    return trace.ops.join(trace.names, on="name_id", how="left")
+    return trace.ops.held.join(trace.names, on="name_id", how="left")
 
 
 def kern_sum(nsys_stats, name) -> pl.DataFrame:
@@ -324,7 +322,7 @@ def test_kernel_totals_per_name_match_cuda_gpu_kern_sum(loaded, nsys_stats, name
 def test_totals_count_every_kernel_nsys_counts(loaded, nsys_stats, name):
     st = loaded[name]
     kern = nsys_stats[name]["cuda_gpu_kern_sum"]
-    graph = st.trace.ops.filter(pl.col("kind") == "graph")
+    graph = st.trace.ops.held.filter(pl.col("kind") == "graph")
     totals = st.totals.row(0, named=True)
     assert totals["kernels"] == kern["Instances"].sum() + graph.height
     assert totals["kernel_ns"] == kern["Total Time (ns)"].sum() + (graph["end"] - graph["start"]).sum()
@@ -443,11 +441,12 @@ def test_every_op_names_an_enclosing_range_or_none(loaded, name):
     """st.ops: an op's range_id is a range on its launching thread whose interval holds the call."""
     st = loaded[name]
     ranges = st.trace.ranges.select(
-        "range_id", pl.col("start").alias("r_start"), pl.col("end").alias("r_end"), pl.col("global_tid").alias("r_tid")
+        "range_id", pl.col("start").alias("r_start"), pl.col("end").alias("r_end"), "pid", pl.col("tid").alias("r_tid")
     )
-    tied = st.ops.filter(pl.col("range_id").is_not_null()).join(ranges, on="range_id", how="left")
+    tied = st.ops.filter(pl.col("range_id").is_not_null()).join(ranges, on="range_id", how="left", suffix="_r")
     inside = tied.filter(
-        (pl.col("r_tid") == pl.col("global_tid"))
+        (pl.col("r_tid") == pl.col("tid"))
+        & (pl.col("pid_r") == pl.col("pid"))
         & (pl.col("r_start") <= pl.col("call_start"))
         & (pl.col("call_end") <= pl.col("r_end"))
     )

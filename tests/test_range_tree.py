@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
-from conftest import gtid, make_trace
+from conftest import make_trace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -28,8 +28,9 @@ def ranges_frame(rows: list[tuple[int, int, int, str]]) -> pl.DataFrame:
             "style": ["PushPop"] * len(rows),
             "start": [r[1] for r in rows],
             "end": [r[2] for r in rows],
-            "global_tid": [gtid(1, r[0]) for r in rows],
-            "end_global_tid": [None] * len(rows),
+            "pid": [1] * len(rows),
+            "tid": [r[0] for r in rows],
+            "end_tid": [None] * len(rows),
         },
         schema={
             "range_id": pl.Int64,
@@ -38,15 +39,16 @@ def ranges_frame(rows: list[tuple[int, int, int, str]]) -> pl.DataFrame:
             "style": pl.Utf8,
             "start": pl.Int64,
             "end": pl.Int64,
-            "global_tid": pl.Int64,
-            "end_global_tid": pl.Int64,
+            "pid": pl.Int64,
+            "tid": pl.Int64,
+            "end_tid": pl.Int64,
         },
     )
 
 
 def brute_force(tree: pl.DataFrame) -> tuple[list[int], list[int], list[str], list[set[int]]]:
     """Parent, depth, path and the set of enclosing rids of every range, in rid order."""
-    rows = tree.select("global_tid", "start_ns", "end_ns", "name").rows()
+    rows = tree.select("tid", "start_ns", "end_ns", "name").rows()
     parents, depths, chain, enclosing = [], [], [], []
     tail = PATH_NAMES - PATH_HEAD
     for i, (tid, start, end, name) in enumerate(rows):

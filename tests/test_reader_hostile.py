@@ -88,7 +88,7 @@ def test_a_not_utf8_gpu_name_or_version_is_read_with_replacement_characters(expo
     )
     trace = postprocess.read(export)
     assert trace.gpus["name"].to_list() == ["f\ufffdo\ufffd("]
-    assert trace.nsys_version == "f\ufffdo\ufffd("
+    assert trace.tool_version == trace.details["nsys_version"] == "f\ufffdo\ufffd("
 
 
 @pytest.mark.parametrize(
@@ -111,7 +111,7 @@ def test_a_missing_required_column_names_table_and_column(export, table, column)
 def test_renamed_metadata_columns_leave_the_versions_unknown(export):
     change(export, 'ALTER TABLE META_DATA_EXPORT RENAME COLUMN "value" TO "val"')
     trace = postprocess.read(export)
-    assert (trace.nsys_version, trace.schema_version) == ("unknown", "unknown")
+    assert (trace.details["nsys_version"], trace.details["schema_version"]) == ("unknown", "unknown")
 
 
 def test_renamed_kernel_name_columns_leave_the_kernels_unnamed(export):

@@ -232,7 +232,7 @@ def _show(sqlite: Path, *, within: str | None, report: bool) -> None:
 
 def _no_stages_reason(err: TraceError) -> str:
     """The reader's reason, led by "no GPU activity captured" when that is what it means."""
-    from stagemfu.postprocess.reader import RUNTIME_TABLE
+    from stagemfu.postprocess.nsys.tables import RUNTIME_TABLE
 
     message = str(err)
     if RUNTIME_TABLE in message or "no GPU activity" in message:

@@ -16,7 +16,7 @@ from stagemfu.cli import FORMATS, check_files, format_option, json_text, launche
 from stagemfu.cli.outputs import files_read
 from stagemfu.cli.view_options import top_kernels_option, view_options
 from stagemfu.postprocess.many import DEFAULT_THRESHOLD, SPREAD_METRICS
-from stagemfu.postprocess.reader import Progress
+from stagemfu.postprocess.trace import Progress
 from stagemfu.report.render.postprocess_data import MANY_TABLES, TABLES
 
 if TYPE_CHECKING:

@@ -1,4 +1,4 @@
-"""Postprocess: per-stage GPU times from an Nsight Systems trace.
+"""Postprocess: per-stage GPU times from a trace (Nsight Systems; formats in :mod:`.formats`).
 
 Notebook use::
 
@@ -17,37 +17,16 @@ Notebook use::
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Literal
 
-from stagemfu.errors import TraceError
-from stagemfu.postprocess import cache
-from stagemfu.postprocess.export import decompress_cached, export_sqlite, is_compressed, is_report
+from stagemfu.postprocess.formats import read
 from stagemfu.postprocess.intervals import DEFAULT_CHUNK_ROWS
 from stagemfu.postprocess.many import CombinedTimes, load_many
-from stagemfu.postprocess.reader import Progress, Trace, read_trace
 from stagemfu.postprocess.stages import StageTimes, stage_times
+from stagemfu.postprocess.trace import Progress, Trace
 
-__all__ = ["CombinedTimes", "StageTimes", "Trace", "load", "load_many", "read", "read_trace", "stage_times"]
-
-
-def read(
-    path: str | Path, *, chunk_ops: int | Literal["auto"] | None = None, progress: Progress | None = None
-) -> Trace:
-    """Read a trace: an nsys SQLite export (optionally .xz/.gz/.bz2 compressed), or an
-    .nsys-rep/.qdrep report, exported first with the nsys found on this machine.
-
-    ``chunk_ops`` and ``progress`` are passed to :func:`read_trace`."""
-    path = Path(path)
-    if not (is_report(path) or is_compressed(path)):
-        return read_trace(path, chunk_ops=chunk_ops, progress=progress)
-    sqlite = export_sqlite(path) if is_report(path) else decompress_cached(path)
-    try:
-        trace = read_trace(sqlite, chunk_ops=chunk_ops, progress=progress)
-    except TraceError as err:  # speak of the file the user gave, not of our cached copy
-        raise TraceError(str(err).replace(str(sqlite), str(path))) from err
-    return dataclasses.replace(trace, path=path, notes=(*trace.notes, *cache.take_notes()))
+__all__ = ["CombinedTimes", "StageTimes", "Trace", "load", "load_many", "read", "stage_times"]
 
 
 def load(
@@ -66,7 +45,8 @@ def load(
     With ``chunk_ops`` the GPU operations are read and attributed in time-ordered chunks of
     about that many, so memory stays bounded on any size of export; the numbers are the same,
     but ``StageTimes.ops`` is left empty. "auto" chunks only large exports (see
-    :func:`read_trace`). ``progress`` is called as the reading and computing steps begin.
+    :func:`stagemfu.postprocess.nsys.read_nsys`). ``progress`` is called as the reading and
+    computing steps begin.
     """
     trace = read(path, chunk_ops=chunk_ops, progress=progress)
     if progress:

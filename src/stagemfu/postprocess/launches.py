@@ -9,27 +9,18 @@ millions of kernels.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
 
 import numpy as np
 import polars as pl
 
-# nsys packs a process id and a thread id into globalTid: pid in bits 24-47, tid in bits 0-23,
-# with the VM id above; the process part of a thread's id (tid bits cleared) is its globalPid.
-TID_BITS = 1 << 24
 CORRELATION_LIMIT = 1 << 40
-T = TypeVar("T")
 BITMAP_LIMIT = 1 << 28  # widest id range (largest - smallest) given a membership bitmap (256 MiB of bools)
 
 
-def main_thread(global_tid: T) -> T:
-    """The global id of the main thread of each thread's process: nsys gives the main thread the
-    process's id. Works on numpy arrays and polars expressions alike."""
-    return global_tid - global_tid % TID_BITS + (global_tid // TID_BITS) % TID_BITS
-
-
-def match_calls(op_pid: np.ndarray, op_corr: np.ndarray, call_tid: np.ndarray, call_corr: np.ndarray) -> np.ndarray:
+def match_calls(op_pid: np.ndarray, op_corr: np.ndarray, call_pid: np.ndarray, call_corr: np.ndarray) -> np.ndarray:
     """For each operation, the index of the call that launched it, or -1.
+
+    Operations and calls name their process by the same kind of id (``op_pid``, ``call_pid``).
 
     A key that appears twice among the calls resolves to the first of them. An operation with a
     negative correlation id (none recorded) has no call.
@@ -45,7 +36,6 @@ def match_calls(op_pid: np.ndarray, op_corr: np.ndarray, call_tid: np.ndarray, c
         raise ValueError("correlation ids outside [0, 2^40)")
     if len(call_corr) == 0:
         return np.full(len(op_corr), -1, dtype=np.int64)
-    call_pid = call_tid - call_tid % TID_BITS
     if _one_value(call_pid, op_pid):  # one process (the usual case): the correlation id is the key
         call_key, op_key = call_corr, op_corr  # a negative id matches no call
     else:

@@ -21,13 +21,13 @@ import polars as pl
 from stagemfu import deps
 from stagemfu.errors import StagemfuError, TraceError
 from stagemfu.notebook import Summarized
-from stagemfu.postprocess.export import COMPRESSED_SUFFIXES, REPORT_SUFFIXES
-from stagemfu.postprocess.reader import Progress
+from stagemfu.postprocess.formats import trace_suffixes
+from stagemfu.postprocess.metrics import SPREAD, SUMMED
 from stagemfu.postprocess.stages import StageTimes
+from stagemfu.postprocess.trace import Progress, no_ops
 
-TRACE_SUFFIXES = (".sqlite", *(f".sqlite{s}" for s in COMPRESSED_SUFFIXES), *REPORT_SUFFIXES)
-SPREAD_METRICS = ("wall_ns", "span_ns", "busy_ns", "kernel_ns", "comm_ns")
-SUM_METRICS = ("instances", "gpu_instances", *SPREAD_METRICS, "gpu_ops", "kernels")
+SPREAD_METRICS = tuple(SPREAD)
+SUM_METRICS = ("instances", "gpu_instances", *SUMMED)
 DEFAULT_THRESHOLD = 0.10
 DASK = ("dask", "distributed")  # the stagemfu[dask] extra
 
@@ -40,14 +40,14 @@ class CombinedTimes(Summarized):
     ----------
     traces
         One :class:`StageTimes` per input trace, in input order, without the per-operation
-        frames (``ops``, ``trace.ops`` and ``trace.ranges`` are empty).
+        frames (``ops`` and ``trace.ranges`` are empty, ``trace.ops`` holds no operation).
     labels
         The name each trace goes by in the tables: its path as found.
     combined
         One row per (domain, name) over all traces, in order of first appearance: ``traces``
-        (how many hold the range), the sums of ``instances``, ``gpu_instances``, ``wall_ns``,
-        ``span_ns``, ``busy_ns``, ``kernel_ns``, ``comm_ns``, ``gpu_ops``, ``kernels``, and for
-        each of wall, span, busy, kernel and comm the per-trace ``*_min_ns``, ``*_median_ns``,
+        (how many hold the range), the sums of ``instances``, ``gpu_instances`` and the summed
+        metrics (:data:`stagemfu.postprocess.metrics.METRICS`), and for each metric with a spread
+        (wall, span, busy, kernel, comm) the per-trace ``*_min_ns``, ``*_median_ns``,
         ``*_max_ns`` (a median between two values is rounded to the nearest ns, ties to even).
     per_trace
         The per-trace ``ranges`` tables stacked, with a ``trace`` column first.
@@ -84,11 +84,11 @@ def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
         if any(c in item for c in "*?["):
             matches = sorted(Path(p) for p in glob.glob(item, recursive=True) if _is_trace_file(Path(p)))
             if not matches:
-                raise TraceError(f"{item}: the pattern matches no trace file ({', '.join(TRACE_SUFFIXES)})")
+                raise TraceError(f"{item}: the pattern matches no trace file ({', '.join(trace_suffixes())})")
         elif Path(item).is_dir():
             matches = sorted(p for p in Path(item).iterdir() if _is_trace_file(p))
             if not matches:
-                raise TraceError(f"{item}: the directory holds no trace file ({', '.join(TRACE_SUFFIXES)})")
+                raise TraceError(f"{item}: the directory holds no trace file ({', '.join(trace_suffixes())})")
         else:
             matches = [Path(item)]  # a missing file is reported by the reader, naming it
         found.update(dict.fromkeys(matches))
@@ -96,7 +96,7 @@ def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
 
 
 def _is_trace_file(path: Path) -> bool:
-    return path.is_file() and path.name.lower().endswith(TRACE_SUFFIXES)
+    return path.is_file() and path.name.lower().endswith(trace_suffixes())
 
 
 def load_many(
@@ -180,7 +180,7 @@ def load_slim(path: Path, **options: object) -> StageTimes:
 
     return_large_blocks()
     st = load(path, **options)  # type: ignore[arg-type]
-    trace = dataclasses.replace(st.trace, ops=st.trace.ops.clear(), ranges=st.trace.ranges.clear(), op_chunks=None)
+    trace = dataclasses.replace(st.trace, ops=no_ops(), ranges=st.trace.ranges.clear())
     return dataclasses.replace(st, trace=trace, ops=st.ops.clear())
 
 

@@ -24,11 +24,10 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from stagemfu.postprocess.attribution import KERNEL_KINDS
 from stagemfu.postprocess.intervals import DEFAULT_CHUNK_ROWS, containment_pairs
-from stagemfu.postprocess.launches import main_thread
 from stagemfu.postprocess.op_shapes import is_op_range, op_name
-from stagemfu.postprocess.reader import Trace
+from stagemfu.postprocess.threads import main_thread, packed_thread
+from stagemfu.postprocess.trace import KERNEL_KINDS, Trace
 
 
 @dataclass(frozen=True)
@@ -40,7 +39,8 @@ class OpRanges:
     ops
         One row per closed op range, in (thread, start, longest first) order so that an op range
         comes after those enclosing it: ``op_row`` (0, 1, ...: the row's index), ``range_id``,
-        ``op`` (``aten::mm``), ``name`` (the whole range name), ``global_tid``, ``start_ns``,
+        ``op`` (``aten::mm``), ``name`` (the whole range name), ``thread`` (see
+        :func:`stagemfu.postprocess.threads.packed_thread`), ``start_ns``,
         ``end_ns``, ``kernels`` and ``kernel_ns`` (the kernels whose innermost op range it is).
     nesting
         ``outer``, ``inner``: every (enclosing op range, enclosed op range) pair of ``op_row``.
@@ -74,7 +74,8 @@ def op_ranges(trace: Trace, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> OpRanges
     Parameters
     ----------
     trace
-        An in-memory trace (``read_trace`` without ``chunk_ops``): its ``ops`` give the kernels.
+        A trace whose operations are held in memory (read without ``chunk_ops``): they give the
+        kernels.
     chunk_rows
         Bound on the containment pairs made at once.
 
@@ -82,31 +83,33 @@ def op_ranges(trace: Trace, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> OpRanges
     -------
     OpRanges
     """
-    ranges = trace.ranges
+    ranges = trace.ranges.with_columns(thread=packed_thread("pid", "tid"))
     op_mask = ranges.select(is_op_range()).to_series()
-    closed = pl.col("end").is_not_null() & (
-        pl.col("end_global_tid").is_null() | (pl.col("end_global_tid") == pl.col("global_tid"))
-    )
+    closed = pl.col("end").is_not_null() & (pl.col("end_tid").is_null() | (pl.col("end_tid") == pl.col("tid")))
     ops = (
         ranges.filter(op_mask & closed)
-        .sort(["global_tid", "start", "end", "range_id"], descending=[False, False, True, False])
+        .sort(["thread", "start", "end", "range_id"], descending=[False, False, True, False])
         .select(
             pl.int_range(pl.len(), dtype=pl.Int64).alias("op_row"),
             "range_id",
             op_name().alias("op"),
             "name",
-            "global_tid",
+            "thread",
             pl.col("start").alias("start_ns"),
             pl.col("end").alias("end_ns"),
         )
     )
-    tid, start, end = (ops[c].to_numpy() for c in ("global_tid", "start_ns", "end_ns"))
+    tid, start, end = (ops[c].to_numpy() for c in ("thread", "start_ns", "end_ns"))
     nesting = _pairs(containment_pairs(tid, start, end, tid, start, end, chunk_rows=chunk_rows), drop_self=True)
     stage_ranges = ranges.filter(~op_mask)
-    closed_stages = stage_ranges.filter(closed).sort("global_tid", "start")
+    closed_stages = stage_ranges.filter(closed).sort("thread", "start")
+    stage_ranges = stage_ranges.drop("thread")
     stages = _stage_pairs(closed_stages, tid, start, chunk_rows)
-    kernels = _launches(trace.ops)
-    k_tid, k_start = kernels["global_tid"].to_numpy(), kernels["call_start"].to_numpy()
+    held = trace.ops.held
+    if held is None:
+        raise ValueError("op_ranges needs a trace whose operations are held in memory (read without chunk_ops)")
+    kernels = _launches(held)
+    k_tid, k_start = kernels["thread"].to_numpy(), kernels["call_start"].to_numpy()
     innermost = _innermost_op(kernels, tid, start, end, chunk_rows)
     per_op = (
         kernels.select(pl.Series("op_row", innermost), "ns")
@@ -121,7 +124,7 @@ def op_ranges(trace: Trace, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> OpRanges
         .group_by("range_id")
         .agg(pl.len().cast(pl.Int64).alias("kernels"))
     )
-    s_tid, s_start, s_end = (closed_stages[c].to_numpy() for c in ("global_tid", "start", "end"))
+    s_tid, s_start, s_end = (closed_stages[c].to_numpy() for c in ("thread", "start", "end"))
     s_id = closed_stages["range_id"].to_numpy()
     pairs = _pairs(
         containment_pairs(s_tid, s_start, s_end, s_tid, s_start, s_end, chunk_rows=chunk_rows), drop_self=True
@@ -155,7 +158,7 @@ def _stage_pairs(stages: pl.DataFrame, tid: np.ndarray, start: np.ndarray, chunk
     Containment is decided by the start alone: push/pop ranges of one thread nest properly, so an
     op starting inside a stage ends in it.
     """
-    s_id, s_tid, s_start, s_end = (stages[c].to_numpy() for c in ("range_id", "global_tid", "start", "end"))
+    s_id, s_tid, s_start, s_end = (stages[c].to_numpy() for c in ("range_id", "thread", "start", "end"))
     stage_index, op_row = [], []
     for outer, inner in containment_pairs(s_tid, s_start, s_end, tid, start, start, chunk_rows=chunk_rows):
         stage_index.append(outer)
@@ -185,12 +188,17 @@ def _stage_pairs(stages: pl.DataFrame, tid: np.ndarray, start: np.ndarray, chunk
 
 
 def _launches(gpu_ops: pl.DataFrame) -> pl.DataFrame:
-    """The kernels with a launching call, sorted by (thread, call start): ``global_tid``, ``call_start``,
+    """The kernels with a launching call, sorted by (thread, call start): ``thread``, ``call_start``,
     ``call_end``, ``ns`` (duration)."""
     return (
         gpu_ops.filter(pl.col("kind").is_in(KERNEL_KINDS) & pl.col("call_start").is_not_null())
-        .select("global_tid", "call_start", "call_end", (pl.col("end") - pl.col("start")).alias("ns"))
-        .sort("global_tid", "call_start")
+        .select(
+            packed_thread("pid", "tid").alias("thread"),
+            "call_start",
+            "call_end",
+            (pl.col("end") - pl.col("start")).alias("ns"),
+        )
+        .sort("thread", "call_start")
     )
 
 
@@ -201,7 +209,7 @@ def _innermost_op(
     innermost = np.full(kernels.height, -1, dtype=np.int64)
     if kernels.is_empty() or len(tid) == 0:
         return innermost
-    k_tid, k_start, k_end = (kernels[c].to_numpy() for c in ("global_tid", "call_start", "call_end"))
+    k_tid, k_start, k_end = (kernels[c].to_numpy() for c in ("thread", "call_start", "call_end"))
     for outer, inner in containment_pairs(tid, start, end, k_tid, k_start, k_end, chunk_rows=chunk_rows):
         np.maximum.at(innermost, inner, outer)  # op rows in nesting order: the largest is the innermost
     return innermost

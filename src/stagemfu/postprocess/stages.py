@@ -14,16 +14,12 @@ import polars as pl
 from stagemfu.errors import StagemfuError
 from stagemfu.globs import glob_regex, is_glob
 from stagemfu.notebook import Summarized
-from stagemfu.postprocess.attribution import COMM_COLUMNS, Attribution, attribute
+from stagemfu.postprocess.attribution import Attribution, attribute
 from stagemfu.postprocess.categories import COMMUNICATION, category_expr, category_rules
 from stagemfu.postprocess.intervals import DEFAULT_CHUNK_ROWS
-from stagemfu.postprocess.reader import Trace
+from stagemfu.postprocess.metrics import DEVICES, STATS, SUMMED, TOTALS
+from stagemfu.postprocess.trace import OPS_SCHEMA, Trace
 from stagemfu.postprocess.tree import RangeTree, range_tree
-
-TIME_SUMS = ["wall_ns", "span_ns", "busy_ns", "exclusive_busy_ns", "kernel_ns", *COMM_COLUMNS]
-STAT_METRICS = ["wall_ns", "span_ns", "busy_ns"]
-TOTAL_COLUMNS = ["gpu_ops", "kernels", "kernel_ns", "busy_ns", "span_ns"]
-UNATTRIBUTED_COLUMNS = ["gpu_ops", "kernels", "kernel_ns", "busy_ns"]
 
 
 @dataclass(frozen=True, repr=False)  # repr and Jupyter summary: stagemfu.notebook
@@ -36,45 +32,46 @@ class StageTimes(Summarized):
         The trace's metadata frames (path, versions, GPUs) as read.
     instances
         One row per range instance kept (see ``within``): ``range_id``, ``domain``, ``name``,
-        ``style``, ``pid``, ``tid``, ``path``, ``depth``, ``start_ns``, ``end_ns``, ``wall_ns``,
-        ``span_ns``, ``busy_ns``, ``exclusive_busy_ns``, ``kernel_ns``, ``comm_ns``,
-        ``comm_busy_ns``, ``overlap_ns``, ``gpu_ops``, ``kernels``, ``idle_share``. Communication
+        ``style``, ``pid``, ``tid``, ``path``, ``depth``, ``start_ns``, ``end_ns``, the summed
+        metrics of :data:`stagemfu.postprocess.metrics.METRICS` (``wall_ns``, ``span_ns``,
+        ``busy_ns``, ``exclusive_busy_ns``, ``kernel_ns``, ``comm_ns``, ``comm_busy_ns``,
+        ``overlap_ns``, ``gpu_ops``, ``kernels``), ``idle_share``. Communication
         kernels are those of category "communication" (NCCL...): ``comm_ns`` sums their
         durations, ``comm_busy_ns`` is the union of their intervals, ``overlap_ns`` the time at
         least one of them and at least one other kernel ran at once on one device (summed over
         devices).
     ranges
         One row per (domain, name), in order of first appearance: ``instances``,
-        ``gpu_instances``, ``wall_ns``, ``span_ns``, ``busy_ns``, ``exclusive_busy_ns``,
-        ``kernel_ns``, ``comm_ns``, ``comm_busy_ns``, ``overlap_ns``, ``gpu_ops``, ``kernels``,
-        ``idle_share``.
+        ``gpu_instances``, the summed metrics, ``idle_share``.
     processes
         The same sums per (pid, domain, name): one row per process that ran the range, for
         traces of several processes (one per rank).
     paths
         The same sums per path (``measured/prefill/vision``).
     instance_stats
-        Per (domain, name, metric) for ``wall_ns``, ``span_ns``, ``busy_ns``: ``count``,
+        Per (domain, name, metric) for the metrics with statistics (``wall_ns``, ``span_ns``,
+        ``busy_ns``): ``count``,
         ``first_ns``, ``mean_ns``, ``p50_ns``, ``p90_ns``, ``p99_ns``, ``min_ns``, ``max_ns``.
         Span and busy use the instances that launched GPU work.
     devices
-        Per (domain, name, device): ``span_ns``, ``busy_ns``, ``kernel_ns``, ``gpu_ops``,
-        ``comm_ns``, ``comm_busy_ns``, ``overlap_ns`` (overlap on that device).
+        Per (domain, name, device): the metrics given per device (``span_ns``, ``busy_ns``,
+        ``kernel_ns``, ``comm_ns``, ``comm_busy_ns``, ``overlap_ns`` (overlap on that device),
+        ``gpu_ops``).
     kernels
         Per (domain, name, kernel): ``kind``, ``category``, ``count``, ``total_ns``,
         ``busy_share`` (total over the stage's busy time), largest first.
     categories
         Per (domain, name, category): ``count``, ``total_ns``, ``busy_share``.
     unattributed
-        One row: GPU work launched outside every range: ``gpu_ops``, ``kernels``,
-        ``kernel_ns``, ``busy_ns``.
+        One row: GPU work launched outside every range: the metrics given for totals
+        (``span_ns``, ``busy_ns``, ``kernel_ns``, ``gpu_ops``, ``kernels``).
     totals
-        One row for all GPU work in the trace: ``gpu_ops``, ``kernels``, ``kernel_ns``,
-        ``busy_ns``, ``span_ns``.
+        One row, the same for all GPU work in the trace.
     ops
-        Every GPU operation (``trace.ops``: kind, start, end, device, stream, correlation id,
-        ``name_id`` — names in ``trace.names`` — and its launching call) plus ``range_id``, the
-        NVTX event id of the innermost range that launched it (null when none did).
+        Every GPU operation when the trace holds them in memory (``trace.ops.held``: kind, start,
+        end, device, stream, correlation id, process, ``name_id`` — names in ``trace.names`` —
+        and its launching call and thread) plus ``range_id``, the NVTX event id of the
+        innermost range that launched it (null when none did); empty otherwise.
     within
         The ``--within`` range name, if any.
     notes
@@ -112,7 +109,7 @@ def stage_times(
     Parameters
     ----------
     trace
-        From :func:`stagemfu.postprocess.reader.read_trace`.
+        From a reader (:func:`stagemfu.postprocess.formats.read`).
     within
         Keep only instances nested in a range of this name (``name`` or ``domain:name``), and
         those ranges themselves; by default every instance.
@@ -172,9 +169,7 @@ def stage_times(
             "depth",
             "start_ns",
             "end_ns",
-            *TIME_SUMS,
-            "gpu_ops",
-            "kernels",
+            *SUMMED,
             "idle_share",
             "rid",
         )
@@ -190,16 +185,19 @@ def stage_times(
         devices=_devices(att, stage_of),
         kernels=kernels,
         categories=_categories(kernels, instances),
-        unattributed=att.unattributed.select(UNATTRIBUTED_COLUMNS),
-        totals=att.totals.select(TOTAL_COLUMNS),
-        ops=_ops(trace.ops, att),
+        unattributed=att.unattributed.select(TOTALS),
+        totals=att.totals.select(TOTALS),
+        ops=_ops(trace.ops.held, att),
         within=within,
         notes=tuple([*trace.notes, *att.notes]),
     )
 
 
-def _ops(ops: pl.DataFrame, att: Attribution) -> pl.DataFrame:
-    """The attributed operations with their innermost range's NVTX event id (null outside every range)."""
+def _ops(ops: pl.DataFrame | None, att: Attribution) -> pl.DataFrame:
+    """The attributed operations with their innermost range's NVTX event id (null outside every range);
+    empty when the operations were read in batches and not held."""
+    if ops is None:
+        return pl.DataFrame(schema={**OPS_SCHEMA, "range_id": pl.Int64})
     if att.kept is None:
         return ops.with_columns(range_id=_range_ids(att, att.innermost))
     return ops.filter(pl.Series(att.kept)).with_columns(range_id=_range_ids(att, att.innermost[att.kept]))
@@ -266,9 +264,7 @@ def _aggregate(instances: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
         .agg(
             pl.len().cast(pl.Int64).alias("instances"),
             (pl.col("gpu_ops") > 0).sum().cast(pl.Int64).alias("gpu_instances"),
-            *[pl.col(c).sum() for c in TIME_SUMS],
-            pl.col("gpu_ops").sum(),
-            pl.col("kernels").sum(),
+            *[pl.col(c).sum() for c in SUMMED],
         )
         .with_columns(idle_share=_idle_share())
     )
@@ -278,7 +274,7 @@ def _instance_stats(instances: pl.DataFrame) -> pl.DataFrame:
     """count/first/mean/p50/p90/p99/min/max per (domain, name) for wall, span and busy."""
     frames = []
     ordered = instances.sort("start_ns")
-    for metric in STAT_METRICS:
+    for metric in STATS:
         rows = ordered if metric == "wall_ns" else ordered.filter(pl.col("gpu_ops") > 0)
         value = pl.col(metric)
         frames.append(
@@ -302,7 +298,7 @@ def _devices(att: Attribution, stage_of: pl.DataFrame) -> pl.DataFrame:
     return (
         att.devices.join(stage_of, on="rid", how="inner")
         .group_by("domain", "name", "device", maintain_order=True)
-        .agg([pl.col(c).sum() for c in ("span_ns", "busy_ns", "kernel_ns", "gpu_ops", *COMM_COLUMNS)])
+        .agg([pl.col(c).sum() for c in DEVICES])
         .sort("domain", "name", "device")
     )
 

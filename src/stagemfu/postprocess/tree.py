@@ -22,7 +22,6 @@ import numpy as np
 import polars as pl
 
 from stagemfu.postprocess.intervals import valid_interval
-from stagemfu.postprocess.launches import TID_BITS
 
 PATH_NAMES = 16  # names shown in a path at most; deeper paths keep the first and the last ones
 PATH_HEAD = PATH_NAMES // 2
@@ -36,8 +35,9 @@ class RangeTree:
     ----------
     ranges
         One row per closed range, ordered by ``rid`` (thread, start, longest first): ``rid``,
-        ``range_id``, ``domain``, ``name``, ``style``, ``pid``, ``tid``, ``global_tid``,
-        ``start_ns``, ``end_ns``, ``wall_ns``, ``same_thread``, ``depth`` (how many ranges enclose
+        ``range_id``, ``domain``, ``name``, ``style``, ``pid``, ``tid``, ``thread`` (a dense
+        number per (pid, tid), in rid order), ``start_ns``, ``end_ns``, ``wall_ns``,
+        ``same_thread``, ``depth`` (how many ranges enclose
         it), ``parent_rid`` (the innermost enclosing range on the same thread, null at the top),
         ``path_id`` (one number per distinct path) and ``path`` (the names from the top down along
         the parents, joined by "/", see ``PATH_NAMES``). Where start/end ranges cross, a range
@@ -52,9 +52,7 @@ class RangeTree:
 
     def within(self, anchors: np.ndarray) -> np.ndarray:
         """For every rid, whether it is one of the ``anchors`` (a boolean mask by rid) or nested in one."""
-        return enclosed_by(
-            nesting_rank(self.ranges["global_tid"].to_numpy(), self.ranges["end_ns"].to_numpy()), anchors
-        )
+        return enclosed_by(nesting_rank(self.ranges["thread"].to_numpy(), self.ranges["end_ns"].to_numpy()), anchors)
 
 
 def range_tree(ranges: pl.DataFrame) -> RangeTree:
@@ -63,12 +61,11 @@ def range_tree(ranges: pl.DataFrame) -> RangeTree:
     Parameters
     ----------
     ranges
-        ``Trace.ranges``: ``range_id``, ``domain``, ``name``, ``style``, ``start``, ``end``,
-        ``global_tid``, ``end_global_tid``.
+        ``Trace.ranges`` (:data:`stagemfu.postprocess.trace.RANGES_SCHEMA`).
     """
     notes: list[str] = []
     closed = _closed_ranges(ranges, notes)
-    parent, depth = enclosing_parent(nesting_rank(closed["global_tid"].to_numpy(), closed["end_ns"].to_numpy()))
+    parent, depth = enclosing_parent(nesting_rank(closed["thread"].to_numpy(), closed["end_ns"].to_numpy()))
     ids = path_ids(parent, closed["name"].rank("dense").cast(pl.Int64).to_numpy())
     text = path_text(parent, chain_lengths(parent), ids, closed["name"])
     tree = closed.with_columns(
@@ -230,39 +227,35 @@ def _closed_ranges(ranges: pl.DataFrame, notes: list[str]) -> pl.DataFrame:
     unclosed = ranges.filter(pl.col("end").is_null()).height
     if unclosed:
         notes.append(f"{unclosed} NVTX range(s) never ended (the capture stopped inside them); they are left out")
-    valid = valid_interval() & pl.col("global_tid").is_not_null()
+    valid = valid_interval() & pl.col("pid").is_not_null() & pl.col("tid").is_not_null()
     damaged = ranges.filter(pl.col("end").is_not_null() & ~valid).height
     if damaged:
         notes.append(
             f"{damaged} NVTX range(s) end before they start, or have no start, no thread or impossible times "
             "(damaged records, or clocks that disagree); they are left out"
         )
-    cross = ranges.filter(
-        pl.col("end_global_tid").is_not_null() & (pl.col("end_global_tid") != pl.col("global_tid"))
-    ).height
+    other_thread = pl.col("end_tid").is_not_null() & (pl.col("end_tid") != pl.col("tid"))
+    cross = ranges.filter(other_thread).height
     if cross:
         notes.append(
             f"{cross} start/end range(s) ended on another thread: wall time only, no GPU work is "
             "attributed to them (as in nsys)"
         )
-    return (
-        ranges.filter(valid)
-        .sort(["global_tid", "start", "end", "range_id"], descending=[False, False, True, False])
-        .with_row_index("rid")
-        .select(
-            pl.col("rid").cast(pl.Int64),
-            "range_id",
-            "domain",
-            "name",
-            "style",
-            ((pl.col("global_tid") // TID_BITS) % TID_BITS).alias("pid"),
-            (pl.col("global_tid") % TID_BITS).alias("tid"),
-            "global_tid",
-            pl.col("start").alias("start_ns"),
-            pl.col("end").alias("end_ns"),
-            (pl.col("end") - pl.col("start")).alias("wall_ns"),
-            (pl.col("end_global_tid").is_null() | (pl.col("end_global_tid") == pl.col("global_tid"))).alias(
-                "same_thread"
-            ),
-        )
+    ordered = ranges.filter(valid).sort(
+        ["pid", "tid", "start", "end", "range_id"], descending=[False, False, False, True, False]
+    )
+    new_thread = (pl.col("pid") != pl.col("pid").shift()) | (pl.col("tid") != pl.col("tid").shift())
+    return ordered.with_row_index("rid").select(
+        pl.col("rid").cast(pl.Int64),
+        "range_id",
+        "domain",
+        "name",
+        "style",
+        "pid",
+        "tid",
+        new_thread.fill_null(False).cum_sum().cast(pl.Int64).alias("thread"),
+        pl.col("start").alias("start_ns"),
+        pl.col("end").alias("end_ns"),
+        (pl.col("end") - pl.col("start")).alias("wall_ns"),
+        (~other_thread).alias("same_thread"),
     )

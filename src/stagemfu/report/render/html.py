@@ -268,8 +268,9 @@ def _notes(notes: tuple[str, ...]) -> str:
 def _metadata(doc: dict[str, Any]) -> dict[str, Any]:
     return {
         "trace": doc["trace"]["path"],
-        "nsys": doc["trace"]["nsys_version"],
-        "export schema": doc["trace"]["schema_version"],
+        "format": doc["trace"]["format"],
+        "tool version": doc["trace"]["tool_version"],
+        **{k.replace("_", " "): v for k, v in doc["trace"].items() if k not in ("path", "format", "tool_version")},
         "within": doc["within"],
         "GPUs": "; ".join(f"{g.get('id')}: {g.get('name')}" for g in doc["gpus"]),
         "FLOPs": doc["flops_source"]["source"],

@@ -31,11 +31,7 @@ def postprocess_document(st: StageTimes, *, top: int | None = None, instances: b
     trace = st.trace
     return {
         "schema": SCHEMA,
-        "trace": {
-            "path": str(trace.path),
-            "nsys_version": trace.nsys_version,
-            "schema_version": trace.schema_version,
-        },
+        "trace": trace.metadata(),
         "within": st.within,
         "gpus": trace.gpus.to_dicts(),
         **{name: table(st, name, top=top).to_dicts() for name in TABLES if instances or name != "instances"},

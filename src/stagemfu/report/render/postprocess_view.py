@@ -11,6 +11,7 @@ import dataclasses
 import polars as pl
 from rich.console import RenderableType
 
+from stagemfu.postprocess.metrics import METRICS
 from stagemfu.postprocess.stages import StageTimes
 from stagemfu.report.op_ranges import group_op_ranges, has_call_names
 from stagemfu.report.render.markdown import markdown_document
@@ -22,7 +23,7 @@ from stagemfu.report.render.view import DEFAULT_VIEW, TableView
 NAME_WIDTH = 48
 NS_PER_MS = 1e6
 IDLE = "idle % of span"  # 1 - busy/span, the one idle share every table and the diagnosis use
-TIMES = {"wall ms": "wall_ns", "span ms": "span_ns", "busy ms": "busy_ns"}  # in the stage, path and process tables
+TIMES = {f"{m.label} ms": m.name for m in METRICS if m.stats}  # in the stage, path and process tables
 
 
 def ms_columns(frame: pl.DataFrame, *bases: str) -> dict[str, pl.Series]:
@@ -173,7 +174,7 @@ def summary_lines(st: StageTimes, view: TableView = DEFAULT_VIEW) -> list[str]:
     t, u = st.totals.row(0, named=True), st.unattributed.row(0, named=True)
     gpus = ", ".join(f"{g['id']}: {g['name']}" for g in st.trace.gpus.iter_rows(named=True)) or "unknown"
     lines = [
-        f"trace {st.trace.path} (nsys {st.trace.nsys_version}, export schema {st.trace.schema_version}); GPUs {gpus}",
+        f"trace {st.trace.path} ({st.trace.origin}); GPUs {gpus}",
         f"all GPU work: {t['gpu_ops']:,} ops, {t['kernels']:,} kernels, busy {t['busy_ns'] / NS_PER_MS:.3f} ms, "
         f"kernel {t['kernel_ns'] / NS_PER_MS:.3f} ms, span {t['span_ns'] / NS_PER_MS:.3f} ms",
         f"unattributed (launched outside every range): {u['gpu_ops']:,} ops, busy {u['busy_ns'] / NS_PER_MS:.3f} ms, "

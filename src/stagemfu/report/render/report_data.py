@@ -32,7 +32,7 @@ def report_document(rep: MfuReport) -> dict[str, Any]:
     sf = rep.flops
     return {
         "schema": SCHEMA,
-        "trace": {"path": str(trace.path), "nsys_version": trace.nsys_version, "schema_version": trace.schema_version},
+        "trace": trace.metadata(),
         "within": rep.times.within,
         "gpus": trace.gpus.to_dicts(),
         "run": {k: v for k, v in rep.run.items() if not k.startswith("_")},

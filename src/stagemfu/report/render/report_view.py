@@ -142,7 +142,7 @@ def summary_lines(rep: MfuReport) -> list[str]:
     p, sf, tr = rep.peak, rep.flops, rep.times.trace
     bandwidth = f", {p.bandwidth_gbs:,.0f} GB/s" if p.bandwidth_gbs else ", bandwidth unknown (no MBU)"
     lines = [
-        f"trace {tr.path} (nsys {tr.nsys_version}); GPU {p.gpu or 'unknown'}"
+        f"trace {tr.path} ({tr.origin}); GPU {p.gpu or 'unknown'}"
         + (f" ({tr.gpus.height} in the trace; the peak is one GPU's)" if tr.gpus.height > 1 else ""),
         f"peak {p.tflops:,.1f} TFLOP/s dense {p.dtype}{bandwidth} ({p.source}: {p.model or p.gpu or '-'}; "
         f"{p.reference})",
