@@ -223,7 +223,7 @@ def _chunk_ops(value: str) -> int | Literal["auto"] | None:
     if not 0 <= number <= MAX_CHUNK_OPS:
         shown = value if len(value) <= 24 else value[:20] + "…"
         raise click.BadParameter(f"{shown!r} is not a number of operations from 0 to {MAX_CHUNK_OPS:,}, or auto")
-    return number  # 0: all at once (read_trace takes 0 as None)
+    return number  # 0: all at once (the nsys reader takes 0 as None)
 
 
 def _scheduler(value: str | None) -> str | None:
