@@ -162,6 +162,10 @@ def test_two_outputs_on_one_file_are_refused(toy, analysis, tmp_path):
     out = tmp_path / "out.html"
     one_line_error(invoke("report", toy, "--flops", analysis, "--format", "json", "-o", out, "--html", out), "--html")
     assert not out.exists()
+    out.write_text("an earlier page")
+    link = alias("hardlink", out, tmp_path)
+    one_line_error(invoke("report", toy, "--flops", analysis, "--format", "json", "-o", out, "--html", link), "--html")
+    assert out.read_text() == "an earlier page"
 
 
 def test_analyze_output_over_its_config_is_refused(tmp_path):
@@ -223,6 +227,23 @@ def test_a_failed_write_keeps_the_old_output_and_leaves_no_temporary(trace, tmp_
     one_line_error(invoke("postprocess", trace, "--format", "json", "-o", out), str(out), "No space left")
     assert out.read_text() == "the previous report\n"
     assert os.listdir(out.parent) == ["times.json"]
+
+
+def test_a_failed_flop_count_write_keeps_the_earlier_count(tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    import stagemfu
+    from stagemfu.errors import CollectError
+
+    (tmp_path / "flops.json").write_text("the earlier count")
+
+    def full_disk(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(files.os, "fsync", full_disk)
+    with pytest.raises(CollectError, match="No space left"), stagemfu.count_flops(tmp_path):
+        pass
+    assert (tmp_path / "flops.json").read_text() == "the earlier count"
+    assert os.listdir(tmp_path) == ["flops.json"]
 
 
 def test_an_interrupted_write_keeps_the_old_file(tmp_path):

@@ -78,7 +78,7 @@ def refuse_overwriting(outputs: Mapping[str, Path | None], inputs: Iterable[str 
     """
     known = {file_identity(p): Path(p) for p in inputs}
     known.pop(None, None)
-    seen: dict[str, str] = {}
+    seen: dict[object, str] = {}
     for option, path in outputs.items():
         if path is None:
             continue
@@ -89,7 +89,7 @@ def refuse_overwriting(outputs: Mapping[str, Path | None], inputs: Iterable[str 
                 f"{option} {path}: is the same file as one of this command's inputs{alias}; writing it would "
                 "destroy the input: choose another output file"
             )
-        where = os.path.realpath(path)
+        where = file_identity(path) or os.path.realpath(path)  # an existing file by identity: links count
         if where in seen:
             raise OutputError(f"{option} {path}: is also the {seen[where]} output; give each output its own file")
         seen[where] = option

@@ -32,6 +32,7 @@ from stagemfu.analyzer.op_formulas import grouped_mm, sdpa, sdpa_backward
 from stagemfu.analyzer.run_count import OUT_DIR_ENV, RUN_COUNT_FILE, run_count_document
 from stagemfu.collect.api import RangeSink, ranges, recording_to
 from stagemfu.errors import CollectError, MissingDependencyError
+from stagemfu.files import write_output
 
 # torch ops -> stagemfu formula, laid over torch's registry for the count (see the module docstring)
 STAND_INS = {
@@ -161,7 +162,7 @@ class count_flops:  # lower case: used like a function, `with stagemfu.count_flo
         path = directory / RUN_COUNT_FILE
         try:
             directory.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+            write_output(path, json.dumps(document, indent=2) + "\n")
         except OSError as err:
             raise CollectError(f"{path}: cannot write the FLOP count ({err.strerror})") from err
         return path
