@@ -17,17 +17,19 @@ from stagemfu.analyzer.op_formulas import (
     convolution_backward,
     convolution_forward,
     convolution_transpose,
+    dot,
     grouped_mm,
     linear,
     matmul,
     mm,
+    mv,
     op_formula,
     sdpa,
     sdpa_backward,
 )
 
 torch = pytest.importorskip("torch")
-from torch.utils.flop_counter import FlopCounterMode, flop_registry  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode, flop_registry, mm_flop  # noqa: E402
 
 aten = torch.ops.aten
 dim = st.integers(1, 48)
@@ -40,8 +42,18 @@ def meta(*shape: int):
     return torch.empty(*shape, device="meta")
 
 
+def _as_mm(a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+    """torch's mm_flop over a matrix-vector product written as matrices (torch counts none of them)."""
+    a = (1, *a_shape) if len(a_shape) == 1 else tuple(a_shape)
+    return mm_flop(a, (b_shape[0], 1))
+
+
+# torch may run a matmul as mv or dot, which its registry leaves out; count them as the products they are
+MATRIX_VECTOR = {aten.mv: _as_mm, aten.dot: _as_mm, aten.addmv: lambda bias, a, b, *rest, **kw: _as_mm(a, b)}
+
+
 def counted_by_torch(fn, *tensors) -> int:
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False, custom_mapping=MATRIX_VECTOR) as counter:
         fn(*tensors)
     return counter.get_total_flops()
 
@@ -63,7 +75,12 @@ def test_formulas_by_hand():
     assert bmm([(2, 4, 3), (2, 3, 5)]) == 240
     assert linear([(2, 7, 3), (5, 3), (5,)]) == 2 * 14 * 3 * 5
     assert matmul([(2, 1, 4, 3), (6, 3, 5)]) == 2 * 6 * 120  # batch dims broadcast to (2, 6)
-    assert matmul([(4, 3), (3,)]) == 0  # a matrix-vector product, left out as torch does
+    assert matmul([(4, 3), (3,)]) == 2 * 4 * 3  # a matrix-vector product
+    assert matmul([(3,), (2, 3, 5)]) == 2 * 2 * 3 * 5  # a row through a batch of matrices
+    assert mv([(4, 3), (3,)]) == 2 * 4 * 3
+    assert OP_FORMULAS["aten::addmv"]([(4,), (4, 3), (3,)], None) == 2 * 4 * 3
+    assert dot([(7,), (7,)]) == 2 * 7
+    assert linear([(5, 3), (3,)]) == 2 * 5 * 3  # a 1-D weight: one output feature
     # one 3x3 filter per output position: 2 * 1 sample * 8 out * 4 in * 9 * (6*6 positions)
     conv = [(1, 4, 8, 8), (8, 4, 3, 3), (8,)] + [NOT_A_TENSOR] * 6
     assert convolution_forward(conv, (1, 8, 6, 6)) == 2 * 8 * 4 * 9 * 36
@@ -79,6 +96,9 @@ def test_formulas_by_hand():
     ("formula", "inputs", "match"),
     [
         (mm, [(4, 3), (2, 5)], "inner dimensions differ"),
+        (mv, [(4, 3), (2,)], "inner dimensions differ"),
+        (dot, [(3,), (4,)], "inner dimensions differ"),
+        (mv, [(4, 3), (3, 1)], "input 1 must be a 1-D tensor"),
         (mm, [(4, 3)], "input 1 must be a 2-D tensor, got nothing"),
         (bmm, [(2, 4, 3), (3, 3, 5)], "batch dimensions differ"),
         (addmm, [(5,), (4, 3, 1), (3, 5)], "input 1 must be a 2-D tensor"),
@@ -109,6 +129,8 @@ def test_matrix_products_match_torch(m, k, n, b):
     assert OP_FORMULAS["aten::baddbmm"]([(b, m, n), (b, m, k), (b, k, n)], None) == flop_registry[aten.baddbmm](
         (b, m, n), (b, m, k), (b, k, n)
     )
+    assert mv([(m, k), (k,)]) == counted_by_torch(torch.mv, meta(m, k), meta(k)) == mm_flop((m, k), (k, 1))
+    assert dot([(k,), (k,)]) == counted_by_torch(torch.dot, meta(k), meta(k)) == mm_flop((1, k), (k, 1))
 
 
 @EXAMPLES

@@ -9,6 +9,10 @@ Conventions, those of ``torch.utils.flop_counter`` (the tests check every formul
 
 - 2 FLOPs per multiply-accumulate; only matrix products, convolutions and attention count. Bias
   adds, norms, activations, softmax and other elementwise work are left out.
+- Matrix-vector products (``mv``, ``addmv``, ``dot``) count as the matrix products they are.
+  torch's counter has no entry for them, so a ``matmul`` that torch happens to run as ``mv``
+  would count 0 there and its real work here; the tests extend torch's count with ``mm_flop``
+  over the same products so both sides agree.
 - Attention counts the full ``q_len x kv_len`` score matrix (a causal kernel skips about half of
   it): ``QK^T`` and ``PV`` forward; backward recomputes the scores and forms four more products,
   2.5x the forward when the value and key head sizes are equal. Key/value heads may be fewer
@@ -114,9 +118,8 @@ def baddbmm(inputs: Sequence[Shape], output: Shape | None = None) -> int:
 
 @op_formula("aten::matmul")
 def matmul(inputs: Sequence[Shape], output: Shape | None = None) -> int:
-    """``matmul(a, b)`` with numpy's rules: a 1-D left operand is a row, and the dimensions before
-    the last two broadcast. A 1-D right operand makes matrix-vector products (``mv``, ``dot``),
-    which torch's counter leaves out: 0, as there.
+    """``matmul(a, b)`` with numpy's rules: a 1-D left operand is a row, a 1-D right operand a
+    column, and the dimensions before the last two broadcast.
 
     Counted only when nothing inside it has a range (it normally runs as ``mm`` or ``bmm``).
     """
@@ -125,8 +128,7 @@ def matmul(inputs: Sequence[Shape], output: Shape | None = None) -> int:
     a2 = (1, *a) if len(a) == 1 else a
     b2 = (*b, 1) if len(b) == 1 else b
     batch = _broadcast(a2[:-2], b2[:-2], "matmul")
-    flops = math.prod(batch) * mm_count(a2[-2:], b2[-2:], "matmul")
-    return 0 if len(b) == 1 else flops
+    return math.prod(batch) * mm_count(a2[-2:], b2[-2:], "matmul")
 
 
 def _broadcast(a: Shape, b: Shape, op: str) -> Shape:
@@ -150,7 +152,28 @@ def linear(inputs: Sequence[Shape], output: Shape | None = None) -> int:
     x = _arg(inputs, 0, MATMUL_RANKS, "linear")
     w = _arg(inputs, 1, (1, 2), "linear")
     _match("linear", "input features", x[-1], w[-1])
-    return 0 if len(w) == 1 else 2 * math.prod(x[:-1]) * x[-1] * w[0]  # a 1-D weight: mv, as in matmul
+    outputs = w[0] if len(w) == 2 else 1  # a 1-D weight makes one output feature
+    return 2 * math.prod(x[:-1]) * x[-1] * outputs
+
+
+@op_formula("aten::mv")
+def mv(inputs: Sequence[Shape], output: Shape | None = None) -> int:
+    """``mv(a, v)``: ``(n, k) @ (k,)``, one dot product of length ``k`` per row."""
+    (n, k), v = _arg(inputs, 0, 2, "mv"), _arg(inputs, 1, 1, "mv")
+    return mm_count((n, k), (v[0], 1), "mv")
+
+
+@op_formula("aten::addmv")
+def addmv(inputs: Sequence[Shape], output: Shape | None = None) -> int:
+    """``addmv(bias, a, v)``: the matrix-vector product; the add is not counted."""
+    return mv(inputs[1:], output)
+
+
+@op_formula("aten::dot", "aten::vdot")
+def dot(inputs: Sequence[Shape], output: Shape | None = None) -> int:
+    """``dot(a, b)`` of two vectors of length ``k``."""
+    (k,), (k2,) = _arg(inputs, 0, 1, "dot"), _arg(inputs, 1, 1, "dot")
+    return mm_count((1, k), (k2, 1), "dot")
 
 
 # ---------------------------------------------------------------------------------------------

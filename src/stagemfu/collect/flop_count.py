@@ -15,9 +15,10 @@ in ``backward()``, count for the stage that called it. On leaving the block the 
 directory), where ``stagemfu report`` finds them beside the trace.
 
 Counting runs the step normally (it is not timed: the counter adds host work per op). torch's
-registry lacks ``_grouped_mm`` and, before 2.12, fails on grouped-query attention; stagemfu's op
-formulas stand in for those ops (:mod:`stagemfu.analyzer.op_formulas`), so the count matches
-what ``stagemfu report --op-flops`` reads from a trace.
+registry lacks ``_grouped_mm`` and matrix-vector products (``mv``, ``dot``) and, before 2.12, fails
+on grouped-query attention; stagemfu's op formulas stand in for those ops
+(:mod:`stagemfu.analyzer.op_formulas`), so the count matches what ``stagemfu report --op-flops``
+reads from a trace.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from stagemfu.analyzer.op_formulas import grouped_mm, sdpa, sdpa_backward
+from stagemfu.analyzer.op_formulas import addmv, dot, grouped_mm, mv, sdpa, sdpa_backward
 from stagemfu.analyzer.run_count import OUT_DIR_ENV, RUN_COUNT_FILE, run_count_document
 from stagemfu.collect.api import RangeSink, ranges, recording_to
 from stagemfu.errors import CollectError, MissingDependencyError
@@ -45,11 +46,15 @@ STAND_INS = {
     "_scaled_dot_product_cudnn_attention_backward": sdpa_backward,
     "_scaled_dot_product_flash_attention_for_cpu_backward": sdpa_backward,
     "_grouped_mm": grouped_mm,
+    "mv": mv,
+    "addmv": addmv,
+    "dot": dot,
+    "vdot": dot,
 }
 NOTE = (
     "counted at run time by torch.utils.flop_counter.FlopCounterMode over one call, with stagemfu's formulas for "
-    "fused attention (grouped-query heads) and _grouped_mm; a stage's count covers everything run while its range "
-    "was open, its nested stages included"
+    "fused attention (grouped-query heads), _grouped_mm and matrix-vector products; a stage's count covers "
+    "everything run while its range was open, its nested stages included"
 )
 
 
