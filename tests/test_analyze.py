@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from stagemfu.analyzer import COUNTERS, SCHEMA, analyze
+from stagemfu.analyzer import COUNTERS, STAGE_COLUMNS, analyze
 from stagemfu.analyzer.combine import combine
 from stagemfu.analyzer.counter_result import CounterResult
 from stagemfu.analyzer.formulas import attention_groups, rel_pos
@@ -17,6 +17,7 @@ from stagemfu.models import Inputs, load_model_spec, resolve_shapes
 from stagemfu.models.blocks import model_blocks
 from stagemfu.models.params import lm_params
 from stagemfu.report import flops_file
+from stagemfu.report.render.analyze_data import analyze_json
 
 LM = {"hidden_size": 64, "intermediate_size": 96, "moe_intermediate_size": 32, "num_hidden_layers": 2,
       "num_attention_heads": 4, "num_key_value_heads": 4, "vocab_size": 200, "n_routed_experts": 4,
@@ -76,9 +77,9 @@ def test_three_counters_agree_on_small_configs(tmp_path, name):
         else Inputs(text_tokens=12, new_tokens=3)
     )
     analysis = analyze(spec, inputs)
-    assert set(analysis.stages) >= {"prefill", "decode", "decode_first", "decode_last"}
+    assert set(analysis.stages["stage"]) >= {"prefill", "decode", "decode_first", "decode_last"}
     einsums = relative_position_flops(model_blocks(spec, resolve_shapes(spec, inputs)))
-    for stage, entry in analysis.stages.items():
+    for stage, entry in analysis.stages.rows_by_key("stage", named=True, unique=True).items():
         assert entry["flops"] == entry["flops_analytic"], stage
         assert entry["flops_torch"] == entry["flops_analytic"], stage
         # the documented cause: fvcore sizes SAM's relative-position einsums to 4 significant digits
@@ -110,7 +111,7 @@ def test_disagreement_is_explained_by_the_part_a_counter_missed():
     spec = load_model_spec("deepseek-ocr")
     shapes = resolve_shapes(spec, Inputs())
     blocks = model_blocks(spec, shapes)
-    analytic = analyze(spec, Inputs(), counters=("analytic",)).stages
+    analytic = analyze(spec, Inputs(), counters=("analytic",)).stages.rows_by_key("stage", named=True, unique=True)
     routed = sum(b.repeat * b.sizes["top_k"] * 6 * b.sizes["tokens"] * b.sizes["hidden"] * b.sizes["intermediate"]
                  for b in blocks if b.kind == "moe" and b.stage == "prefill")  # fmt: skip
     prefill = analytic["prefill"]["flops"]
@@ -138,7 +139,10 @@ def test_missing_dependency_leaves_the_counter_null_with_a_note(monkeypatch):
 
     monkeypatch.setattr(analyzer, "_run_counter", without_torch)
     analysis = analyze(load_model_spec("deepseek-ocr"), Inputs())
-    assert all(e["flops_torch"] is None and e["flops"] == e["flops_analytic"] for e in analysis.stages.values())
+    assert all(
+        e["flops_torch"] is None and e["flops"] == e["flops_analytic"]
+        for e in analysis.stages.rows_by_key("stage", named=True, unique=True).values()
+    )
     assert any("torch counter not run" in n and "stagemfu[model]" in n for n in analysis.notes)
 
 
@@ -149,21 +153,39 @@ def test_unknown_counter_is_refused():
 
 def test_document_is_read_back_by_the_report():
     analysis = analyze(load_model_spec("deepseek-ocr2"), Inputs(new_tokens=5), counters=("analytic",))
-    doc = json.loads(json.dumps(analysis.document()))
-    assert doc["schema"] == SCHEMA and doc["counters"] == ["analytic"]
+    doc = json.loads(analyze_json(analysis))
+    assert doc["schema"] == "stagemfu.analyze/1" and doc["counters"] == ["analytic"]
     assert doc["model"]["flops"] == sum(doc["stages"][s]["flops"] for s in ("vision", "prefill", "decode"))
-    frame = flops_file.flops_from_analysis(doc, source="test").stages
+    frame = flops_file.flops_from_document(flops_file.Document("test", doc)).stages
     assert dict(zip(frame["stage"], frame["flops"])) == {s: e["flops"] for s, e in doc["stages"].items()}
     assert dict(zip(frame["stage"], frame["instances"]))["decode"] == 4
+    assert frame.equals(flops_file.flops_from_analysis(analysis).stages)  # the typed result joins as its JSON does
+
+
+def test_the_result_is_one_typed_row_per_stage_with_every_counter_a_column():
+    analysis = analyze(load_model_spec("deepseek-ocr"), Inputs(new_tokens=3), counters=("analytic",))
+    assert analysis.stages.schema == STAGE_COLUMNS
+    assert analysis.stages["stage"].to_list() == [
+        "vision", "sam", "clip", "projector", "prefill", "decode", "decode_first", "decode_last"
+    ]  # fmt: skip
+    assert analysis.stages["flops_torch"].null_count() == analysis.stages.height  # not run: null, never 0
+    assert (
+        analysis.stage("decode")["flops"]
+        == analysis.total_flops - analysis.stage("vision")["flops"] - (analysis.stage("prefill")["flops"])
+    )
 
 
 def test_full_logits_and_batch_scale_what_they_should():
     spec = load_model_spec("deepseek-ocr")
-    base = analyze(spec, Inputs(), counters=("analytic",)).stages
-    full = analyze(spec, Inputs(full_logits=True), counters=("analytic",)).stages
+    base = analyze(spec, Inputs(), counters=("analytic",)).stages.rows_by_key("stage", named=True, unique=True)
+    full = analyze(spec, Inputs(full_logits=True), counters=("analytic",)).stages.rows_by_key(
+        "stage", named=True, unique=True
+    )
     lm = spec.dims.lm
     assert full["prefill"]["flops"] - base["prefill"]["flops"] == 2 * (337 - 1) * lm.hidden * lm.vocab
-    batched = analyze(spec, Inputs(batch=3), counters=("analytic",)).stages
+    batched = analyze(spec, Inputs(batch=3), counters=("analytic",)).stages.rows_by_key(
+        "stage", named=True, unique=True
+    )
     assert all(batched[s]["flops"] == 3 * base[s]["flops"] for s in base)
 
 
@@ -213,7 +235,7 @@ REGRESSION = {
 @pytest.mark.parametrize(("model", "inputs"), REGRESSION)
 def test_published_models_regression(model, inputs):
     spec = load_model_spec(model)
-    stages = analyze(spec, inputs, counters=("analytic",)).stages
+    stages = analyze(spec, inputs, counters=("analytic",)).stages.rows_by_key("stage", named=True, unique=True)
     assert {s: e["flops"] for s, e in stages.items()} == REGRESSION[model, inputs]
     # independent route for a decode step: 2 FLOPs per weight a token passes through, plus attention
     lm, weights = spec.dims.lm, lm_params(spec.dims.lm)
@@ -245,7 +267,9 @@ def test_hand_derived_bytes_of_a_decode_step(tmp_path):
               "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 10}  # fmt: skip
     (tmp_path / "config.json").write_text(json.dumps(config))
     spec = load_model_spec(str(tmp_path))
-    step = analyze(spec, Inputs(text_tokens=3, new_tokens=2), counters=("analytic",)).stages["decode_first"]
+    step = analyze(spec, Inputs(text_tokens=3, new_tokens=2), counters=("analytic",)).stages.rows_by_key(
+        "stage", named=True, unique=True
+    )["decode_first"]
     layer = 8 * (2 + 2 * 1) * 4 + 2 * 4 * 8 + 2 * 8 + 3 * 8 * 16  # q,k,v; o; two norms; gate, up, down
     weights = 2 * layer + 8 + 10 * 8 + 8  # layers, final norm, head, one embedding row
     kv = 2 * (2 * 1 * 4) * (4 + 1)  # layers x (K, V of one kv head) x (4 cached positions read + 1 written)

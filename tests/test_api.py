@@ -14,6 +14,7 @@ from conftest import ROOT
 
 import stagemfu
 from stagemfu.errors import FlopsFileError, ModelConfigError
+from stagemfu.report.render.analyze_data import analyze_json
 
 API_DOC = ROOT / "docs" / "api.md"
 FLOPS = {"prefill": 1_600_000_000_000, "decode": {"flops": 8_200_000_000, "bytes": 8_200_000_000}}
@@ -92,7 +93,7 @@ def test_report_takes_flops_as_a_mapping_like_a_file(mfu_report, tmp_path):
 def test_report_takes_the_analyzers_result_like_its_json(tmp_path):
     analysis = stagemfu.analyze("deepseek-ocr2", mode="base", text_tokens=32, new_tokens=8, counters=("analytic",))
     path = tmp_path / "analysis.json"
-    path.write_text(json.dumps(analysis.document()))
+    path.write_text(analyze_json(analysis))
     trace = stagemfu.data.default_trace()
     assert stagemfu.report.report(trace, flops=analysis).stages.equals(
         stagemfu.report.report(trace, flops_file=path).stages

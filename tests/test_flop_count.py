@@ -17,8 +17,8 @@ from torch_op_ranges import op_ranges_of
 
 import stagemfu
 from stagemfu import report as rp
-from stagemfu.analyzer.run_count import RUN_COUNT_SCHEMA
 from stagemfu.errors import FlopsFileError
+from stagemfu.schemas import FLOPS as RUN_COUNT_SCHEMA
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -77,7 +77,9 @@ def test_hand_derived_count_of_a_tiny_decoder(tmp_path):
               "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 10}  # fmt: skip
     (tmp_path / "config.json").write_text(json.dumps(config))
     spec = load_model_spec(str(tmp_path))
-    stages = analyze(spec, Inputs(text_tokens=3, new_tokens=3), counters=("analytic",)).stages
+    stages = analyze(spec, Inputs(text_tokens=3, new_tokens=3), counters=("analytic",)).stages.rows_by_key(
+        "stage", named=True, unique=True
+    )
     head_dim = 4
     per_token = 2 * 8 * (2 + 2 * 1) * head_dim + 2 * 8 * 8 + 3 * 2 * 8 * 16  # q,k,v + o + gate,up,down
     assert stages["prefill"]["flops"] == 2 * (3 * per_token + 2 * 2 * 3 * 3 * 8) + 2 * 8 * 10
@@ -189,7 +191,9 @@ def test_decoder_prefill_and_decode_step_match_torch_counter(tmp_path, name):
     transformers = pytest.importorskip("transformers")
     config = DECODERS[name]
     (tmp_path / "config.json").write_text(json.dumps(config))
-    stages = analyze(load_model_spec(str(tmp_path)), Inputs(text_tokens=7, new_tokens=2), counters=("analytic",)).stages
+    stages = analyze(
+        load_model_spec(str(tmp_path)), Inputs(text_tokens=7, new_tokens=2), counters=("analytic",)
+    ).stages.rows_by_key("stage", named=True, unique=True)
     hf_config = transformers.AutoConfig.for_model(**config)
     hf_config._attn_implementation = "eager"
     hf_config._experts_implementation = "eager"
@@ -212,7 +216,9 @@ def test_ocr2_language_model_matches_torch_counter(tmp_path):
     text["mlp_layer_types"] = ["dense", "sparse", "sparse"]
     (tmp_path / "small.json").write_text(json.dumps({"text_config": text}))
     spec = load_model_spec("deepseek-ocr2", config=tmp_path / "small.json")
-    stages = analyze(spec, Inputs(text_tokens=5), counters=("analytic",)).stages
+    stages = analyze(spec, Inputs(text_tokens=5), counters=("analytic",)).stages.rows_by_key(
+        "stage", named=True, unique=True
+    )
     prompt = stages["prefill"]["flops"] - 2 * 32 * 50  # less the lm_head on the last position
     config = transformers.DeepseekOcr2Config(**spec.config, attn_implementation="eager").text_config
     config._experts_implementation = "eager"

@@ -98,8 +98,8 @@ def check_outcome(load, inputs: Inputs, where: str) -> None:
         assert message and "\n" not in message and len(message) < 600, message
         assert where in message or message.startswith("--"), message
         return
-    assert analysis.stages
-    for stage, entry in analysis.stages.items():
+    assert analysis.stages.height
+    for stage, entry in analysis.stages.rows_by_key("stage", named=True, unique=True).items():
         for column in ("flops", "bytes", "params"):
             value = entry[column]
             assert type(value) is int and 0 <= value <= INT64_MAX, (stage, column, value)
@@ -172,7 +172,10 @@ def test_valid_sizes_give_positive_counts_and_rule_breaks_name_the_key(
         assert any(rule and rule in str(err.value) for rule in broken), str(err.value)
         return
     analysis = analyze(load_model_spec(str(path)), inputs, counters=("analytic",))
-    assert all(entry["flops"] > 0 and entry["bytes"] > 0 for entry in analysis.stages.values())
+    assert all(
+        entry["flops"] > 0 and entry["bytes"] > 0
+        for entry in analysis.stages.rows_by_key("stage", named=True, unique=True).values()
+    )
 
 
 # --- the adversarial pass's examples, through the command line -----------------------------------
@@ -263,7 +266,9 @@ def test_a_counter_asked_for_that_cannot_run_is_an_error(monkeypatch):
         analyze(load_model_spec("deepseek-ocr"), Inputs(), counters=("analytic", "fvcore"))
     # not asked for: the analytic count, with a note naming what is missing
     analysis = analyze(load_model_spec("deepseek-ocr"), Inputs())
-    assert all(entry["flops_torch"] is None for entry in analysis.stages.values())
+    assert all(
+        entry["flops_torch"] is None for entry in analysis.stages.rows_by_key("stage", named=True, unique=True).values()
+    )
     assert any("torch counter not run" in note for note in analysis.notes)
 
 

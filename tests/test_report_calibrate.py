@@ -17,7 +17,8 @@ from report_traces import write_json
 from stagemfu.cli import cli
 from stagemfu.errors import StagemfuError
 from stagemfu.report.calibrate import check_calibration
-from stagemfu.report.calibrate_workload import WORKLOAD_SCHEMA, gemm_flops, parse_shapes, range_name
+from stagemfu.report.calibrate_workload import gemm_flops, parse_shapes, range_name
+from stagemfu.schemas import CALIBRATION_WORKLOAD as WORKLOAD_SCHEMA
 
 
 def workload_trace(make_trace, directory):

@@ -17,7 +17,8 @@ from report_traces import ANALYSIS, H100, generation_trace, write_json
 
 from stagemfu.cli import cli
 from stagemfu.errors import FlopsFileError, PeakError
-from stagemfu.report.flops_file import flops_from_analysis, read_flops_file
+from stagemfu.report.documents import Document
+from stagemfu.report.flops_file import flops_from_document, read_flops_file
 from stagemfu.report.peaks import resolve_peak
 
 CLEAR_SCREEN = "\x1b[2J\x1b[H"
@@ -244,4 +245,4 @@ def test_any_json_flops_file_is_read_or_refused_in_one_line(tmp_path, doc):
 
 def test_analyzer_output_with_wrong_types_is_refused_by_the_library_too():
     with pytest.raises(FlopsFileError, match="^analyze\\(\\): inputs.batch"):
-        flops_from_analysis(ANALYSIS | {"inputs": {"batch": "two"}}, source="analyze()")
+        flops_from_document(Document("analyze()", ANALYSIS | {"inputs": {"batch": "two"}}))

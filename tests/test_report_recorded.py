@@ -46,7 +46,7 @@ def test_vision_stages_are_counted_once_per_generation_even_when_called_twice(re
     """Gundam runs sam/encoder/projector on the global view and on the crops: two ranges, one count."""
     name, encoder, rep, flops = recorded
     ours = stage_flops(rep)
-    theirs = {stage: row["flops"] for stage, row in flops.document()["stages"].items()}
+    theirs = dict(flops.stages.select("stage", "flops").iter_rows())
     for stage in ("vision", "sam", encoder, "projector", "decode"):
         assert ours[stage] == theirs[stage], stage
     assert ours["sam"] + ours[encoder] + ours["projector"] == ours["vision"]

@@ -130,21 +130,13 @@ def mfu_report(r) -> Summary:
 
 def analysis(a) -> Summary:
     """:class:`~stagemfu.analyzer.Analysis`: FLOPs, bytes and parameters per stage."""
-    import polars as pl
-
     facts = [
-        _count(len(a.stages), "stage"),
+        _count(a.stages.height, "stage"),
         f"{a.total_flops / 1e12:,.3f} TFLOP per generate call",
         _count(a.params, "parameter"),
         f"counters {', '.join(a.counters)}",
     ]
-    frame = pl.DataFrame(
-        [
-            {"stage": name, **{k: entry.get(k) for k in ("flops", "bytes", "params")}}
-            for name, entry in a.stages.items()
-        ],
-        schema={"stage": pl.String, "flops": pl.Int64, "bytes": pl.Int64, "params": pl.Int64},
-    )
+    frame = a.stages.select("stage", "flops", "bytes", "params")
     columns = (
         ("stage", "stage", "text"),
         ("GFLOP", "flops", "gflop"),

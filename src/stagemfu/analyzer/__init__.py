@@ -4,13 +4,18 @@
 blocks, always available; ``torch``: ``torch.utils.flop_counter`` over the transformers model;
 ``fvcore``: fvcore's ``FlopCountAnalysis`` x 2), picks one figure per stage by the rule in
 :mod:`stagemfu.analyzer.combine`, notes every disagreement over 2 % with its cause, and adds
-parameters and estimated bytes. :meth:`Analysis.document` is the ``stagemfu.analyze/1`` JSON.
+parameters and estimated bytes. The result is a typed table (one row per stage, each counter a
+column) that the report joins as it is; the ``stagemfu.analyze/1`` JSON is made only when an
+output is written (:mod:`stagemfu.report.render.analyze_data`).
 """
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
 
 from stagemfu.analyzer.analytic import CONVENTIONS, stage_flops
 from stagemfu.analyzer.combine import TOLERANCE, combine
@@ -22,13 +27,22 @@ from stagemfu.models.presets import ModelSpec
 from stagemfu.models.shapes import Inputs, Shapes, resolve_shapes
 from stagemfu.notebook import Summarized
 
-SCHEMA = "stagemfu.analyze/1"
 COUNTERS = ("analytic", "torch", "fvcore")
 INT64_MAX = 2**63 - 1  # every count is an int64 column downstream (polars, the report's join)
 RULE = (
     "flops = the analytic count when it covers the stage, else the torch counter, else fvcore; "
     f"the others are checks and every difference over {100 * TOLERANCE:g} % is noted with its cause"
 )
+# The columns of Analysis.stages, in order: counts are Int64 (null where a counter has no figure).
+STAGE_COLUMNS: dict[str, Any] = {
+    "stage": pl.Utf8,
+    "flops": pl.Int64,
+    **{f"flops_{c}": pl.Int64 for c in COUNTERS},
+    "bytes": pl.Int64,
+    "params": pl.Int64,
+    "notes": pl.List(pl.Utf8),
+}
+MODEL_STAGES = ("vision", "prefill", "decode")  # one generation: vision runs inside prefill, counted once
 
 
 @dataclass(frozen=True, repr=False)  # repr and Jupyter summary: stagemfu.notebook
@@ -40,9 +54,10 @@ class Analysis(Summarized):
     spec, shapes
         The model and the input shape counted.
     stages
-        Stage -> ``{"flops", "flops_analytic", "flops_torch", "flops_fvcore", "bytes", "params",
-        "notes"}`` in stage order; ``flops_*`` is None for a counter that was not run or could not
-        measure the stage.
+        One row per stage, in stage order: ``stage``, ``flops`` (the chosen count),
+        ``flops_analytic``, ``flops_torch``, ``flops_fvcore`` (null for a counter that was not run
+        or could not measure the stage), ``bytes`` (estimated DRAM traffic), ``params`` and
+        ``notes`` (the stage's counter disagreements).
     counters
         The counters that were asked for.
     notes
@@ -51,7 +66,7 @@ class Analysis(Summarized):
 
     spec: ModelSpec
     shapes: Shapes
-    stages: dict[str, dict]
+    stages: pl.DataFrame
     counters: tuple[str, ...]
     notes: tuple[str, ...]
 
@@ -63,33 +78,14 @@ class Analysis(Summarized):
     @property
     def total_flops(self) -> int:
         """Model total for one generation: vision + prefill (language model) + all decode steps."""
-        return sum(self.stages[s]["flops"] or 0 for s in ("vision", "prefill", "decode") if s in self.stages)
+        return int(self.stages.filter(pl.col("stage").is_in(MODEL_STAGES))["flops"].fill_null(0).sum())
 
-    def document(self) -> dict:
-        """The ``stagemfu.analyze/1`` document (plain JSON types)."""
-        inputs = asdict(self.shapes.inputs)
-        inputs["image_size"] = list(self.shapes.inputs.image_size) if self.shapes.inputs.image_size else None
-        return {
-            "schema": SCHEMA,
-            "model": {
-                "name": self.spec.name,
-                "family": self.spec.family.name,
-                "source": self.spec.source,
-                "params": self.params,
-                "flops": self.total_flops,
-            },
-            "inputs": inputs,
-            "shapes": {
-                "base_size": self.shapes.base_size,
-                "local_size": self.shapes.local_size,
-                "crop_grid": list(self.shapes.crop_grid),
-                "image_tokens": self.shapes.image_tokens,
-                "prompt_tokens": self.shapes.prompt_tokens,
-            },
-            "counters": list(self.counters),
-            "notes": list(self.notes),
-            "stages": self.stages,
-        }
+    def stage(self, name: str) -> dict[str, Any]:
+        """One stage's row as a dict (``analysis.stage("prefill")["flops"]``); KeyError when it has none."""
+        rows = self.stages.filter(pl.col("stage") == name)
+        if rows.is_empty():
+            raise KeyError(f"no stage {name!r}; stages: {', '.join(self.stages['stage'])}")
+        return rows.row(0, named=True)
 
 
 def analyze(spec: ModelSpec, inputs: Inputs, *, counters: tuple[str, ...] | None = None) -> Analysis:
@@ -161,10 +157,12 @@ def analyze(spec: ModelSpec, inputs: Inputs, *, counters: tuple[str, ...] | None
             f"{shapes.image_tokens} image tokens per sample, counted as the processor of the model counts them "
             f"({spec.family.image_rule.source})"
         )
-    combined = combine(results, blocks)
-    for stage, entry in combined.items():
-        entry.update(bytes=byte_counts.get(stage), params=params.get(stage), notes=entry.pop("notes"))
-    return Analysis(spec, shapes, combined, tuple(counters), tuple(notes))
+    rows = [
+        {"stage": stage, **entry, "bytes": byte_counts.get(stage), "params": params.get(stage)}
+        for stage, entry in combine(results, blocks).items()
+    ]
+    stages = pl.DataFrame(rows, schema=STAGE_COLUMNS) if rows else pl.DataFrame(schema=STAGE_COLUMNS)
+    return Analysis(spec, shapes, stages.select(list(STAGE_COLUMNS)), tuple(counters), tuple(notes))
 
 
 def _sliding_window_note(spec: ModelSpec, shapes: Shapes) -> list[str]:
@@ -203,4 +201,4 @@ def _run_counter(counter: str, spec: ModelSpec, shapes: Shapes) -> CounterResult
     return getattr(module, f"count_{counter}")(spec, shapes)
 
 
-__all__ = ["COUNTERS", "SCHEMA", "Analysis", "CounterResult", "analyze"]
+__all__ = ["COUNTERS", "STAGE_COLUMNS", "Analysis", "CounterResult", "analyze"]

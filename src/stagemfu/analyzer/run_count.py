@@ -18,10 +18,9 @@ from __future__ import annotations
 
 from typing import Any
 
-RUN_COUNT_FILE = "flops.json"
-RUN_COUNT_SCHEMA = "stagemfu.flops/1"
+from stagemfu import schemas
+
 COUNTER = "torch.utils.flop_counter.FlopCounterMode"
-OUT_DIR_ENV = "STAGEMFU_OUT_DIR"  # set by `stagemfu collect`/`run` for the profiled program
 
 
 def run_count_document(
@@ -29,7 +28,7 @@ def run_count_document(
 ) -> dict[str, Any]:
     """The ``stagemfu.flops/1`` document: ``stages`` maps a stage name to ``flops``, ``calls`` and ``ops``."""
     return {
-        "schema": RUN_COUNT_SCHEMA,
+        "schema": schemas.FLOPS,
         "counter": COUNTER,
         "torch": torch_version,
         "dtype": dtype,

@@ -8,12 +8,11 @@ from typing import TYPE_CHECKING
 
 import click
 
+from stagemfu import schemas
 from stagemfu.cli import emit, format_option, json_text, output_option
 
 if TYPE_CHECKING:
     from stagemfu.postprocess.cache import CacheStatus
-
-CACHE_SCHEMA = "stagemfu.cache/1"
 
 
 @click.group()
@@ -59,7 +58,7 @@ def clear() -> None:
 def _document(state: CacheStatus) -> dict[str, object]:
     """The ``stagemfu.cache/1`` document: names and paths escaped, sizes in bytes."""
     return {
-        "schema": CACHE_SCHEMA,
+        "schema": schemas.CACHE,
         "location": _shown(str(state.location)),
         "configured": _shown(str(state.configured)),
         "unwritable": state.unwritable,

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from stagemfu import schemas
 from stagemfu.cli import check_files, print_rich
 from stagemfu.collect.command import CAPTURE_ALL, CAPTURE_HELP, DEFAULT_PROFILE, ProfileOptions
 from stagemfu.collect.run_options import options_from_params, runner_options
@@ -152,15 +153,14 @@ def run(dry_run: bool, **params: Any) -> int:
 
 def _check_files(plan: CollectPlan, params: dict[str, Any]) -> None:
     """The files a collection writes (an earlier run's are removed first) are none of its inputs."""
-    from stagemfu.collect.runner import SHAPES_FILE
 
     check_files(
         inputs={option: params.get(key) for option, key in INPUT_OPTIONS.items()} | {"--nsys": plan.nsys},
         outputs={
             "report": plan.rep,
             "export": plan.sqlite,
-            "run.json": plan.run_json,
-            "shapes.json": plan.run_json.with_name(SHAPES_FILE),
+            schemas.RUN_FILE: plan.run_json,
+            schemas.SHAPES_FILE: plan.run_json.with_name(schemas.SHAPES_FILE),
         },
     )
 

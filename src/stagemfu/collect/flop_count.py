@@ -29,8 +29,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from stagemfu import schemas
 from stagemfu.analyzer.op_formulas import addmv, dot, grouped_mm, mv, sdpa, sdpa_backward
-from stagemfu.analyzer.run_count import OUT_DIR_ENV, RUN_COUNT_FILE, run_count_document
+from stagemfu.analyzer.run_count import run_count_document
 from stagemfu.collect.api import RangeSink, ranges, recording_to
 from stagemfu.errors import CollectError, MissingDependencyError
 from stagemfu.files import write_output
@@ -160,11 +161,11 @@ class count_flops:  # lower case: used like a function, `with stagemfu.count_flo
     def _write(self) -> Path:
         import torch
 
-        directory = Path(self.out_dir or os.environ.get(OUT_DIR_ENV) or ".")
+        directory = Path(self.out_dir or os.environ.get(schemas.OUT_DIR_ENV) or ".")
         document = run_count_document(
             self.stages, total=self.total, torch_version=torch.__version__, dtype=self.dtype, notes=[NOTE]
         )
-        path = directory / RUN_COUNT_FILE
+        path = directory / schemas.FLOPS_FILE
         try:
             directory.mkdir(parents=True, exist_ok=True)
             write_output(path, json.dumps(document, indent=2) + "\n")

@@ -12,14 +12,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from stagemfu import schemas
 from stagemfu.collect.run_info import write_run_json
 from stagemfu.collect.run_options import RunnerOptions
-from stagemfu.collect.runner import SHAPES_FILE
 from stagemfu.collect.session import CollectResult, collect
 from stagemfu.deps import require
 
 RUNNER_MODULE = "stagemfu.collect.runner"  # run as `python -m`, the profiled child
-REPORT_KEYS = ("model", "config", "inputs")  # what `stagemfu report` reads from run.json
 
 
 def runner_command(options: RunnerOptions, *, out_dir: Path) -> list[str]:
@@ -44,9 +43,9 @@ def collect_model(runner: RunnerOptions, /, *, out_dir: Path, **collect_options:
     ``run.json`` and the whole document its ``runner`` key.
     """
     require_runner()
-    Path(out_dir, SHAPES_FILE).unlink(missing_ok=True)  # an earlier run's must not pass for this one's
+    Path(out_dir, schemas.SHAPES_FILE).unlink(missing_ok=True)  # an earlier run's must not pass for this one's
     result = collect(runner_command(runner, out_dir=out_dir), out_dir=out_dir, **collect_options)
-    merge_shapes(result.run_json, Path(out_dir) / SHAPES_FILE)
+    merge_shapes(result.run_json, Path(out_dir) / schemas.SHAPES_FILE)
     return result
 
 
@@ -56,5 +55,5 @@ def merge_shapes(run_json: Path, shapes_json: Path) -> None:
         return
     shapes = json.loads(shapes_json.read_text(encoding="utf-8"))
     document = json.loads(run_json.read_text(encoding="utf-8"))
-    document.update({key: shapes.get(key) for key in REPORT_KEYS}, runner=shapes)
+    document.update({key: shapes.get(key) for key in schemas.RUN_KEYS_FROM_SHAPES}, runner=shapes)
     write_run_json(run_json, document)

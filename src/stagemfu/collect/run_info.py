@@ -16,7 +16,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-RUN_SCHEMA = "stagemfu.run/1"
+from stagemfu import schemas
+
 VERSIONED_PACKAGES = ("torch", "transformers", "nvtx")
 NVIDIA_SMI_QUERY = "index,name,driver_version,memory.total"
 
@@ -107,7 +108,7 @@ def run_document(
     """
     gpus, gpu_source = gpu_info()
     return {
-        "schema": RUN_SCHEMA,
+        "schema": schemas.RUN,
         "command": command,
         "nsys_command": nsys_command,
         "capture": capture,

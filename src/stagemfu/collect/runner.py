@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from stagemfu import schemas
 from stagemfu.collect.api import generation_stages, instrument, ranges, stage, synchronize
 from stagemfu.collect.run_options import ATTENTION, RunnerOptions, options_from_params, runner_options
 from stagemfu.errors import CollectError, ModelConfigError, StagemfuError
@@ -37,8 +38,6 @@ if TYPE_CHECKING:
 
     from stagemfu.models import ModelSpec, Shapes
 
-SHAPES_SCHEMA = "stagemfu.shapes/1"
-SHAPES_FILE = "shapes.json"
 WARMUP, MEASURED, OP_SHAPES = "warmup", "measured", "op_shapes"
 
 
@@ -84,7 +83,7 @@ def run_model(options: RunnerOptions, *, out_dir: Path) -> dict[str, Any]:
     )
     document = shapes_document(options, spec, shapes, stages=stages, call_wall_ns=walls, notes=notes)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    write_output(Path(out_dir) / SHAPES_FILE, json.dumps(document, indent=2) + "\n")
+    write_output(Path(out_dir) / schemas.SHAPES_FILE, json.dumps(document, indent=2) + "\n")
     return document
 
 
@@ -175,7 +174,7 @@ def shapes_document(
     device = torch.device(options.device)
     on_gpu = device.type == "cuda"
     return {
-        "schema": SHAPES_SCHEMA,
+        "schema": schemas.SHAPES,
         "model": argv[0],
         "config": str(options.config.resolve()) if options.config is not None else None,
         "family": spec.family.name,

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from stagemfu.analyzer.run_count import OUT_DIR_ENV, RUN_COUNT_FILE
+from stagemfu import schemas
 from stagemfu.collect.command import CAPTURE_ALL, DEFAULT_PROFILE, ProfileOptions, profile_argv
 from stagemfu.collect.nsys import export_argv, export_report, nsys_version, require_nsys
 from stagemfu.collect.run_info import run_document, write_run_json
@@ -136,7 +136,7 @@ def plan_collection(
         export=tuple(export_argv(exe, rep, sqlite)),
         rep=rep,
         sqlite=sqlite,
-        run_json=Path(out_dir) / "run.json",
+        run_json=Path(out_dir) / schemas.RUN_FILE,
         notes=notes,
     )
 
@@ -203,7 +203,7 @@ def collect(
     )
     try:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        counted = Path(out_dir) / RUN_COUNT_FILE  # stagemfu.count_flops writes it there during the run
+        counted = Path(out_dir) / schemas.FLOPS_FILE  # stagemfu.count_flops writes it there during the run
         for stale in (plan.rep, plan.rep.with_suffix(".qdstrm"), plan.sqlite, plan.run_json, counted):
             stale.unlink(missing_ok=True)  # an earlier run's files must not pass for this run's
     except OSError as err:
@@ -211,7 +211,7 @@ def collect(
     version = nsys_version(plan.nsys)
     started = datetime.now(timezone.utc)
     status, interrupted = run_forwarding_signals(
-        list(plan.profile), env={**os.environ, OUT_DIR_ENV: str(Path(out_dir).resolve())}
+        list(plan.profile), env={**os.environ, schemas.OUT_DIR_ENV: str(Path(out_dir).resolve())}
     )
     finished = datetime.now(timezone.utc)
     sqlite, notes = _export(plan)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from stagemfu.analyzer.run_count import RUN_COUNT_FILE
+from stagemfu import schemas
 from stagemfu.errors import FlopsFileError, FlopsMismatchError, StagemfuError
 from stagemfu.notebook import Summarized
 from stagemfu.postprocess import StageTimes, Trace, read, stage_times
@@ -48,11 +48,7 @@ if TYPE_CHECKING:
 __all__ = ["MfuReport", "Peak", "StageFlops", "build_report", "flops_for_model", "read_flops_file", "report"]
 
 MEASURED = "measured"  # the range `stagemfu run` puts around the timed repetition
-RUN_FILE = "run.json"  # written by `stagemfu run` next to its trace: command, times, GPUs
-SHAPES_FILE = "shapes.json"  # written by the built-in runner: model, config, inputs
 UNCOUNTED_SCHEMA = {"stage": pl.Utf8, "op": pl.Utf8, "kernel_ns": pl.Int64, "kernel_share": pl.Float64}
-COUNTED_FILE = RUN_COUNT_FILE  # written by stagemfu.count_flops: FLOPs per stage of one call
-SHAPES_KEYS = ("model", "config", "inputs", "repeat", "attn", "weights", "device_name")
 
 
 @dataclass(frozen=True, repr=False)  # repr and Jupyter summary: stagemfu.notebook
@@ -195,7 +191,8 @@ def report(
     found_notes = (*run_notes, *counted_notes)
     if not sources and not op_flops:
         why = "; ".join(found_notes) or (
-            f"no {SHAPES_FILE} from `stagemfu run` nor {COUNTED_FILE} from stagemfu.count_flops beside the trace"
+            f"no {schemas.SHAPES_FILE} from `stagemfu run` nor {schemas.FLOPS_FILE} from stagemfu.count_flops "
+            "beside the trace"
         )
         raise FlopsFileError(f"{path}: no FLOPs: pass --flops FILE, --model MODEL or --op-flops ({why})")
     tr = read(path)
@@ -345,7 +342,7 @@ def _flops_given(flops: Mapping[str, Any] | Analysis) -> StageFlops:
     from stagemfu.analyzer import Analysis
 
     if isinstance(flops, Analysis):
-        return flops_from_analysis(flops.document(), source=f"analyzer ({flops.spec.name}, {flops.spec.source})")
+        return flops_from_analysis(flops)
     if not isinstance(flops, Mapping):
         kind = type(flops).__name__
         raise FlopsFileError(f"flops: expected a mapping of stage name to FLOPs or an Analysis, not a {kind}")
@@ -371,8 +368,7 @@ def flops_for_model(
         config = config or _run_path(run, "config")
         inputs = inputs or Inputs(**_inputs_fields(run.get("inputs") or {}))
     spec = load_model_spec(model, config=config)
-    analysis = analyze(spec, inputs or Inputs(), counters=counters)
-    return flops_from_analysis(analysis.document(), source=f"analyzer ({spec.name}, {spec.source})")
+    return flops_from_analysis(analyze(spec, inputs or Inputs(), counters=counters))
 
 
 def read_counted_file(trace: Path) -> tuple[StageFlops | None, tuple[str, ...]]:
@@ -384,11 +380,11 @@ def read_counted_file(trace: Path) -> tuple[StageFlops | None, tuple[str, ...]]:
     ``stagemfu run`` leaves, one that cannot be read or does not fit
     :data:`.documents.RUN_COUNT_DOCUMENT` is ignored with a note.
     """
-    doc, notes = _json_beside(trace, COUNTED_FILE, schema=RUN_COUNT_DOCUMENT)
+    doc, notes = _json_beside(trace, schemas.FLOPS_FILE, schema=RUN_COUNT_DOCUMENT)
     if not doc:
         return None, notes
     rows = [{"stage": name, "flops": e["flops"], "instances": e["calls"]} for name, e in doc["stages"].items()]
-    source = f"run-time count {COUNTED_FILE} ({doc.get('counter') or 'torch'})"
+    source = f"run-time count {schemas.FLOPS_FILE} ({doc.get('counter') or 'torch'})"
     flops = StageFlops(
         stages=stage_table(rows),
         source=source,
@@ -408,10 +404,10 @@ def read_run_file(trace: Path) -> tuple[dict[str, Any], tuple[str, ...]]:
     does not fit its schema (:data:`.documents.RUN_DOCUMENT`) is ignored with a note instead of
     stopping the report; when the FLOPs had to come from it, :func:`report` says so in its error.
     """
-    run, run_notes = _json_beside(trace, RUN_FILE)
-    shapes, shapes_notes = _json_beside(trace, SHAPES_FILE)
+    run, run_notes = _json_beside(trace, schemas.RUN_FILE)
+    shapes, shapes_notes = _json_beside(trace, schemas.SHAPES_FILE)
     merged = {k: v for k, v in run.items() if k not in ("schema", "notes")}
-    merged |= {k: shapes[k] for k in SHAPES_KEYS if shapes.get(k) is not None}
+    merged |= {k: shapes[k] for k in schemas.SHAPES_KEYS_READ if shapes.get(k) is not None}
     return (merged | {"_dir": str(trace.parent)} if merged else {}), (*run_notes, *shapes_notes)
 
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import polars as pl
 
+from stagemfu import schemas
 from stagemfu.errors import CollectError, StagemfuError
 from stagemfu.postprocess import read, stage_times
 from stagemfu.report import MfuReport, build_report
-from stagemfu.report.calibrate_workload import WORKLOAD_SCHEMA
 from stagemfu.report.flops_file import StageFlops, stage_table
 from stagemfu.report.peaks import Peak, resolve_peak
 
@@ -131,6 +131,6 @@ def _read_events(path: Path) -> dict:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
         raise StagemfuError(f"{path}: cannot read the calibration workload's output ({err})") from err
-    if not isinstance(doc, dict) or doc.get("schema") != WORKLOAD_SCHEMA or not doc.get("gemms"):
-        raise StagemfuError(f"{path}: not a {WORKLOAD_SCHEMA} document with GEMMs")
+    if not isinstance(doc, dict) or doc.get("schema") != schemas.CALIBRATION_WORKLOAD or not doc.get("gemms"):
+        raise StagemfuError(f"{path}: not a {schemas.CALIBRATION_WORKLOAD} document with GEMMs")
     return doc

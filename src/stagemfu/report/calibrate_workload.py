@@ -23,9 +23,9 @@ from typing import Any
 
 import click
 
+from stagemfu import schemas
 from stagemfu.files import write_output
 
-WORKLOAD_SCHEMA = "stagemfu.calibration_workload/1"
 DEFAULT_SHAPES = ((6144, 6144, 6144), (8192, 8192, 8192), (8192, 8192, 2048))
 HOLD_CYCLES = 200_000_000  # ~0.1 s of GPU clock: longer than queuing one shape's launches takes
 WARMUP_PRODUCTS = 3
@@ -100,7 +100,7 @@ def run_gemms(shapes: tuple[tuple[int, int, int], ...], *, repeats: int) -> dict
         )
     nvtx.range_pop()
     return {
-        "schema": WORKLOAD_SCHEMA,
+        "schema": schemas.CALIBRATION_WORKLOAD,
         "device": torch.cuda.get_device_name(dev),
         "dtype": "bf16",
         "torch": torch.__version__,

@@ -12,11 +12,11 @@ from typing import Any
 
 import polars as pl
 
+from stagemfu import schemas
 from stagemfu.errors import ReportFileError
 from stagemfu.report.documents import REPORT_DOCUMENT, check_document, read_document
 from stagemfu.report.join import BASES
 
-REPORT_SCHEMA = "stagemfu.report/1"
 KERNEL_KEYS = ["stage", "kernel"]
 STAGE_TYPES = {"stage": pl.Utf8, **{f"mfu_{b}": pl.Float64 for b in BASES}}  # the rest Int64
 
@@ -64,8 +64,10 @@ def side_from_report(rep: Any, label: str) -> ReportSide:
 def read_report_json(path: Path) -> ReportSide:
     """A side from a ``stagemfu report --format json`` file, checked against :data:`.documents.REPORT_DOCUMENT`."""
     doc = read_document(path, what="report", error=ReportFileError)
-    if not isinstance(doc.content, dict) or doc.content.get("schema") != REPORT_SCHEMA:
-        raise ReportFileError(f"{path}: not a {REPORT_SCHEMA} document; write one with `stagemfu report --format json`")
+    if not isinstance(doc.content, dict) or doc.content.get("schema") != schemas.REPORT:
+        raise ReportFileError(
+            f"{path}: not a {schemas.REPORT} document; write one with `stagemfu report --format json`"
+        )
     checked = check_document(doc, REPORT_DOCUMENT, error=ReportFileError)
     stage_columns = ["stage", "flops", *[f"{b}_ns" for b in BASES], *[f"mfu_{b}" for b in BASES]]
     stages = pl.DataFrame(

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stagemfu.analyzer.run_count import RUN_COUNT_SCHEMA
+from stagemfu import schemas
 from stagemfu.errors import MissingDependencyError, StagemfuError
 
 INT64_MAX = 2**63 - 1  # FLOPs, bytes and nanoseconds are Int64 columns
@@ -271,7 +271,7 @@ RUN_COUNT_STAGE = record(
 )
 RUN_COUNT_DOCUMENT = record(
     {
-        "schema": text(choices=(RUN_COUNT_SCHEMA,)),
+        "schema": text(choices=(schemas.FLOPS,)),
         "counter": optional(text()),
         "torch": optional(text()),
         "dtype": optional(text(choices=DTYPES)),

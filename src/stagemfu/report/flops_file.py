@@ -19,12 +19,14 @@ work of each range, nested ranges included.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from stagemfu import schemas
 from stagemfu.errors import FlopsFileError
 from stagemfu.models.shapes import ranges_per_generation
 from stagemfu.report.documents import (
@@ -37,7 +39,9 @@ from stagemfu.report.documents import (
     read_document,
 )
 
-ANALYZE_SCHEMA = "stagemfu.analyze/1"
+if TYPE_CHECKING:
+    from stagemfu.analyzer import Analysis
+
 COUNTERS = ("analytic", "torch", "fvcore")
 DERIVED_STAGES = ("decode_first", "decode_last")  # single decode steps, not ranges of their own
 SOURCE_KINDS = ("file", "ops", "counted", "analyzer")  # where FLOPs come from, in the order the report prefers them
@@ -118,8 +122,8 @@ def flops_from_document(doc: Document) -> StageFlops:
     """A :class:`StageFlops` from a FLOPs document already in memory: a file's content, or a mapping
     given in Python (``report(trace, flops={...})``); ``doc.path`` names it in messages."""
     content = doc.content
-    if isinstance(content, dict) and content.get("schema") == ANALYZE_SCHEMA:
-        return flops_from_analysis(content, source=str(doc.path))
+    if isinstance(content, dict) and content.get("schema") == schemas.ANALYZE:
+        return _flops_from_analyze_document(content, source=str(doc.path))
     if isinstance(content, dict) and "stages" in content:
         checked = check_document(doc, USER_DOCUMENT, error=FlopsFileError)
     elif isinstance(content, dict):
@@ -143,36 +147,62 @@ def flops_from_document(doc: Document) -> StageFlops:
     )
 
 
-def flops_from_analysis(doc: dict[str, Any], *, source: str) -> StageFlops:
-    """A :class:`StageFlops` from a ``stagemfu.analyze/1`` document (a file or ``analyze()``'s output)."""
+def flops_from_analysis(analysis: Analysis) -> StageFlops:
+    """A :class:`StageFlops` from the analyzer's result, its typed stage table taken as it is."""
+    inputs = dataclasses.asdict(analysis.shapes.inputs)
+    inputs["image_size"] = list(analysis.shapes.inputs.image_size) if analysis.shapes.inputs.image_size else None
+    spec = analysis.spec
+    return _analyzer_flops(
+        analysis.stages,
+        source=f"analyzer ({spec.name}, {spec.source})",
+        model=spec.name,
+        inputs=inputs,
+        crops=analysis.shapes.crops,
+        notes=analysis.notes,
+    )
+
+
+def _flops_from_analyze_document(doc: dict[str, Any], *, source: str) -> StageFlops:
+    """A :class:`StageFlops` from a ``stagemfu.analyze/1`` document (``stagemfu analyze --format json``)."""
     doc = check_document(Document(source, doc), ANALYZE_DOCUMENT, error=FlopsFileError)
     inputs = dict(doc.get("inputs") or {})
     columns, grid_rows = (doc.get("shapes") or {}).get("crop_grid") or (0, 0)
-    crops = columns * grid_rows or int(inputs.get("crops") or 0)
-    per_generation = ranges_per_generation(int(inputs.get("new_tokens") or 0), crops)
     rows = [
-        {
-            "stage": name,
-            "flops": entry["flops"],
-            "bytes": entry.get("bytes"),
-            "instances": per_generation.get(name, 1),
-            **{f"flops_{c}": entry.get(f"flops_{c}") for c in COUNTERS},
-            "notes": entry.get("notes") or [],
-        }
+        {"stage": name, **{c: entry.get(c) for c in STAGE_SCHEMA if c not in ("stage", "instances", "notes")},
+         "notes": entry.get("notes") or []}
         for name, entry in doc["stages"].items()
-        if entry.get("flops") is not None  # a stage no counter could measure: absent, never 0
-    ]
-    if not rows:
-        raise FlopsFileError(f"{source}: no stage of the analyzer document has FLOPs")
+    ]  # fmt: skip
     model = doc.get("model")
-    return StageFlops(
-        stages=stage_table(rows),
+    return _analyzer_flops(
+        stage_table(rows),
         source=source,
         model=model.get("name") if isinstance(model, dict) else model,
         inputs=inputs,
+        crops=columns * grid_rows or int(inputs.get("crops") or 0),
+        notes=tuple(doc.get("notes") or ()),
+    )
+
+
+def _analyzer_flops(
+    stages: pl.DataFrame, *, source: str, model: str | None, inputs: dict[str, Any], crops: int, notes: tuple[str, ...]
+) -> StageFlops:
+    """The analyzer's stages (from its result or its JSON) as FLOPs to join: each stage's range
+    instances per generation set, a stage no counter could measure left out (absent, never 0)."""
+    per_generation = ranges_per_generation(int(inputs.get("new_tokens") or 0), crops)
+    measured = stages.filter(pl.col("flops").is_not_null())
+    if measured.is_empty():
+        raise FlopsFileError(f"{source}: no stage of the analyzer's result has FLOPs")
+    frame = measured.with_columns(
+        instances=pl.col("stage").replace_strict(per_generation, default=1, return_dtype=pl.Int64)
+    )
+    return StageFlops(
+        stages=frame.select(list(STAGE_SCHEMA)),
+        source=source,
+        model=model,
+        inputs=inputs,
         dtype=inputs.get("dtype") or "bf16",
         prefill_excludes_vision=True,
-        notes=tuple(doc.get("notes") or []),
+        notes=notes,
         kind="analyzer",
     )
 

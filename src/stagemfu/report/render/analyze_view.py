@@ -31,7 +31,8 @@ def display_rows(analysis: Analysis) -> pl.DataFrame:
 
 def stage_notes(analysis: Analysis) -> list[str]:
     """Each stage's notes (counter disagreements and their causes) as ``stage: note`` lines."""
-    return [f"{stage}: {note}" for stage, entry in analysis.stages.items() for note in entry["notes"]]
+    rows = analysis.stages.select("stage", "notes").explode("notes").drop_nulls("notes")
+    return [f"{stage}: {note}" for stage, note in rows.iter_rows()]
 
 
 def summary_lines(analysis: Analysis) -> list[str]:

@@ -7,11 +7,11 @@ from typing import Any
 import polars as pl
 from rich.console import RenderableType
 
+from stagemfu import schemas
 from stagemfu.report.calibrate import MIN_LARGEST_MFU, TOLERANCE, Calibration
 from stagemfu.report.render.markdown import markdown_cell, markdown_table
 from stagemfu.report.render.terminal import terminal_document
 
-SCHEMA = "stagemfu.calibration/1"
 NS_PER_MS = 1e6
 
 
@@ -60,7 +60,7 @@ def markdown_view(cal: Calibration) -> str:
 
 def calibration_document(cal: Calibration) -> dict[str, Any]:
     return {
-        "schema": SCHEMA,
+        "schema": schemas.CALIBRATION,
         "passed": cal.passed,
         "tolerance": TOLERANCE,
         "device": cal.device,

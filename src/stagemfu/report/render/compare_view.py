@@ -10,13 +10,13 @@ from typing import Any
 import polars as pl
 from rich.console import RenderableType
 
+from stagemfu import schemas
 from stagemfu.report.compare import Comparison
 from stagemfu.report.join import BASES
 from stagemfu.report.render.markdown import markdown_document
 from stagemfu.report.render.terminal import terminal_document
 from stagemfu.report.render.view import DEFAULT_VIEW, TableView
 
-SCHEMA = "stagemfu.compare/1"
 NS_PER_MS = 1e6
 
 
@@ -79,7 +79,7 @@ def markdown_view(cmp: Comparison, *, view: TableView = DEFAULT_VIEW) -> str:
 def compare_document(cmp: Comparison) -> dict[str, Any]:
     """The ``stagemfu.compare/1`` JSON document."""
     return {
-        "schema": SCHEMA,
+        "schema": schemas.COMPARE,
         "a": cmp.a,
         "b": cmp.b,
         "stages": cmp.stages.to_dicts(),

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import polars as pl
 
+from stagemfu import schemas
 from stagemfu.postprocess.stages import StageTimes
-
-SCHEMA = "stagemfu.postprocess/1"
 
 # Tables a user can pick for CSV output, in the order Markdown prints them.
 TABLES = ("ranges", "paths", "instance_stats", "kernels", "categories", "processes", "devices", "instances")
@@ -30,7 +29,7 @@ def postprocess_document(st: StageTimes, *, top: int | None = None, instances: b
     """The ``stagemfu.postprocess/1`` JSON document; per-instance rows only when asked for."""
     trace = st.trace
     return {
-        "schema": SCHEMA,
+        "schema": schemas.POSTPROCESS,
         "trace": trace.metadata(),
         "within": st.within,
         "gpus": trace.gpus.to_dicts(),

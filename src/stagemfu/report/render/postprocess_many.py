@@ -10,6 +10,7 @@ from __future__ import annotations
 import polars as pl
 from rich.console import RenderableType
 
+from stagemfu import schemas
 from stagemfu.postprocess.many import CombinedTimes
 from stagemfu.report.render import postprocess_data
 from stagemfu.report.render.markdown import markdown_document
@@ -18,7 +19,6 @@ from stagemfu.report.render.terminal import terminal_document
 from stagemfu.report.render.text import stage_labels
 from stagemfu.report.render.view import DEFAULT_VIEW, TableView
 
-SCHEMA = "stagemfu.postprocess.many/1"
 MANY_TABLES = postprocess_data.MANY_TABLES
 PER_TRACE_ROWS_SHOWN = 16  # traces whose stage tables the terminal and Markdown views print
 RANGE_TIMES = ("wall", "span", "busy", "kernel", "comm")  # the times the combined and per-trace tables show
@@ -27,7 +27,7 @@ RANGE_TIMES = ("wall", "span", "busy", "kernel", "comm")  # the times the combin
 def many_document(ct: CombinedTimes, *, top: int | None = None) -> dict:
     """The ``stagemfu.postprocess.many/1`` JSON document."""
     return {
-        "schema": SCHEMA,
+        "schema": schemas.POSTPROCESS_MANY,
         "straggler_metric": ct.metric,
         "straggler_threshold": ct.threshold,
         "combined": ct.combined.to_dicts(),
@@ -59,7 +59,7 @@ def many_tables(ct: CombinedTimes, *, top: int | None = None) -> dict[str, pl.Da
 def many_meta(ct: CombinedTimes) -> dict:
     """What the document holds besides its tables: schema, straggler settings, notes."""
     return {
-        "schema": SCHEMA,
+        "schema": schemas.POSTPROCESS_MANY,
         "straggler_metric": ct.metric,
         "straggler_threshold": ct.threshold,
         "traces": [str(st.trace.path) for st in ct.traces],

@@ -13,9 +13,8 @@ from typing import Any
 
 import polars as pl
 
+from stagemfu import schemas
 from stagemfu.report import MfuReport
-
-SCHEMA = "stagemfu.report/1"
 
 # Tables a user can pick for CSV output.
 TABLES = ("stages", "decode_steps", "timeline", "kernels", "categories", "uncounted_ops")
@@ -31,7 +30,7 @@ def report_document(rep: MfuReport) -> dict[str, Any]:
     trace = rep.times.trace
     sf = rep.flops
     return {
-        "schema": SCHEMA,
+        "schema": schemas.REPORT,
         "trace": trace.metadata(),
         "within": rep.times.within,
         "gpus": trace.gpus.to_dicts(),
