@@ -2,6 +2,7 @@
 #   make demo   create .venv, install, report per-stage MFU of the embedded real trace, write report.html
 #   make test   install what the tests need (model extra, headless Chromium) and run them
 #   make bench  speed and memory: postprocess on inflated real traces, analyzer, NVTX API cost, start-up
+#   make sweep  hostile inputs through every command (about 10 minutes; counts in sweep-out/summary.json)
 #   make lint   ruff checks and formatting
 PYTHON ?= python3
 VENV   := .venv
@@ -14,7 +15,7 @@ TORCH  ?= torch==2.13.0
 # The cache of decompressed/exported traces stays inside the checkout.
 export XDG_CACHE_HOME := $(CURDIR)/.cache
 
-.PHONY: demo test browser bench lint clean
+.PHONY: demo test browser bench sweep lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,10 +50,13 @@ bench: $(TEST_STAMP)
 	$(BIN)/python bench/bench_startup.py --out bench-out/startup.json
 	$(BIN)/python bench/bench_op_flops.py --out bench-out/op_flops.json
 
+sweep: $(TEST_STAMP)
+	$(BIN)/python tests/sweep_cli.py sweep-out
+
 lint: $(STAMP)
 	$(BIN)/python -m pip install --quiet 'ruff>=0.8'
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 
 clean:
-	rm -rf $(VENV) .cache bench-out .pytest_cache .hypothesis report.html
+	rm -rf $(VENV) .cache bench-out sweep-out .pytest_cache .hypothesis report.html
