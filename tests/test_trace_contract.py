@@ -87,7 +87,7 @@ def toy_format(monkeypatch: pytest.MonkeyPatch) -> formats.TraceFormat:
         formats.TraceFormat(
             "toy",
             recognises=lambda head, path: head.startswith(b"TOY"),
-            read=lambda path, *, chunk_ops, progress: toy_trace(path, batches=chunk_ops or 1),
+            read=lambda path, *, chunk_ops, progress, op_ranges: toy_trace(path, batches=chunk_ops or 1),
             suffixes=(".toy",),
         )
     )

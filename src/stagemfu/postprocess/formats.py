@@ -5,7 +5,7 @@ decompression when the file is gzip, xz or bzip2), the function that reads it in
 :class:`~stagemfu.postprocess.trace.Trace`, and the file name endings that mark its files in a
 directory of traces. A reader registers itself with one call when its module is imported::
 
-    register(TraceFormat("kineto", recognises=is_kineto_json, read=read_kineto, suffixes=(".json", ".json.gz")))
+    register(TraceFormat("kineto", recognises=is_kineto_json, read=read_kineto, suffixes=(".trace.json",)))
 
 and :data:`READERS` names the modules to import. :func:`read` checks the file, sniffs its first
 bytes and hands it to the first format that recognises them.
@@ -30,16 +30,20 @@ from stagemfu.postprocess.trace import Progress, Trace
 
 HEAD_BYTES = 1 << 16  # how much of a file (decompressed) the formats look at
 # Modules that register a format when imported, in the order their tests are tried.
-READERS = ("stagemfu.postprocess.nsys",)
+READERS = ("stagemfu.postprocess.nsys", "stagemfu.postprocess.kineto")
 # Compressed files by their first bytes, and how to open them.
 COMPRESSIONS: dict[bytes, Callable] = {b"\x1f\x8b": gzip.open, b"\xfd7zXZ\x00": lzma.open, b"BZh": bz2.open}
 COMPRESSION_SUFFIXES = (".gz", ".xz", ".bz2")
+# What reading or decompressing a damaged or truncated file raises.
+READ_ERRORS = (OSError, EOFError, lzma.LZMAError, zlib.error)
 
 
 class Reader(Protocol):
     """Read one file of a format into a Trace (see :func:`read` for the options)."""
 
-    def __call__(self, path: Path, *, chunk_ops: int | Literal["auto"] | None, progress: Progress | None) -> Trace:
+    def __call__(
+        self, path: Path, *, chunk_ops: int | Literal["auto"] | None, progress: Progress | None, op_ranges: bool
+    ) -> Trace:
         """The trace in ``path``; TraceError (or another StagemfuError) naming the file when it cannot be read."""
 
 
@@ -85,7 +89,11 @@ def formats() -> dict[str, TraceFormat]:
 
 
 def read(
-    path: str | Path, *, chunk_ops: int | Literal["auto"] | None = None, progress: Progress | None = None
+    path: str | Path,
+    *,
+    chunk_ops: int | Literal["auto"] | None = None,
+    progress: Progress | None = None,
+    op_ranges: bool = False,
 ) -> Trace:
     """Read a trace of any registered format.
 
@@ -96,6 +104,10 @@ def read(
     chunk_ops, progress
         Passed to the format's reader (for nsys: read the GPU operations in time-ordered
         chunks of about this many, "auto" above 2 M; ``progress(step, done, total)``).
+    op_ranges
+        Include the per-op ranges that a format keeps apart from its stage ranges (Kineto's
+        ``cpu_op`` events), for op FLOPs; formats whose op ranges are ranges anyway (nsys traces
+        recorded under ``emit_nvtx``) hold them either way.
 
     Raises
     ------
@@ -107,7 +119,7 @@ def read(
     head = _head(path)
     for fmt in formats().values():
         if fmt.recognises(head, path):
-            return fmt.read(path, chunk_ops=chunk_ops, progress=progress)
+            return fmt.read(path, chunk_ops=chunk_ops, progress=progress, op_ranges=op_ranges)
     raise TraceError(f"{path}: {not_an_export(head)}")
 
 
@@ -136,6 +148,11 @@ def _head(path: Path) -> bytes:
             return head
         with opener(path, "rb") as fh:
             return fh.read(HEAD_BYTES)
-    except (OSError, EOFError, lzma.LZMAError, zlib.error) as err:
-        reason = getattr(err, "strerror", None) or str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise TraceError(f"{path}: cannot be read ({reason}); is it a complete file?") from err
+    except READ_ERRORS as err:
+        raise unreadable(path, err) from err
+
+
+def unreadable(path: Path, err: BaseException) -> TraceError:
+    """The one-line error for a file that failed while being read or decompressed (cut short, damaged)."""
+    reason = getattr(err, "strerror", None) or str(err).splitlines()[0] if str(err) else type(err).__name__
+    return TraceError(f"{path}: cannot be read ({reason}); is it a complete file?")

@@ -38,7 +38,11 @@ READ_STEPS = ("NVTX ranges", "GPU operations", "launching calls")
 
 
 def read_nsys(
-    path: str | Path, *, chunk_ops: int | Literal["auto"] | None = None, progress: Progress | None = None
+    path: str | Path,
+    *,
+    chunk_ops: int | Literal["auto"] | None = None,
+    progress: Progress | None = None,
+    op_ranges: bool = False,
 ) -> Trace:
     """Read an nsys trace: an SQLite export, compressed (.xz, .gz, .bz2) or not, or an .nsys-rep/.qdrep
     report, exported first with the nsys found on this machine (both kept in the cache).
@@ -57,6 +61,8 @@ def read_nsys(
         once), as on the command line.
     progress
         Called as ``progress("reading FILE: STEP", done, total)`` before each of the bulk reads.
+    op_ranges
+        Ignored: the op ranges of ``emit_nvtx`` are NVTX ranges, read with the others.
 
     Raises
     ------
