@@ -29,7 +29,6 @@ from typing import Any, BinaryIO
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
 
 from stagemfu.errors import TraceError
 from stagemfu.postprocess.formats import COMPRESSIONS, READ_ERRORS, unreadable
@@ -267,6 +266,8 @@ def _gaps(b: np.ndarray, starts: np.ndarray, ends: np.ndarray, stop: int, path: 
 def _texts(b: np.ndarray, starts: np.ndarray, ends: np.ndarray, gaps: np.ndarray) -> pl.Series:
     """The events' texts as one string column, each from its ``{`` up to the next event (the commas
     between them blanked); an event that is not UTF-8 is read with replacement characters."""
+    import pyarrow as pa  # here, not at the top: reading an nsys trace never loads it
+
     lo, hi = int(starts[0]), int(ends[-1]) + 1
     region = b[lo:hi].copy()
     between = gaps[(gaps >= lo) & (gaps < hi)] - lo
