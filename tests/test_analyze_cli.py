@@ -48,7 +48,8 @@ def test_json_follows_the_analyze_schema(tmp_path):
     assert list(doc["stages"]) == ["vision", "sam", "encoder", "projector", "prefill", "decode", "decode_first",
                                    "decode_last"]  # fmt: skip
     for entry in doc["stages"].values():
-        assert set(entry) == {"flops", "flops_analytic", "flops_torch", "flops_fvcore", "bytes", "params", "notes"}
+        assert set(entry) == {"flops", "flops_analytic", "flops_torch", "flops_fvcore", "bytes", "params", "notes",
+                              "kv_read_bytes", "kv_write_bytes", "kv_bytes"}  # fmt: skip
         assert entry["flops"] == entry["flops_analytic"] > 0 and entry["flops_torch"] is None
         assert all(isinstance(entry[k], int) for k in ("flops", "bytes", "params"))
 

@@ -33,7 +33,7 @@ CHROMIUM_ARGS = [
 ]
 HOSTILE_IMG = '<img src=x onerror="window.__pwned=1">'
 HOSTILE_SCRIPT = "</script><script>window.__pwned=2</script>"
-CHARTS = ("chart-mfu", "chart-timeline", "chart-decode", "chart-categories")
+CHARTS = ("chart-mfu", "chart-timeline", "chart-decode", "chart-roofline", "chart-categories")
 
 # CI sets STAGEMFU_REQUIRE_BROWSER=1: there a missing browser is a failure, not a skip.
 if os.environ.get("STAGEMFU_REQUIRE_BROWSER") == "1" and CHROMIUM is None:
@@ -145,3 +145,46 @@ def test_layout_puts_summary_and_mfu_chart_in_the_first_viewport_and_provenance_
     stages = ["vision", "sam", "encoder", "projector", "prefill", "decode"]
     assert cats == [f"stagemfu:{s}" for s in stages]  # the domain kept, the order of the stage table
     assert [m for m in seen if m[0] in ("error", "pageerror")] == []
+
+
+def test_embedded_report_draws_the_roofline_log_log_with_its_roofs_ridge_stages_and_decode_cloud(browser, tmp_path):
+    page_path = tmp_path / "report.html"
+    result = CliRunner().invoke(cli, ["report", "--counters", "analytic", "--html", str(page_path)])
+    assert result.exit_code == 0, result.output
+    page, seen, _ = open_page(browser, page_path)
+    chart = page.locator("#chart-roofline")
+    assert [m for m in seen if m[0] in ("error", "pageerror")] == []
+    assert len(chart.screenshot()) > 8_000
+    names = page.eval_on_selector_all("#chart-roofline .legendtext", "els => els.map(e => e.textContent)")
+    assert names == [
+        "bandwidth roof (3,350 GB/s)", "compute roof (989.4 TFLOP/s bf16)", "ridge point (295 FLOP/B)",
+        "stages (TFLOP/s on kernel time)", "decode steps",
+    ]  # fmt: skip
+    labels = page.eval_on_selector_all("#chart-roofline .textpoint text", "els => els.map(e => e.textContent)")
+    assert set(labels) == {"ridge", "vision", "sam", "encoder", "projector", "prefill", "decode"}
+    assert page.locator("#chart-roofline .scatterlayer .trace").nth(4).locator(".point").count() == 7  # steps
+    log_axes = page.evaluate(
+        "() => { var l = document.getElementById('chart-roofline').layout; return [l.xaxis.type, l.yaxis.type]; }"
+    )
+    assert log_axes == ["log", "log"]
+    assert "Roofline per stage" in page.locator("body").inner_text()
+
+
+def test_what_if_page_plots_every_stage_over_the_swept_batch(browser, tmp_path):
+    page_path = tmp_path / "what-if.html"
+    args = ["analyze", "deepseek-ocr2", "--sweep", "batch=1,2,4,8,16,32,64", "--sweep", "text_tokens=64,1024"]
+    result = CliRunner().invoke(cli, [*args, "--gpu", "H200", "--format", "html", "-o", str(page_path)])
+    assert result.exit_code == 0, result.output
+    page, seen, requests = open_page(browser, page_path)
+    assert [m for m in seen if m[0] in ("error", "warning", "pageerror")] == []
+    assert requests == [page_path.as_uri()]
+    for name in ("chart-time", "chart-generation", "chart-intensity", "chart-kv"):
+        assert len(page.locator(f"#{name}").screenshot()) > 8_000, name
+    # 8 stages x 2 prompt lengths, each a line over the 7 batches; the ridge line on the intensity chart
+    assert page.locator("#chart-time .scatterlayer .trace").count() == 16
+    assert page.locator("#chart-time .scatterlayer .trace").first.locator(".point").count() == 7
+    assert page.locator("#chart-intensity .scatterlayer .trace").count() == 17
+    assert page.locator("#chart-generation .scatterlayer .trace").count() == 4  # TTFT and TPOT x 2 prompts
+    xtype = page.evaluate("() => document.getElementById('chart-time').layout.xaxis.type")
+    assert xtype == "log"
+    assert "decode stays memory-bound" in page.locator("body").inner_text()

@@ -20,6 +20,7 @@ from stagemfu.cli import cli
 from stagemfu.errors import FlopsMismatchError
 from stagemfu.report.op_ranges import group_op_ranges
 from stagemfu.report.render import compare_view, postprocess_view, report_view
+from stagemfu.report.render.html import html_page
 from stagemfu.report.render.terminal import short_names
 from stagemfu.report.render.view import TableView
 
@@ -171,6 +172,20 @@ def test_report_fits_the_terminal_without_breaking_headers(demo_report, width):
     assert "MFU kernel %" in header and "MFU wall %" in header  # kernel and wall MFU first, never wrapped
     assert "kerne " not in text and "│ l %" not in text
     assert "columns left out to fit" in table
+
+
+def test_embedded_report_shows_the_roofline_table_beside_kernel_and_wall_time(demo_report):
+    text = rendered(report_view.terminal_view(demo_report), 132)
+    table = text.split("Roofline per stage")[1].split("Whole generation")[0]
+    header = next(line for line in table.splitlines() if "stage" in line)
+    for column in ("bound", "FLOP/B", "roofline ms", "kernel ms", "wall ms", "roofline/kernel %"):
+        assert column in header, column
+    decode = next(line for line in table.splitlines() if "│ decode " in line)
+    assert "memory" in decode and "2.440" in decode and "15.499" in decode and "15.7" in decode
+    sam = next(line for line in table.splitlines() if "│ sam " in line)
+    assert "compute" in sam
+    html = html_page(demo_report)
+    assert 'id="chart-roofline"' in html and '"roofline": {"tflops": 989.4' in html
 
 
 def test_compare_with_its_13_columns_fits_100_characters(demo_report):

@@ -7,6 +7,7 @@ In a notebook (see ``docs/api.md``)::
     ranks = stagemfu.load_many(["ranks/"])                      # CombinedTimes of several traces
     r = stagemfu.report.report("run.sqlite", flops={"prefill": 1.6e12, "decode": 8.2e9})   # MfuReport
     a = stagemfu.analyze("deepseek-ocr2", mode="base", new_tokens=32)                     # Analysis
+    w = stagemfu.what_if("deepseek-ocr2", sweep={"batch": [1, 8, 64]}, gpu="H200")       # WhatIf
     stagemfu.compare(r, "before.json")                          # Comparison
 
 Stage ranges for your own code (see :mod:`stagemfu.collect.api`)::
@@ -27,11 +28,13 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # no import at run time: `import stagemfu` must stay cheap
+    from collections.abc import Mapping, Sequence
     from pathlib import Path
 
     from stagemfu.analyzer import Analysis
     from stagemfu.report import MfuReport
     from stagemfu.report.compare import Comparison
+    from stagemfu.report.what_if import WhatIf
 
 __version__ = "0.1.0"
 
@@ -49,10 +52,11 @@ LAZY = {
     "MfuReport": "stagemfu.report",
     "Analysis": "stagemfu.analyzer",
     "Comparison": "stagemfu.report.compare",
+    "WhatIf": "stagemfu.report.what_if",
     "StagemfuError": "stagemfu.errors",
     "MissingDependencyError": "stagemfu.errors",
 }
-__all__ = ["__version__", "analyze", "compare", *LAZY, *SUBPACKAGES]
+__all__ = ["__version__", "analyze", "compare", "what_if", *LAZY, *SUBPACKAGES]
 
 
 def __getattr__(name: str) -> Any:
@@ -107,6 +111,57 @@ def analyze(
         raise ModelConfigError(f"{model}: {err}; the inputs are those of stagemfu.models.Inputs") from err
     spec = load_model_spec(model, config=Path(config) if config is not None else None)
     return run_analysis(spec, shape, counters=None if counters is None else tuple(counters))
+
+
+def what_if(
+    model: str,
+    *,
+    sweep: Mapping[str, Sequence[Any]] | None = None,
+    gpu: str | None = None,
+    config: str | Path | None = None,
+    counters: tuple[str, ...] = ("analytic",),
+    peak_tflops: float | None = None,
+    peak_bandwidth_gbs: float | None = None,
+    **inputs: Any,
+) -> WhatIf:
+    """FLOPs, bytes, KV cache and roofline time per stage over a grid of input shapes, as
+    ``stagemfu analyze MODEL --sweep NAME=V1,V2,... --gpu NAME``.
+
+    Parameters
+    ----------
+    model, config, inputs
+        As :func:`analyze`; ``inputs`` are the shape every combination starts from (``dtype``
+        also picks the peak).
+    sweep
+        Input -> values: ``batch``, ``text_tokens``, ``new_tokens``, ``crops``, ``mode``; every
+        combination is counted. None or empty counts the inputs alone.
+    gpu, peak_tflops, peak_bandwidth_gbs
+        The GPU whose roofline the stages are read against (a peak-table or CUDA name), or
+        overrides; with neither, no roofline times.
+    counters
+        The counters run at every combination (by default the analytic one: fast).
+
+    Returns
+    -------
+    WhatIf
+        See :func:`stagemfu.report.what_if.what_if`.
+    """
+    from pathlib import Path
+
+    from stagemfu.analyzer.sweep import parse_sweeps
+    from stagemfu.errors import ModelConfigError
+    from stagemfu.models import Inputs, load_model_spec
+    from stagemfu.report.peaks import gpu_peak
+    from stagemfu.report.what_if import what_if as run_what_if
+
+    try:
+        shape = Inputs(**inputs)
+    except TypeError as err:
+        raise ModelConfigError(f"{model}: {err}; the inputs are those of stagemfu.models.Inputs") from err
+    axes = parse_sweeps(f"{name}={','.join(str(v) for v in values)}" for name, values in (sweep or {}).items())
+    spec = load_model_spec(model, config=Path(config) if config is not None else None)
+    peak = gpu_peak(gpu, dtype=shape.dtype, peak_tflops=peak_tflops, peak_bandwidth_gbs=peak_bandwidth_gbs)
+    return run_what_if(spec, shape, axes, peak=peak, counters=tuple(counters))
 
 
 def compare(

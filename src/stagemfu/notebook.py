@@ -1,7 +1,8 @@
 """How results show in a Python prompt and in Jupyter.
 
 A result (:class:`~stagemfu.postprocess.StageTimes`, :class:`~stagemfu.postprocess.CombinedTimes`,
-:class:`~stagemfu.report.MfuReport`, :class:`~stagemfu.analyzer.Analysis`) holds whole polars
+:class:`~stagemfu.report.MfuReport`, :class:`~stagemfu.analyzer.Analysis`,
+:class:`~stagemfu.report.what_if.WhatIf`) holds whole polars
 frames; the repr that dataclasses generate prints every one of them, thousands of lines in a
 notebook cell. :class:`Summarized` replaces it with one line (``repr``) and a short HTML summary
 (``_repr_html_``: the headline and the first rows of the main table), built from the result's
@@ -146,11 +147,31 @@ def analysis(a) -> Summary:
     return _tabled("Analysis", a.spec.name, facts, frame, columns, (".stages", ""), a.notes)
 
 
+def what_if(w) -> Summary:
+    """:class:`~stagemfu.report.what_if.WhatIf`: the whole generation's roofline bounds per combination."""
+    swept = "; ".join(f"{axis} {', '.join(map(str, values))}" for axis, values in w.sweep.axes.items())
+    p = w.peak
+    facts = [
+        f"over {swept or 'one input shape'}",
+        f"on {p.model or p.gpu or 'the override'} ({p.tflops:,.1f} TFLOP/s {p.dtype}, {p.bandwidth_gbs:,.0f} GB/s)"
+        if p is not None
+        else "no GPU (no roofline times)",
+    ]
+    columns = (
+        *((axis, axis, "text") for axis in w.sweep.axes),
+        ("TTFT", "ttft_ns", "ms"),
+        ("TPOT", "tpot_ns", "ms"),
+        ("generation", "generation_ns", "ms"),
+    )
+    return _tabled("WhatIf", w.sweep.spec.name, facts, w.generation, columns, (".generation", ""), w.notes)
+
+
 SUMMARIES = {
     "StageTimes": stage_times,
     "CombinedTimes": combined_times,
     "MfuReport": mfu_report,
     "Analysis": analysis,
+    "WhatIf": what_if,
 }
 
 

@@ -20,7 +20,7 @@ import polars as pl
 from stagemfu.analyzer.analytic import CONVENTIONS, stage_flops
 from stagemfu.analyzer.combine import TOLERANCE, combine
 from stagemfu.analyzer.counter_result import CounterResult
-from stagemfu.analyzer.memory import BYTES_NOTE, model_params, stage_bytes, stage_params
+from stagemfu.analyzer.memory import BYTES_NOTE, KV_COLUMNS, model_params, stage_bytes, stage_kv_bytes, stage_params
 from stagemfu.errors import MissingDependencyError, ModelConfigError
 from stagemfu.models.blocks import model_blocks
 from stagemfu.models.presets import ModelSpec
@@ -39,6 +39,7 @@ STAGE_COLUMNS: dict[str, Any] = {
     "flops": pl.Int64,
     **{f"flops_{c}": pl.Int64 for c in COUNTERS},
     "bytes": pl.Int64,
+    **dict.fromkeys(KV_COLUMNS, pl.Int64),
     "params": pl.Int64,
     "notes": pl.List(pl.Utf8),
 }
@@ -56,8 +57,10 @@ class Analysis(Summarized):
     stages
         One row per stage, in stage order: ``stage``, ``flops`` (the chosen count),
         ``flops_analytic``, ``flops_torch``, ``flops_fvcore`` (null for a counter that was not run
-        or could not measure the stage), ``bytes`` (estimated DRAM traffic), ``params`` and
-        ``notes`` (the stage's counter disagreements).
+        or could not measure the stage), ``bytes`` (estimated DRAM traffic, the KV cache's
+        included), ``kv_read_bytes`` and ``kv_write_bytes`` (the KV cache read and written),
+        ``kv_bytes`` (the KV cache held when the stage ends, all layers and sequences; 0 for a
+        vision stage), ``params`` and ``notes`` (the stage's counter disagreements).
     counters
         The counters that were asked for.
     notes
@@ -125,6 +128,7 @@ def analyze(spec: ModelSpec, inputs: Inputs, *, counters: tuple[str, ...] | None
     shapes = resolve_shapes(spec, inputs)
     blocks = model_blocks(spec, shapes)
     analytic, byte_counts, params = stage_flops(blocks), stage_bytes(spec, shapes), stage_params(spec)
+    kv = stage_kv_bytes(spec, shapes)
     _check_countable(spec, shapes, {**{f"{s} FLOPs": n for s, n in analytic.flops.items()},
                                     **{f"{s} bytes": n for s, n in byte_counts.items()},
                                     "parameters": model_params(spec)})  # fmt: skip
@@ -158,7 +162,13 @@ def analyze(spec: ModelSpec, inputs: Inputs, *, counters: tuple[str, ...] | None
             f"({spec.family.image_rule.source})"
         )
     rows = [
-        {"stage": stage, **entry, "bytes": byte_counts.get(stage), "params": params.get(stage)}
+        {
+            "stage": stage,
+            **entry,
+            "bytes": byte_counts.get(stage),
+            **kv.get(stage, dict.fromkeys(KV_COLUMNS, 0)),
+            "params": params.get(stage),
+        }  # fmt: skip
         for stage, entry in combine(results, blocks).items()
     ]
     stages = pl.DataFrame(rows, schema=STAGE_COLUMNS) if rows else pl.DataFrame(schema=STAGE_COLUMNS)
@@ -173,7 +183,8 @@ def _sliding_window_note(spec: ModelSpec, shapes: Shapes) -> list[str]:
         return []
     return [
         f"attention is counted over the whole context (up to {context} positions); the sliding window of the model "
-        f"({window}) limits what its kernels attend to, so attention FLOPs are an upper bound"
+        f"({window}) limits what its kernels attend to and its cache keeps, so attention FLOPs and KV-cache bytes "
+        "are upper bounds"
     ]
 
 

@@ -9,7 +9,7 @@ DRAM traffic of one generation's stage, at the run's dtype, made of three terms:
   only for the rows looked up;
 - the KV cache: each pass reads its whole context and writes its new positions (transformers
   caches K and V per head for multi-head / grouped-query attention and the compressed latent for
-  MLA);
+  MLA; :func:`kv_bytes_per_position`);
 - activations: every matrix product reads its input and writes its output once (no fusion);
   attention reads Q, K, V and writes O, with K and V of the language model counted in the cache.
 """
@@ -20,9 +20,12 @@ from collections.abc import Callable
 
 from stagemfu.analyzer.formulas import attention_groups
 from stagemfu.models.blocks import LM_STAGES, Block, lm_passes, model_blocks, views, vision_parts
+from stagemfu.models.dims import LmDims
 from stagemfu.models.params import lm_params
 from stagemfu.models.presets import ModelSpec
 from stagemfu.models.shapes import DTYPE_BYTES, Shapes
+
+KV_COLUMNS = ("kv_read_bytes", "kv_write_bytes", "kv_bytes")  # read, written, held after the stage
 
 BYTES_NOTE = (
     "bytes are estimates: weights read once per forward pass (MoE: expected distinct experts under uniform "
@@ -148,6 +151,36 @@ def model_params(spec: ModelSpec) -> int:
     return lm_params(spec.dims.lm).total + sum(vision.values()) + spec.family.unused_params(spec.dims)
 
 
+def kv_bytes_per_position(lm: LmDims, dtype: str) -> int:
+    """Bytes the KV cache holds for one position of one sequence, over all layers.
+
+    Multi-head and grouped-query attention cache K and V of every key/value head:
+    ``2 x layers x kv_heads x head_dim x bytes`` (Ainslie et al. 2023, GQA, arXiv:2305.13245; Pope et
+    al. 2022, arXiv:2211.05102). Multi-head latent attention caches the compressed latent and the
+    rotary key shared by the heads: ``layers x (kv_lora_rank + qk_rope_head_dim) x bytes``
+    (DeepSeek-V2, arXiv:2405.04434, section 2.1 and table 1), which is what transformers'
+    DeepSeek-V2/V3 attention passes to its cache.
+    """
+    return lm.layers * lm.kv_values_per_token * DTYPE_BYTES[dtype]
+
+
+def stage_kv_bytes(spec: ModelSpec, shapes: Shapes) -> dict[str, dict[str, int]]:
+    """KV-cache bytes per language-model stage, all sequences of the batch.
+
+    Returns
+    -------
+    dict
+        Stage -> ``kv_read_bytes`` (the context each pass attends over, summed over the passes),
+        ``kv_write_bytes`` (the positions the stage adds) and ``kv_bytes`` (what the cache holds
+        when the stage ends). Vision stages have no cache and are absent.
+    """
+    per_position = shapes.inputs.batch * kv_bytes_per_position(spec.dims.lm, shapes.inputs.dtype)
+    return {
+        p.stage: dict(zip(KV_COLUMNS, (per_position * n for n in (p.context, p.tokens * p.passes, p.cached))))
+        for p in lm_passes(shapes)
+    }
+
+
 def stage_bytes(spec: ModelSpec, shapes: Shapes) -> dict[str, int]:
     """Estimated bytes moved per stage (see the module docstring for what is counted)."""
     size = DTYPE_BYTES[shapes.inputs.dtype]
@@ -165,14 +198,14 @@ def stage_bytes(spec: ModelSpec, shapes: Shapes) -> dict[str, int]:
     lm = spec.dims.lm
     weights = lm_params(lm)
     batch = shapes.inputs.batch
+    kv = stage_kv_bytes(spec, shapes)
     for p in lm_passes(shapes):
         tokens = batch * p.tokens  # per forward pass
         read = weights.dense_part + tokens * lm.hidden  # embedding rows looked up
         if lm.moe is not None and lm.moe_layers:
             hit = expected_experts(lm.moe.experts, lm.moe.top_k, tokens)
             read += round(lm.moe_layers * (weights.moe_fixed + hit * weights.expert))
-        kv = batch * lm.layers * lm.kv_values_per_token * (p.context + p.tokens * p.passes)
-        traffic[p.stage] += size * (read * p.passes + kv)
+        traffic[p.stage] += size * read * p.passes + kv[p.stage]["kv_read_bytes"] + kv[p.stage]["kv_write_bytes"]
     return traffic
 
 

@@ -33,7 +33,7 @@ from stagemfu.cli.outputs import (
 )
 from stagemfu.errors import StagemfuError
 
-__all__ = ["check_files", "cli", "emit", "main", "print_rich", "render"]
+__all__ = ["check_files", "cli", "emit", "main", "peak_options", "print_rich", "render"]
 
 FORMATS = ("table", "json", "csv", "md")
 PIPE_WIDTH = 160  # columns for tables written to a file or pipe
@@ -176,6 +176,58 @@ def input_options(*, from_trace: bool = False) -> Callable[[Callable], Callable]
         "missing] analytic alone skips the model build (fastest).",
     )
     return lambda fn: inputs(counters(fn))
+
+
+def peak_options(*, dtype: bool = True) -> Callable[[Callable], Callable]:
+    """``--gpu``, ``--dtype``, ``--peak-tflops``, ``--peak-bandwidth``: what MFU, MBU and the roofline divide by.
+
+    Without ``dtype`` (``analyze``, whose input options hold ``--dtype``) the dtype option is left out.
+    """
+    from stagemfu.models.shapes import DTYPES  # the commands using it load the models package anyway
+
+    options = [
+        click.option(
+            "--gpu",
+            metavar="NAME",
+            default=None,
+            help="GPU to take the peak of, as CUDA names it ('NVIDIA H100 80GB HBM3') or as the peak table "
+            "does ('H100 SXM5', 'H200'); by default the trace's (TARGET_INFO_GPU).",
+        ),
+        click.option(
+            "--peak-tflops",
+            type=float,
+            envvar="STAGEMFU_PEAK_TFLOPS",
+            default=None,
+            help="Peak dense TFLOP/s to divide by instead of the table's [env STAGEMFU_PEAK_TFLOPS].",
+        ),
+        click.option(
+            "--peak-bandwidth",
+            "peak_bandwidth",
+            type=float,
+            envvar="STAGEMFU_PEAK_BANDWIDTH",
+            metavar="GB/S",
+            default=None,
+            help="Peak memory bandwidth in GB/s for MBU and the roofline [env STAGEMFU_PEAK_BANDWIDTH].",
+        ),
+    ]
+    if dtype:
+        options.insert(
+            1,
+            click.option(
+                "--dtype",
+                type=click.Choice(DTYPES),
+                default=None,
+                help="Precision of the peak and of the analyzer's count; by default the FLOPs' dtype (bf16 when "
+                "unstated).",
+            ),
+        )
+
+    def decorate(fn: Callable) -> Callable:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return decorate
 
 
 def counter_names(counters: str | None) -> tuple[str, ...] | None:

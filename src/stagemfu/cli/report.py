@@ -18,6 +18,7 @@ from stagemfu.cli import (
     json_text,
     launches_option,
     output_option,
+    peak_options,
     render,
 )
 from stagemfu.cli.outputs import files_read
@@ -34,46 +35,6 @@ REPORT_FORMATS = ("table", "json", "csv", "md", "html", "sqlite")
 REPORT_TABLES = ("stages", "decode_steps", "timeline", "kernels", "categories", "uncounted_ops")
 CALIBRATION_FAILED = 3  # exit status of a calibration whose MFUs disagree
 COMPARE_KERNELS = 50  # kernels kept per stage of a trace compared on the spot
-
-
-def peak_options(fn: Callable) -> Callable:
-    """``--gpu``, ``--dtype``, ``--peak-tflops``, ``--peak-bandwidth``: what MFU and MBU divide by."""
-    for option in reversed(
-        [
-            click.option(
-                "--gpu",
-                metavar="NAME",
-                default=None,
-                help="GPU to take the peak of, as CUDA names it ('NVIDIA H100 80GB HBM3') or as the peak table "
-                "does ('H100 SXM5'); by default the trace's (TARGET_INFO_GPU).",
-            ),
-            click.option(
-                "--dtype",
-                type=click.Choice(("bf16", "fp16", "fp32", "tf32", "fp8")),
-                default=None,
-                help="Precision of the peak (and of the analyzer's count, for bf16, fp16, fp32); by default the "
-                "FLOPs' dtype (bf16 when unstated).",
-            ),
-            click.option(
-                "--peak-tflops",
-                type=float,
-                envvar="STAGEMFU_PEAK_TFLOPS",
-                default=None,
-                help="Peak dense TFLOP/s to divide by instead of the table's [env STAGEMFU_PEAK_TFLOPS].",
-            ),
-            click.option(
-                "--peak-bandwidth",
-                "peak_bandwidth",
-                type=float,
-                envvar="STAGEMFU_PEAK_BANDWIDTH",
-                metavar="GB/S",
-                default=None,
-                help="Peak memory bandwidth in GB/s for MBU [env STAGEMFU_PEAK_BANDWIDTH].",
-            ),
-        ]
-    ):
-        fn = option(fn)
-    return fn
 
 
 def within_options(fn: Callable) -> Callable:
@@ -116,7 +77,7 @@ def flops_options(fn: Callable) -> Callable:
 @click.argument("trace", type=click.Path(path_type=Path), required=False)
 @flops_options
 @within_options
-@peak_options
+@peak_options()
 @top_kernels_option(5, "Kernels listed per stage (in every format).")
 @view_options()
 @format_option(
@@ -247,7 +208,7 @@ def _html(rep: MfuReport) -> str:
 @click.argument("b", type=click.Path(path_type=Path))
 @flops_options
 @within_options
-@peak_options
+@peak_options()
 @top_kernels_option(10, "Kernels whose time changed most, listed.")
 @view_options()
 @format_option(
@@ -393,11 +354,10 @@ def _report_options(given: dict[str, object]) -> dict[str, object]:
 def _inputs(given: dict[str, object]) -> Inputs | None:
     """An analyzer ``Inputs`` from the input flags given, None when none was (then shapes.json or defaults apply).
 
-    An unset flag reads None, or False for ``--full-logits``. ``--dtype`` also picks the peak; it
-    reaches the analyzer when the analyzer knows it (bf16, fp16, fp32).
+    An unset flag reads None, or False for ``--full-logits``. ``--dtype`` also picks the peak.
     """
-    from stagemfu.models import DTYPES, Inputs
+    from stagemfu.models import Inputs
 
     flags = {field.name: given[field.name] for field in dataclasses.fields(Inputs)}
-    values = {k: v for k, v in flags.items() if v is not None and v is not False and (k != "dtype" or v in DTYPES)}
+    values = {k: v for k, v in flags.items() if v is not None and v is not False}
     return Inputs(**values) if values else None

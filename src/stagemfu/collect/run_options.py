@@ -18,6 +18,7 @@ import click
 
 from stagemfu.models import Inputs, Shapes, load_model_spec, resolve_shapes
 from stagemfu.models.options import input_options
+from stagemfu.models.shapes import BUILD_DTYPES
 
 ATTENTION = {"sdpa": "sdpa", "eager": "eager", "flash": "flash_attention_2"}  # flag -> transformers' name
 DEVICE_DEFAULT = "cuda"
@@ -115,7 +116,7 @@ def runner_options(fn: Callable) -> Callable:
     """
     options = [
         click.argument("model"),
-        input_options(full_logits=False),
+        input_options(full_logits=False, dtypes=BUILD_DTYPES),
         click.option(
             "--attn", type=click.Choice(tuple(ATTENTION)), default="sdpa", show_default=True, help="Attention kernels."
         ),

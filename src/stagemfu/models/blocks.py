@@ -44,13 +44,15 @@ class Block:
 @dataclass(frozen=True)
 class LmPass:
     """One language-model stage: ``passes`` forwards of ``tokens`` new positions per sequence over
-    ``context`` positions (summed over the passes), ``logits`` positions through the head."""
+    ``context`` positions (summed over the passes), ``logits`` positions through the head, and
+    ``cached`` positions per sequence in the KV cache when the stage ends."""
 
     stage: str
     tokens: int
     context: int
     passes: int
     logits: int
+    cached: int
 
 
 def model_blocks(spec: ModelSpec, shapes: Shapes) -> tuple[Block, ...]:
@@ -88,12 +90,12 @@ def lm_passes(shapes: Shapes) -> list[LmPass]:
     linear in the context length, so the summed count is exact)."""
     prompt, steps = shapes.prompt_tokens, shapes.inputs.new_tokens - 1
     prefill_logits = prompt if shapes.inputs.full_logits else 1
-    passes = [LmPass("prefill", prompt, prompt, 1, prefill_logits)]
+    passes = [LmPass("prefill", prompt, prompt, 1, prefill_logits, prompt)]
     if steps:
         passes += [
-            LmPass("decode_first", 1, prompt + 1, 1, 1),
-            LmPass("decode_last", 1, prompt + steps, 1, 1),
-            LmPass("decode", 1, steps * prompt + steps * (steps + 1) // 2, steps, 1),
+            LmPass("decode_first", 1, prompt + 1, 1, 1, prompt + 1),
+            LmPass("decode_last", 1, prompt + steps, 1, 1, prompt + steps),
+            LmPass("decode", 1, steps * prompt + steps * (steps + 1) // 2, steps, 1, prompt + steps),
         ]
     return passes
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stagemfu.errors import ModelConfigError
+from stagemfu.models.shapes import BUILD_DTYPES
 
 if TYPE_CHECKING:
     import torch
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from stagemfu.models.presets import ModelSpec
     from stagemfu.models.shapes import Shapes
 
-TORCH_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+TORCH_DTYPES = dict(zip(BUILD_DTYPES, ("bfloat16", "float16", "float32")))
 
 SEED = 0  # example inputs are random but the same on every call
 

@@ -29,7 +29,7 @@ def parse_image_size(ctx: click.Context, param: click.Parameter, value: str | No
 
 
 def input_options(
-    *, from_trace: bool = False, dtype: bool = True, full_logits: bool = True
+    *, from_trace: bool = False, dtype: bool = True, dtypes: tuple[str, ...] = DTYPES, full_logits: bool = True
 ) -> Callable[[Callable], Callable]:
     """``--config``, ``--mode``, ``--image-size``, ``--crops``, ``--text-tokens``, ``--new-tokens``,
     ``--batch``, ``--dtype`` and ``--full-logits`` as click decorators.
@@ -41,6 +41,8 @@ def input_options(
         :class:`Inputs` defaults" (``report``); the help says both.
     dtype
         Include ``--dtype`` (``report`` has its own, which also picks the peak).
+    dtypes
+        The dtypes ``--dtype`` offers: every one the analyzer counts, or those ``stagemfu run`` can build.
     full_logits
         Include ``--full-logits`` (the runner leaves it out: ``generate`` computes lm_head for the
         last prompt position whatever the flag says).
@@ -89,7 +91,7 @@ def input_options(
         options.append(
             click.option(
                 "--dtype",
-                type=click.Choice(DTYPES),
+                type=click.Choice(dtypes),
                 default=defaults.dtype,
                 show_default=True,
                 help="Weights and activations (bytes per value; MFU uses this dtype's peak).",

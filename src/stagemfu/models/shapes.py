@@ -24,8 +24,11 @@ if TYPE_CHECKING:
 
 STAGES = ("vision", "sam", "clip", "encoder", "projector", "prefill", "decode", "decode_first", "decode_last")
 MODES = ("tiny", "small", "base", "large", "gundam")
-DTYPES = ("bf16", "fp16", "fp32")
-DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+# Bytes per stored value of each dtype the analyzer counts: tf32 is fp32 storage run through TF32 matrix
+# units; fp8 stores weights, activations and the KV cache in one byte (the peak table has each's peak).
+DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4, "tf32": 4, "fp8": 1}
+DTYPES = tuple(DTYPE_BYTES)
+BUILD_DTYPES = ("bf16", "fp16", "fp32")  # what `stagemfu run` builds a model in (torch dtypes)
 MAX_INPUT = 2**31 - 1  # tokens, batch, crops and image sides
 
 

@@ -24,9 +24,9 @@ from typing import Any
 
 from stagemfu import schemas
 from stagemfu.errors import MissingDependencyError, StagemfuError
+from stagemfu.models.shapes import DTYPES
 
 INT64_MAX = 2**63 - 1  # FLOPs, bytes and nanoseconds are Int64 columns
-DTYPES = ("bf16", "fp16", "fp32", "tf32", "fp8")
 BASES = ("wall", "span", "busy", "kernel")
 SHOWN_CHARS = 40  # of a wrong value, in the message
 
@@ -198,10 +198,12 @@ INPUTS = record(
     }
 )
 COUNTER_FIELDS = ("flops_analytic", "flops_torch", "flops_fvcore")
+KV_FIELDS = ("kv_read_bytes", "kv_write_bytes", "kv_bytes")
 ANALYZE_STAGE = record(
     {
         "flops": optional(count()),
         "bytes": optional(count()),
+        **{c: optional(count()) for c in KV_FIELDS},
         "params": optional(count()),
         **{c: optional(count()) for c in COUNTER_FIELDS},
         "notes": optional(list_of(text())),

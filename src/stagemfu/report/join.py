@@ -22,6 +22,7 @@ from stagemfu.postprocess.stages import StageTimes
 from stagemfu.report.flops_file import DERIVED_STAGES, StageFlops
 from stagemfu.report.op_ranges import op_name
 from stagemfu.report.peaks import Peak
+from stagemfu.report.roofline import with_roofline
 
 BASES = ("wall", "span", "busy", "kernel")
 TIME_COLUMNS = ["instances", "wall_ns", "span_ns", "busy_ns", "kernel_ns", "gpu_ops"]
@@ -32,6 +33,7 @@ HOST_BOUND_SPAN = 0.5  # the GPU span covers less than half the range's wall tim
 # GPU work always ends a little after the range that launched it; a span this much longer than the
 # range means the range only enqueued its work (NCCL, TensorRT), and its wall time times nothing.
 ASYNC_SPAN = 1.25
+ROOFLINE_COLUMNS = ("intensity", "roofline_ns", "roofline_bound", "roofline_efficiency")
 MEMORY_BOUND_MBU = 0.5
 COMPUTE_BOUND_MFU = 0.5
 
@@ -46,9 +48,12 @@ class Joined:
     ``busy_share`` (busy/wall: above 1 when GPU work outlives the range), ``asynchronous`` (the
     stage's GPU span exceeds its wall time by more than a quarter: its GPU work ran after the
     range closed),
-    ``mbu``, ``mbu_wall``, ``flops_analytic``, ``flops_torch``, ``flops_fvcore``, ``diagnosis``.
+    ``mbu``, ``mbu_wall``, the roofline's ``intensity`` (FLOP per byte), ``roofline_ns``,
+    ``roofline_bound`` (``compute`` or ``memory``) and ``roofline_efficiency`` (roofline time /
+    kernel time; :mod:`.roofline`), ``flops_analytic``, ``flops_torch``, ``flops_fvcore``, ``diagnosis``.
     ``decode_steps``: ``generation``, ``step``, ``wall_ns``, ``span_ns``, ``busy_ns``,
-    ``kernel_ns``, ``flops``, ``bytes``, ``tflops_kernel``, ``mfu_<base>``, ``mbu``.
+    ``kernel_ns``, ``flops``, ``bytes``, ``tflops_kernel``, ``mfu_<base>``, ``mbu``, ``intensity``,
+    ``roofline_ns``, ``roofline_bound``, ``roofline_efficiency``.
     """
 
     stages: pl.DataFrame
@@ -104,6 +109,7 @@ def join(st: StageTimes, sf: StageFlops, peak: Peak) -> Joined:
     )
     stages = (
         with_rates(rows, peak)
+        .pipe(_with_roofline, peak)
         .with_columns(asynchronous=pl.col("span_ns") > ASYNC_SPAN * pl.col("wall_ns"))
         .with_columns(diagnosis=_diagnosis())
         .sort("_order")
@@ -120,12 +126,14 @@ def join(st: StageTimes, sf: StageFlops, peak: Peak) -> Joined:
             "asynchronous",
             "mbu",
             "mbu_wall",
+            *ROOFLINE_COLUMNS,
             "flops_analytic",
             "flops_torch",
             "flops_fvcore",
             "diagnosis",
         )
     )
+    notes += _beyond_roofline_notes(stages)
     return Joined(stages, _decode_step_rows(st, sf, steps, peak), vision_in_prefill, tuple(notes), tuple(warnings))
 
 
@@ -255,18 +263,35 @@ def _decode_step_rows(st: StageTimes, sf: StageFlops, steps: int | None, peak: P
         if n
         else d.with_columns(flops=pl.lit(None, pl.Int64), bytes=pl.lit(None, pl.Int64))
     )
-    return with_rates(rows, peak).select(
-        "generation",
-        "step",
-        "wall_ns",
-        "span_ns",
-        "busy_ns",
-        "kernel_ns",
-        "flops",
-        "bytes",
-        "tflops_kernel",
-        *[f"mfu_{b}" for b in BASES],
-        "mbu",
+    return (
+        with_rates(rows, peak)
+        .pipe(_with_roofline, peak)
+        .select(
+            "generation",
+            "step",
+            "wall_ns",
+            "span_ns",
+            "busy_ns",
+            "kernel_ns",
+            "flops",
+            "bytes",
+            "tflops_kernel",
+            *[f"mfu_{b}" for b in BASES],
+            "mbu",
+            *ROOFLINE_COLUMNS,
+        )
+    )
+
+
+def _with_roofline(frame: pl.DataFrame, peak: Peak) -> pl.DataFrame:
+    """The roofline columns (:func:`.roofline.with_roofline`) and ``roofline_efficiency`` = roofline
+    time / kernel time: 1 when the kernels ran at the roof, null without bytes or kernel time."""
+    return (
+        with_roofline(frame, peak)
+        .rename({"bound": "roofline_bound"})
+        .with_columns(
+            roofline_efficiency=pl.when(pl.col("kernel_ns") > 0).then(pl.col("roofline_ns") / pl.col("kernel_ns"))
+        )
     )
 
 
@@ -315,6 +340,17 @@ def _refuse_mismatch(rows: pl.DataFrame, st: StageTimes, sf: StageFlops) -> None
         f"different work; count the FLOPs for the trace's shape ({hint}), check --within, or give a FLOPs "
         "file without instances"
     )
+
+
+def _beyond_roofline_notes(stages: pl.DataFrame) -> list[str]:
+    """A note for each stage whose kernels took less time than its roofline allows: the estimated
+    bytes (or the FLOPs) are more than its kernels moved or did."""
+    return [
+        f"stage {r['stage']!r} ran faster than its roofline allows (roofline time {r['roofline_efficiency']:.2f}x "
+        f"its kernel time, {r['roofline_bound']}-bound): its kernels moved fewer bytes than estimated (caches, "
+        "fused kernels) or the FLOPs or shapes are not the trace's"
+        for r in stages.filter(pl.col("roofline_efficiency") > 1).iter_rows(named=True)
+    ]
 
 
 def _scaling_notes(rows: pl.DataFrame) -> list[str]:

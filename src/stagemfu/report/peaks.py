@@ -25,8 +25,8 @@ from importlib import resources
 import polars as pl
 
 from stagemfu.errors import PeakError
+from stagemfu.models.shapes import DTYPES
 
-DTYPES = ("bf16", "fp16", "fp32", "tf32", "fp8")
 SOURCES = ("datasheet", "derived", "override")
 # What an override may say: far below the smallest and far above the largest GPU there is, so a
 # typo (GFLOP/s for TFLOP/s, a missing digit) fails instead of printing an MFU of 5054 %.
@@ -133,6 +133,29 @@ def resolve_peak(
         return Peak(name, model, dtype, float(row[f"{dtype}_tflops"]), bandwidth, "datasheet", row["source"])
     tflops, reference, notes = _derive(name, dtype, sms=sms or (row or {}).get("sms"), clock_hz=clock_hz, row=row)
     return Peak(name, model, dtype, tflops, bandwidth, "derived", reference, notes)
+
+
+def gpu_peak(
+    gpu: str | None,
+    *,
+    dtype: str = "bf16",
+    peak_tflops: float | None = None,
+    peak_bandwidth_gbs: float | None = None,
+) -> Peak | None:
+    """The peak of a GPU named without a trace (``stagemfu analyze --gpu H200``), as :func:`resolve_peak`
+    finds it; None when neither a GPU nor ``peak_tflops`` is given.
+
+    Raises
+    ------
+    PeakError
+        An unknown GPU or dtype, an implausible override, or a bandwidth override with nothing to go with it.
+    """
+    if gpu is None and peak_tflops is None:
+        if peak_bandwidth_gbs is not None:
+            raise PeakError("--peak-bandwidth needs --gpu NAME or --peak-tflops for the compute roof")
+        return None
+    no_trace = pl.DataFrame(schema={"id": pl.Int64, "name": pl.Utf8, "sms": pl.Int64, "clock_hz": pl.Int64})
+    return resolve_peak(no_trace, dtype=dtype, gpu=gpu, peak_tflops=peak_tflops, peak_bandwidth_gbs=peak_bandwidth_gbs)
 
 
 def _plausible(value: float | None, option: str, unit: str, bounds: tuple[float, float]) -> None:

@@ -1,6 +1,7 @@
 """The analyzer's result for people: a rich terminal table and the same as Markdown.
 
-FLOPs show in GFLOP, bytes in GB and parameters in millions; the JSON and CSV keep the integers.
+FLOPs show in GFLOP, bytes (and the KV cache held after each stage) in GB and parameters in
+millions; the JSON and CSV keep the integers.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ def display_rows(analysis: Analysis) -> pl.DataFrame:
         *(pl.col(c).truediv(GIGA).alias(f"{c.removeprefix('flops_')} GFLOP") for c in counters),
         pl.col("flops").truediv(GIGA).alias("GFLOP (chosen)"),
         pl.col("bytes").truediv(GIGA).alias("GB (est.)"),
+        pl.col("kv_bytes").truediv(GIGA).alias("KV GB held"),
         pl.col("params").truediv(MEGA).alias("params (M)"),
     )
 

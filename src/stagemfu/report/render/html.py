@@ -27,6 +27,7 @@ from stagemfu.report.compare import Comparison
 from stagemfu.report.render import compare_view, report_view
 from stagemfu.report.render.report_data import report_document
 from stagemfu.report.render.text import number, one_line, stage_labels
+from stagemfu.report.roofline import ridge_intensity
 
 KERNEL_WIDTH = 120
 NS_PER_MS = 1e6
@@ -88,6 +89,36 @@ SCRIPT = """
         yaxis2: zero({title: {text: 'MFU kernel %'}, overlaying: 'y', side: 'right'}),
         margin: {t: 20}, legend: {orientation: 'h', y: 1.15}}, cfg);
   }
+  var roof = view.roofline;
+  if (roof) {
+    var steps = ['decode_first', 'decode_last'];  // single decode steps: the cloud shows every step
+    var marked = data.stages.filter(function (s) {
+      return s.intensity != null && s.tflops_kernel && steps.indexOf(s.stage) < 0;
+    });
+    var cloud = d.filter(function (r) { return r.intensity != null && r.tflops_kernel; });
+    var xs = marked.concat(cloud).map(function (r) { return r.intensity; });
+    var lo = Math.min(roof.ridge / 100, Math.min.apply(null, xs) / 2);
+    var hi = Math.max(roof.ridge * 10, Math.max.apply(null, xs) * 2);
+    Plotly.newPlot('chart-roofline', [
+      {type: 'scatter', mode: 'lines', name: 'bandwidth roof (' + roof.bandwidth_gbs.toLocaleString() + ' GB/s)',
+       x: [lo, roof.ridge], y: [roof.bandwidth_gbs * lo / 1e3, roof.tflops], line: {color: '#555'}},
+      {type: 'scatter', mode: 'lines', name: 'compute roof (' + roof.tflops.toLocaleString() + ' TFLOP/s ' +
+       esc(roof.dtype) + ')', x: [roof.ridge, hi], y: [roof.tflops, roof.tflops], line: {color: '#222'}},
+      {type: 'scatter', mode: 'markers+text', name: 'ridge point (' + roof.ridge.toFixed(0) + ' FLOP/B)',
+       x: [roof.ridge], y: [roof.tflops], text: ['ridge'], textposition: 'top center',
+       marker: {symbol: 'diamond', size: 10, color: '#222'}},
+      {type: 'scatter', mode: 'markers+text', name: 'stages (TFLOP/s on kernel time)',
+       x: marked.map(function (s) { return s.intensity; }), y: marked.map(function (s) { return s.tflops_kernel; }),
+       text: marked.map(function (s) { return esc(s.stage); }), textposition: 'middle right',
+       marker: {size: 11, color: '#1f77b4'}},
+      {type: 'scatter', mode: 'markers', name: 'decode steps', x: cloud.map(function (r) { return r.intensity; }),
+       y: cloud.map(function (r) { return r.tflops_kernel; }), marker: {size: 6, opacity: 0.45, color: '#ff7f0e'},
+       hovertext: cloud.map(function (r) { return 'generation ' + r.generation + ', step ' + r.step; }),
+       hoverinfo: 'text+x+y'}
+    ], {xaxis: {type: 'log', title: {text: 'arithmetic intensity (FLOP per byte, estimated bytes)'}, automargin: true},
+        yaxis: {type: 'log', title: {text: 'TFLOP/s'}, automargin: true}, margin: {t: 20},
+        legend: {orientation: 'h', y: 1.18}}, cfg);
+  }
   var c = data.categories, names = [];
   var label = function (r) { return esc(r.domain ? r.domain + ':' + r.name : r.name); };
   c.forEach(function (r) { if (names.indexOf(r.category) < 0) { names.push(r.category); } });
@@ -127,31 +158,32 @@ def html_page(rep: MfuReport) -> str:
     stage on each time base and the stage timeline, the diagnosis, the tables, the other charts,
     the notes, and the provenance (peak, trace, run) last."""
     doc = report_document(rep)
-    body = [f'<p class="warning">{_e(w)}</p>' for w in rep.warnings]
+    body = [f'<p class="warning">{escape(w)}</p>' for w in rep.warnings]
     body += [
         f'<section id="summary">{_headline(rep)}<ul>'
-        + "".join(f"<li>{_e(line)}</li>" for line in report_view.summary_lines(rep))
+        + "".join(f"<li>{escape(line)}</li>" for line in report_view.summary_lines(rep))
         + "</ul></section>",
         "<h2>MFU per stage on each time base</h2>",
         '<div id="chart-mfu" class="chart"></div>',
         "<h2>Stage timeline</h2>",
         f'<div id="chart-timeline" class="chart" style="height: {_timeline_height(rep)}px"></div>',
         "<h2>Diagnosis</h2>",
-        "<ul>" + "".join(f"<li>{_e(line)}</li>" for line in report_view.diagnosis_lines(rep)) + "</ul>",
+        "<ul>" + "".join(f"<li>{escape(line)}</li>" for line in report_view.diagnosis_lines(rep)) + "</ul>",
     ]
-    body += [f"<h2>{_e(title)}</h2>{_table(frame)}" for title, frame in report_view.sections(rep)]
+    body += [f"<h2>{escape(title)}</h2>{table_html(frame)}" for title, frame in report_view.sections(rep)]
+    body += _roofline_section(rep)
     if rep.decode_steps.height:
         body += ["<h2>Decode steps</h2>", '<div id="chart-decode" class="chart"></div>']
     body += [
         "<h2>Kernel categories (% of each stage's busy time)</h2>",
         '<div id="chart-categories" class="chart"></div>',
-        f"<h2>Top kernels per stage</h2>{_table(_kernel_rows(rep))}",
-        f"<h2>Notes</h2>{_notes(rep.notes)}",
+        f"<h2>Top kernels per stage</h2>{table_html(_kernel_rows(rep))}",
+        f"<h2>Notes</h2>{notes_html(rep.notes)}",
         f'<section id="provenance"><h2>Peak</h2>{_definitions(doc["peak"])}',
         f"<h2>Trace and run</h2>{_definitions(_metadata(doc))}</section>",
     ]
     data = doc | {"view": _chart_view(rep)}
-    return _page(f"stagemfu report: {rep.times.trace.path.name}", body, data, SCRIPT)
+    return page(f"stagemfu report: {rep.times.trace.path.name}", body, data, SCRIPT)
 
 
 def _headline(rep: MfuReport) -> str:
@@ -165,7 +197,7 @@ def _headline(rep: MfuReport) -> str:
     for key, title in (("ttft_wall_ns", "TTFT wall"), ("tpot_wall_p50_ns", "TPOT p50 wall")):
         if lat.get(key) is not None:
             items.append((title, f"{lat[key] / NS_PER_MS:,.1f} ms"))
-    return '<div class="headline">' + "".join(f"<div>{_e(k)}<b>{_e(v)}</b></div>" for k, v in items) + "</div>"
+    return '<div class="headline">' + "".join(f"<div>{escape(k)}<b>{escape(v)}</b></div>" for k, v in items) + "</div>"
 
 
 def _chart_view(rep: MfuReport) -> dict[str, Any]:
@@ -179,7 +211,25 @@ def _chart_view(rep: MfuReport) -> dict[str, Any]:
         for i, (n, label) in enumerate(zip(c["name"], labels))
     ]
     order = [label for _, label in sorted(zip(keys, labels))]
-    return {"bases": list(CHART_BASES), "category_order": order}
+    return {"bases": list(CHART_BASES), "category_order": order, "roofline": _roofline_view(rep)}
+
+
+def _roofline_section(rep: MfuReport) -> list[str]:
+    """The roofline chart's heading and place, or a line saying why there is none."""
+    head = "<h2>Roofline (log-log: each stage at its measured TFLOP/s on kernel time)</h2>"
+    if _roofline_view(rep) is None:
+        why = "no peak bandwidth" if not rep.peak.bandwidth_gbs else "no stage has estimated bytes"
+        return [head, f'<p class="muted">no roofline chart: {why}</p>']
+    return [head, '<div id="chart-roofline" class="chart" style="height: 460px"></div>']
+
+
+def _roofline_view(rep: MfuReport) -> dict[str, Any] | None:
+    """The roofs the chart draws: the peak, the bandwidth and their ridge point; None when it has nothing to show."""
+    ridge = ridge_intensity(rep.peak)
+    if ridge is None or rep.stages["intensity"].null_count() == rep.stages.height:
+        return None
+    p = rep.peak
+    return {"tflops": p.tflops, "bandwidth_gbs": p.bandwidth_gbs, "ridge": ridge, "dtype": p.dtype}
 
 
 def _timeline_height(rep: MfuReport) -> int:
@@ -189,14 +239,14 @@ def _timeline_height(rep: MfuReport) -> int:
 
 def compare_page(cmp: Comparison) -> str:
     """A comparison as one page: tables, MFU on kernel and wall time of both sides, notes."""
-    body = ["<ul>" + "".join(f"<li>{_e(line)}</li>" for line in compare_view.header_lines(cmp)) + "</ul>"]
+    body = ["<ul>" + "".join(f"<li>{escape(line)}</li>" for line in compare_view.header_lines(cmp)) + "</ul>"]
     body += ["<h2>MFU per stage, A vs B</h2>", '<div id="chart-compare" class="chart"></div>']
-    body += [f"<h2>{_e(title)}</h2>{_table(frame)}" for title, frame in compare_view.sections(cmp)]
-    body += [f"<h2>Notes</h2>{_notes(cmp.notes)}"]
-    return _page("stagemfu compare", body, compare_view.compare_document(cmp), COMPARE_SCRIPT)
+    body += [f"<h2>{escape(title)}</h2>{table_html(frame)}" for title, frame in compare_view.sections(cmp)]
+    body += [f"<h2>Notes</h2>{notes_html(cmp.notes)}"]
+    return page("stagemfu compare", body, compare_view.compare_document(cmp), COMPARE_SCRIPT)
 
 
-def _page(title: str, body: list[str], data: dict[str, Any], script: str) -> str:
+def page(title: str, body: list[str], data: dict[str, Any], script: str) -> str:
     """The page skeleton: inline style, embedded plotly.js, the data island and the page's script.
 
     The content security policy lets only scripts carrying this page's nonce run, so markup that
@@ -208,10 +258,10 @@ def _page(title: str, body: list[str], data: dict[str, Any], script: str) -> str
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
         f"script-src 'nonce-{nonce}'; style-src 'unsafe-inline'; img-src data:; font-src data:\">",
-        f"<title>{_e(title)}</title>",
+        f"<title>{escape(title)}</title>",
         f"<style>{STYLE}</style>",
         f'<script nonce="{nonce}">{_plotly_js()}</script>',
-        f"</head><body><h1>{_e(title)}</h1>",
+        f"</head><body><h1>{escape(title)}</h1>",
         *body,
         f'<script type="application/json" id="report-data">{_json_island(data)}</script>',
         f'<script nonce="{nonce}">{script}</script>',
@@ -231,16 +281,16 @@ def _json_island(doc: dict[str, Any]) -> str:
     return text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
 
 
-def _table(frame: pl.DataFrame) -> str:
+def table_html(frame: pl.DataFrame) -> str:
     numeric = [frame.schema[c].is_numeric() for c in frame.columns]
-    head = "".join(f'<th class="{"num" if n else ""}">{_e(c)}</th>' for c, n in zip(frame.columns, numeric))
+    head = "".join(f'<th class="{"num" if n else ""}">{escape(c)}</th>' for c, n in zip(frame.columns, numeric))
     rows = []
     for row in frame.iter_rows():
         cells = []
         for value, column, num in zip(row, frame.columns, numeric):
             text = "" if value is None else number(value, column) if num else str(value)
             css = "num" if num else ("kernel" if column == "kernel" else "")
-            cells.append(f'<td class="{css}">{_e(text, KERNEL_WIDTH)}</td>')
+            cells.append(f'<td class="{css}">{escape(text, KERNEL_WIDTH)}</td>')
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
@@ -259,10 +309,10 @@ def _kernel_rows(rep: MfuReport) -> pl.DataFrame:
     )
 
 
-def _notes(notes: tuple[str, ...]) -> str:
+def notes_html(notes: tuple[str, ...]) -> str:
     if not notes:
         return '<p class="muted">none</p>'
-    return "<ul>" + "".join(f'<li class="note">{_e(n)}</li>' for n in notes) + "</ul>"
+    return "<ul>" + "".join(f'<li class="note">{escape(n)}</li>' for n in notes) + "</ul>"
 
 
 def _metadata(doc: dict[str, Any]) -> dict[str, Any]:
@@ -281,11 +331,13 @@ def _metadata(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def _definitions(values: dict[str, Any]) -> str:
-    rows = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v, 2000)}</td></tr>" for k, v in values.items() if v is not None)
+    rows = "".join(
+        f"<tr><th>{escape(k)}</th><td>{escape(v, 2000)}</td></tr>" for k, v in values.items() if v is not None
+    )
     return f"<table>{rows}</table>"
 
 
-def _e(text: object, width: int | None = None) -> str:
+def escape(text: object, width: int | None = None) -> str:
     """The page's one escaping of text: control characters as visible escapes (:func:`.text.one_line`),
     then ``&``, ``<``, ``>`` and quotes as entities, so no string can start markup or end an attribute."""
     return html.escape(one_line(str(text), width), quote=True)

@@ -47,6 +47,25 @@ def stage_rows(rep: MfuReport) -> pl.DataFrame:
     )
 
 
+def roofline_rows(rep: MfuReport) -> pl.DataFrame:
+    """Per stage: which roof bounds it, its intensity and estimated bytes, the roofline time beside the
+    kernel and wall time, and the roofline time as a share of each; empty when no stage has a roofline."""
+    s = rep.stages
+    if s["roofline_ns"].null_count() == s.height:
+        return pl.DataFrame()
+    return s.select(
+        "stage",
+        pl.col("roofline_bound").alias("bound"),
+        pl.col("intensity").alias("FLOP/B"),
+        (pl.col("bytes") / 1e9).alias("GB (est.)"),
+        (pl.col("roofline_ns") / NS_PER_MS).alias("roofline ms"),
+        (pl.col("kernel_ns") / NS_PER_MS).alias("kernel ms"),
+        (pl.col("wall_ns") / NS_PER_MS).alias("wall ms"),
+        (pl.col("roofline_efficiency") * 100).alias("roofline/kernel %"),
+        pl.when(pl.col("wall_ns") > 0).then(pl.col("roofline_ns") / pl.col("wall_ns") * 100).alias("roofline/wall %"),
+    )
+
+
 def model_rows(rep: MfuReport) -> pl.DataFrame:
     m = rep.model
     if m is None:
@@ -164,6 +183,10 @@ def sections(rep: MfuReport) -> list[tuple[str, pl.DataFrame]]:
     """The titled tables both views print, empty ones left out."""
     parts = [
         ("MFU per stage (kernel time vs wall time)", stage_rows(rep)),
+        (
+            "Roofline per stage (the least time the GPU's peak and bandwidth allow, vs kernel and wall time)",
+            roofline_rows(rep),
+        ),
         ("Whole generation (vision runs inside prefill and is counted once)", model_rows(rep)),
         ("Latency per generation", latency_rows(rep)),
         (f"Decode steps ({rep.decode_steps.height})", decode_rows(rep)),

@@ -105,6 +105,7 @@ PRIORITY = (
     "MFU wall",
     "kernel ms",
     "wall ms",
+    "roofline",
     "kernel change",
     "wall change",
     "kernel Δ",
