@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark reading torch.profiler (Kineto) traces against HolisticTraceAnalysis, on inflated real traces.
 
-    bench/bench_kineto.py --copies 20,100,340 [--base TRACE] [--hta PYTHON] [--out DIR] [--workdir DIR]
+    bench/bench_kineto.py --copies 20,100,340 [--base TRACE] [--hta PYTHON] [--hta-max-copies 100] [--out DIR]
 
 For each copy count N the recorded Llama training trace (tests/fixtures/traces/llama_train.pt.trace.json.gz,
 5.99 MB of JSON, 18,772 events) is repeated N times with bench/inflate_kineto.py into a plain .json
@@ -12,7 +12,8 @@ file. Then, each in a fresh process, timed with its peak RSS:
   * HTA's trace load: ``TraceAnalysis(trace_dir=DIR)`` (HTA's default JSON parser), with the
     Python of a separate environment where HolisticTraceAnalysis is installed (--hta; by default
     .benchvenv/bin/python: ``python -m venv .benchvenv && .benchvenv/bin/pip install
-    HolisticTraceAnalysis``). HTA is no dependency of stagemfu.
+    HolisticTraceAnalysis``), up to --hta-max-copies (HTA holds about six times the file in
+    memory). HTA is no dependency of stagemfu.
 The benchmark checks itself: every per-stage total on the inflated file must be exactly N times
 the total on the base file.
 
@@ -37,8 +38,15 @@ from stagemfu import postprocess
 BASE = ROOT / "tests" / "fixtures" / "traces" / "llama_train.pt.trace.json.gz"
 HTA_PYTHON = ROOT / ".benchvenv" / "bin" / "python"
 CHECKED = ["instances", "span_ns", "busy_ns", "kernel_ns", "gpu_ops", "kernels"]
-READ = "import sys; from stagemfu.postprocess import read; read(sys.argv[1])"
-HTA_LOAD = "import sys; from hta.trace_analysis import TraceAnalysis; TraceAnalysis(trace_dir=sys.argv[1])"
+# Each child prints its own peak RSS (VmHWM) as it exits: the rusage of a child counts the memory
+# of the parent it was forked from, which this script's own polars would inflate.
+PEAK = (
+    "import atexit, re, sys; atexit.register(lambda: print('peak_kib', re.search(r'VmHWM:\\s*(\\d+)', "
+    "open('/proc/self/status').read()).group(1), file=sys.stderr)); "
+)
+READ = PEAK + "from stagemfu.postprocess import read; read(sys.argv[1])"
+POSTPROCESS = PEAK + "from stagemfu.cli import main; sys.argv = ['stagemfu', 'postprocess', *sys.argv[1:]]; main()"
+HTA_LOAD = PEAK + "from hta.trace_analysis import TraceAnalysis; TraceAnalysis(trace_dir=sys.argv[1])"
 
 
 def totals(path: Path) -> dict[str, dict[str, int]]:
@@ -54,12 +62,11 @@ def run_one(copies: int, args: argparse.Namespace, base: dict) -> dict:
     trace = folder / "rank-0.pt.trace.json"
     if not trace.exists():
         inflate_kineto(args.base, trace, copies)
-    ours = timed([sys.executable, "-c", READ, str(trace)], timeout=args.timeout)
-    full = timed(
-        [sys.executable, "-m", "stagemfu.cli", "postprocess", str(trace), "--format", "json", "-o", "/dev/null"],
-        timeout=args.timeout,
-    )
-    hta = timed([str(args.hta), "-c", HTA_LOAD, str(folder)], timeout=args.timeout) if args.hta.exists() else {}
+    ours = measured([sys.executable, "-c", READ, str(trace)], args.timeout)
+    postprocess_json = [str(trace), "--format", "json", "-o", "/dev/null"]
+    full = measured([sys.executable, "-c", POSTPROCESS, *postprocess_json], args.timeout)
+    with_hta = args.hta.exists() and copies <= args.hta_max_copies
+    hta = measured([str(args.hta), "-c", HTA_LOAD, str(folder)], args.timeout) if with_hta else {}
     got = totals(trace)
     exact = got == {name: {k: v * copies for k, v in row.items()} for name, row in base.items()}
     result = {
@@ -76,6 +83,13 @@ def run_one(copies: int, args: argparse.Namespace, base: dict) -> dict:
     return result
 
 
+def measured(cmd: list[str], timeout: float) -> dict:
+    """Wall seconds and the child's own peak RSS (MiB) of a command that prints ``peak_kib N`` last."""
+    result = timed(cmd, timeout=timeout)
+    peak = [line.split()[1] for line in result.get("stderr_tail", "").splitlines() if line.startswith("peak_kib ")]
+    return {**result, "rss_mib": int(peak[-1]) / 1024 if peak else None}
+
+
 def ratio(a: dict, b: dict, key: str) -> str:
     return f"{b[key] / a[key]:.1f}x" if a.get(key) and b.get(key) else "-"
 
@@ -90,11 +104,12 @@ def markdown(results: dict) -> str:
     ]
     for r in sorted(results["runs"].values(), key=lambda r: r["copies"]):
         o, p, h = r["stagemfu_read"], r["stagemfu_postprocess"], r["hta_load"]
-        share = f"{o['rss_mib'] / h['rss_mib']:.2f}" if h.get("rss_mib") else "-"
-        fmt = lambda v: f"{v:.2f}" if isinstance(v, float) else "-"  # noqa: E731
+        share = f"{o['rss_mib'] / h['rss_mib']:.2f}" if h.get("rss_mib") and o.get("rss_mib") else "-"
+        fmt = lambda v: f"{v:.1f}" if isinstance(v, float) else "-"  # noqa: E731
         lines.append(
-            f"| {r['copies']} | {r['file_mib']:.0f} | {r['events']:,} | {fmt(o.get('seconds'))} | {o['rss_mib']:.0f} | "
-            f"{fmt(p.get('seconds'))} | {p['rss_mib']:.0f} | {fmt(h.get('seconds'))} | {fmt(h.get('rss_mib'))} | "
+            f"| {r['copies']} | {r['file_mib']:.0f} | {r['events']:,} | "
+            f"{fmt(o.get('seconds'))} | {fmt(o.get('rss_mib'))} | "
+            f"{fmt(p.get('seconds'))} | {fmt(p.get('rss_mib'))} | {fmt(h.get('seconds'))} | {fmt(h.get('rss_mib'))} | "
             f"{ratio(o, h, 'seconds')} | {share} | {r['exact']} |"
         )
     return "\n".join(lines) + "\n"
@@ -105,6 +120,9 @@ def main() -> None:
     parser.add_argument("--copies", default="20,100", help="comma-separated copy counts")
     parser.add_argument("--base", type=Path, default=BASE)
     parser.add_argument("--hta", type=Path, default=HTA_PYTHON, help="Python with HolisticTraceAnalysis installed")
+    parser.add_argument(
+        "--hta-max-copies", type=int, default=100, help="run HTA only up to this size (it needs ~6x the file in memory)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out")
     parser.add_argument("--workdir", type=Path, default=None, help="where the inflated traces go (default: OUT/kineto)")
     parser.add_argument("--timeout", type=float, default=3600)

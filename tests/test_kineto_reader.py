@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import sys
 from collections import defaultdict
 from decimal import ROUND_HALF_UP, Decimal
 from functools import cache
@@ -21,7 +22,7 @@ from functools import cache
 import polars as pl
 import pytest
 from click.testing import CliRunner
-from conftest import FIXTURES
+from conftest import FIXTURES, ROOT
 
 from stagemfu import postprocess
 from stagemfu.cli import cli
@@ -192,3 +193,17 @@ def test_gpu_comes_from_device_properties_and_json_names_the_format():
 )
 def test_microseconds_become_nanoseconds_by_the_rounding_rule(text, expected):
     assert pl.DataFrame({"t": [text]}).select(to_ns("t")).item() == expected
+
+
+def test_bench_inflates_a_kineto_trace_exactly(tmp_path):
+    """``bench/inflate_kineto.py`` (what the benchmark runs on): N copies give N times every stage total."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from inflate_kineto import inflate_kineto
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    inflate_kineto(KINETO, tmp_path / "x3.pt.trace.json.gz", 3)
+    one, three = postprocess.load(KINETO).ranges, postprocess.load(tmp_path / "x3.pt.trace.json.gz").ranges
+    columns = ["instances", "wall_ns", "span_ns", "busy_ns", "kernel_ns", "gpu_ops", "kernels"]
+    assert three.select("name", *(pl.col(c) // 3 for c in columns)).equals(one.select("name", *columns))
+    assert three.select((pl.col(c) % 3 == 0).all() for c in columns).row(0) == (True,) * len(columns)

@@ -143,7 +143,8 @@ def report(
         With neither, ``shapes.json`` beside the trace (written by ``stagemfu run``) names the
         model and its inputs.
     op_flops
-        Count FLOPs from the op ranges ``emit_nvtx(record_shapes=True)`` left in the trace
+        Count FLOPs from the op ranges ``emit_nvtx(record_shapes=True)`` left in the trace (or the
+        ``cpu_op`` events of a torch.profiler trace recorded with ``record_shapes=True``)
         (:mod:`stagemfu.report.op_flops`): each stage covers its instances that hold op ranges,
         and GPU work follows the ``process`` launch rule, as the backward ops do.
     within
@@ -195,7 +196,7 @@ def report(
             "beside the trace"
         )
         raise FlopsFileError(f"{path}: no FLOPs: pass --flops FILE, --model MODEL or --op-flops ({why})")
-    tr = read(path)
+    tr = read(path, op_ranges=op_flops)
     if within is None and not all_instances and not op_flops and tr.ranges.filter(pl.col("name") == MEASURED).height:
         within = MEASURED  # with op_flops the instances holding op ranges are kept instead (the warm-up has none)
     within = None if all_instances else within
@@ -233,7 +234,8 @@ def _op_flops(tr: Trace, *, within: str | None, categories: str | Path | None, t
     if opr.ops.is_empty():
         raise FlopsFileError(
             f"{tr.path}: --op-flops: the trace holds no op ranges; record a few steps inside "
-            "`with torch.autograd.profiler.emit_nvtx(record_shapes=True):`"
+            "`with torch.autograd.profiler.emit_nvtx(record_shapes=True):` (nsys) or under "
+            "`torch.profiler.profile(record_shapes=True)`"
         )
     opc = count_op_flops(opr)
     st = stage_times(

@@ -34,7 +34,8 @@ UNCOUNTABLE = " (has a formula; shapes unusable)"  # after an op left uncounted 
 NOTED_PROBLEMS = 5  # kinds of uncounted ops named in the note
 OUTSIDE_SHARE = 0.1  # a stage with more of its kernel time launched outside op ranges is noted
 CONVENTIONS = (
-    "op FLOPs: from the op ranges of torch.autograd.profiler.emit_nvtx(record_shapes=True), torch's counting "
+    "op FLOPs: from the op ranges of torch.autograd.profiler.emit_nvtx(record_shapes=True) (or the cpu_op events of "
+    "torch.profiler with record_shapes=True), torch's counting "
     "conventions (2 FLOPs per multiply-accumulate; only matrix products, convolutions and attention; attention over "
     "the full score matrix, backward 2.5x forward); an op counts once, at the innermost op with a formula",
     "op FLOPs: ops and GPU work of other threads (PyTorch's autograd thread) count for the main thread's stages open "
@@ -165,7 +166,7 @@ def _count_one(
 ) -> tuple[int | None, str | None]:
     """(FLOPs, None), or (None, why not) for one signature; ``output`` is the output's sizes joined by commas."""
     if text is None:
-        return None, "no input sizes (record with emit_nvtx(record_shapes=True))"
+        return None, "no input sizes (record with emit_nvtx or torch.profiler, record_shapes=True)"
     if shapes is None:
         return None, "unreadable input sizes (the range name is cut short or malformed)"
     out = None if output is None else tuple(int(d) for d in output.split(",") if d)
