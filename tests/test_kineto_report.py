@@ -104,8 +104,8 @@ def test_compare_a_torch_profiler_report_with_an_nsys_one(tmp_path):
     sides = []
     for name, trace in (("kineto", KINETO), ("nsys", FIXTURES / "llama_train.sqlite.xz")):
         out = tmp_path / f"{name}.json"
-        args = ["report", str(trace), "--flops", str(flops), "--launches", "process", "--format", "json", "-o", str(out)]
-        assert CliRunner().invoke(cli, args).exit_code == 0
+        args = ["report", str(trace), "--flops", str(flops), "--launches", "process", "--format", "json"]
+        assert CliRunner().invoke(cli, [*args, "-o", str(out)]).exit_code == 0
         sides.append(str(out))
     result = CliRunner().invoke(cli, ["compare", *sides, "--format", "json"])
     assert result.exit_code == 0, result.output
