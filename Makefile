@@ -55,6 +55,7 @@ bench: $(TEST_STAMP) $(BENCH_STAMP)
 	$(BIN)/python bench/bench_postprocess.py --copies 14,140,700 --ranks 4 --rank-copies 140 --out bench-out --workdir bench-out/traces --keep
 	$(BIN)/python bench/bench_loading.py bench-out/traces/inflated-x700.sqlite --out bench-out/loading.json
 	$(BIN)/python bench/bench_analyze.py --out bench-out/analyze
+	$(BIN)/python bench/bench_what_if.py --out bench-out/what_if.json
 	$(BIN)/python bench/bench_nvtx_api.py
 	$(BIN)/python bench/bench_deep_nesting.py --depths 2000,10000 --out bench-out
 	$(BIN)/python bench/bench_startup.py --out bench-out/startup.json

@@ -287,6 +287,14 @@ def main() -> None:
             )
     for v in ["A100", "h100", "H200", "nonexistent-gpu", "", "<script>", "\x1b[2J"]:
         run(f"B --gpu {v!r}", ["report", str(good), "--flops", str(analysis), "--gpu", v], [good])
+        run(f"B analyze --gpu {v!r}", ["analyze", "deepseek-ocr2", "--gpu", v], [], timeout=60)
+    sweeps = ["batch=1,x", "batch=0", "batch=1e3", "batch=" + "9" * 400, "batch=" + "1," * 3000, "=1", "batch==1",
+              "mode=<script>", "crops=\x1b[2J", *(f"text_tokens={h}" for h in HOSTILE[:6])]  # fmt: skip
+    for v in sweeps:
+        for fmt in ("table", "json", "html"):
+            out = ["-o", str(WORK / "what-if.html")] if fmt == "html" else []
+            args = ["analyze", "deepseek-ocr2", "--sweep", v, "--gpu", "H100", "--format", fmt, *out]
+            run(f"B analyze --sweep {v[:30]!r} {fmt}", args, [], timeout=60)
     cats = WORK / "cats.csv"
     cats.write_bytes(os.urandom(4096))
     run("B binary --categories", ["postprocess", str(good), "--categories", str(cats)], [good, cats])

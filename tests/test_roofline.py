@@ -111,6 +111,7 @@ def test_report_stage_rows_carry_the_roofline_beside_kernel_time(toy, tmp_path):
     # decode (2 steps): 250 ns of compute, 400 of memory, against 500 ns of kernels
     assert (r["decode"]["roofline_ns"], r["decode"]["roofline_bound"]) == (400, "memory")
     assert r["decode"]["roofline_efficiency"] == pytest.approx(0.8)
+    assert any(n.startswith("roofline: a stage takes at least max(FLOPs / peak") for n in rep.notes)
     steps = rep.decode_steps.select("roofline_ns", "roofline_bound", "roofline_efficiency").rows()
     assert steps == [(200, "memory", pytest.approx(1.0)), (200, "memory", pytest.approx(200 / 300))]
 

@@ -22,7 +22,7 @@ from stagemfu.postprocess.stages import StageTimes
 from stagemfu.report.flops_file import DERIVED_STAGES, StageFlops
 from stagemfu.report.op_ranges import op_name
 from stagemfu.report.peaks import Peak
-from stagemfu.report.roofline import with_roofline
+from stagemfu.report.roofline import ROOFLINE_NOTE, with_roofline
 
 BASES = ("wall", "span", "busy", "kernel")
 TIME_COLUMNS = ["instances", "wall_ns", "span_ns", "busy_ns", "kernel_ns", "gpu_ops"]
@@ -133,6 +133,13 @@ def join(st: StageTimes, sf: StageFlops, peak: Peak) -> Joined:
             "diagnosis",
         )
     )
+    if stages["roofline_ns"].null_count() < stages.height:
+        notes.append(ROOFLINE_NOTE)
+        if vision_in_prefill and {"prefill", "vision"} <= set(stages["stage"]):
+            notes.append(
+                "prefill's roofline is that of its FLOPs and bytes with vision's added (the range holds both), a "
+                "little below the sum of vision's and the language model's own rooflines"
+            )
     notes += _beyond_roofline_notes(stages)
     return Joined(stages, _decode_step_rows(st, sf, steps, peak), vision_in_prefill, tuple(notes), tuple(warnings))
 

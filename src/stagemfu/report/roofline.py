@@ -27,9 +27,9 @@ from stagemfu.report.peaks import Peak
 BOUNDS = ("compute", "memory")
 ROOFLINE_NOTE = (
     "roofline: a stage takes at least max(FLOPs / peak FLOP/s, bytes / peak bandwidth) (Williams, Waterman, "
-    "Patterson 2009), with the dense datasheet peak of the dtype and the analyzer's estimated bytes (weights read "
-    "per pass, KV cache read and written, activations once per matrix product; no cache reuse, no fusion): "
-    "roofline_efficiency = roofline time / kernel time, 1 at the roof"
+    "Patterson 2009), with the dense peak of the dtype and estimated bytes (the analyzer's: weights read per pass, "
+    "KV cache read and written, activations once per matrix product; no cache reuse, no fusion), so it is a bound "
+    "for the traffic counted, not a prediction; roofline_efficiency = roofline time / kernel time, 1 at the roof"
 )
 
 

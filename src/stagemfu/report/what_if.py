@@ -95,11 +95,15 @@ def what_if(
         )
     swept = sweep(spec, base, axes, counters=counters)
     stages = with_roofline(swept.stages, peak)
-    keys = list(swept.axes)
-    notes = [ROOFLINE_NOTE] if peak is not None else ["no GPU named (--gpu): FLOPs, bytes and intensity only"]
-    compute_bound = _compute_bound(swept, peak)
-    notes.append("the roofline does not check that the weights and the KV cache (kv_bytes) fit in the GPU's memory")
-    return WhatIf(swept, peak, stages, _generation(stages, swept, keys), compute_bound, (*notes, *swept.notes))
+    notes = (
+        [
+            ROOFLINE_NOTE,
+            "the roofline does not check that the weights and the KV cache (kv_bytes) fit in the GPU's memory",
+        ]
+        if peak is not None
+        else ["no GPU named (--gpu): FLOPs, bytes and intensity only"]
+    )
+    return WhatIf(swept, peak, stages, _generation(stages, swept), _compute_bound(swept, peak), (*notes, *swept.notes))
 
 
 def compute_bound_batch(spec: ModelSpec, inputs: Inputs, peak: Peak) -> tuple[int | None, float | None]:
@@ -134,8 +138,9 @@ def compute_bound_batch(spec: ModelSpec, inputs: Inputs, peak: Peak) -> tuple[in
     return high, None
 
 
-def _generation(stages: pl.DataFrame, swept: Sweep, keys: list[str]) -> pl.DataFrame:
+def _generation(stages: pl.DataFrame, swept: Sweep) -> pl.DataFrame:
     """Per combination: TTFT, decode, TPOT and whole-generation roofline bounds, decode tokens/s."""
+    keys = list(swept.axes)
 
     def value(axis: str) -> pl.Expr:
         return pl.col(axis).first() if axis in keys else pl.lit(getattr(swept.base, axis))
