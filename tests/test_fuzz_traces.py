@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import json
 import lzma
 import random
 import sqlite3
@@ -25,6 +26,7 @@ from hypothesis import strategies as st
 from stagemfu import postprocess
 from stagemfu.errors import TraceError
 from stagemfu.postprocess.stages import StageTimes
+from stagemfu.report.render.json_stream import json_chunks
 from stagemfu.report.render.postprocess_data import postprocess_document
 
 FUZZ = settings(max_examples=35, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
@@ -75,12 +77,12 @@ def load_or_refuse(path: Path, **options: object) -> StageTimes | None:
 
 
 def check_result(st: StageTimes) -> None:
-    """No negative duration in any table, and the JSON document builds."""
+    """No negative duration in any table, and the JSON document is written and parses."""
     for frame in (st.instances, st.ranges, st.paths, st.totals, st.unattributed, st.kernels):
         for column in frame.columns:
             if column.endswith("_ns") and column not in INSTANTS:
                 assert frame.filter(pl.col(column) < 0).is_empty(), (column, frame)
-    postprocess_document(st, instances=True)
+    json.loads(b"".join(json_chunks(postprocess_document(st, instances=True))))
 
 
 @st.composite

@@ -18,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import polars as pl
 import pytest
 from click.testing import CliRunner
 from conftest import FIXTURES
@@ -149,12 +150,12 @@ def test_a_failed_database_write_leaves_the_old_file_and_nothing_else(trace, tmp
     out.parent.mkdir()
     out.write_text("the previous database")
 
-    def interrupted(db, name, frame):
+    def interrupted(path, frames):  # the tables exist; Ctrl-C while their rows go in
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(sqlite_output, "_write_table", interrupted)
+    monkeypatch.setattr(sqlite_output, "_append_rows", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        sqlite_output.write_sqlite(out, {"t": None}, {})
+        sqlite_output.write_sqlite(out, {"t": pl.DataFrame({"a": [1]})}, {})
     assert out.read_text() == "the previous database" and os.listdir(out.parent) == ["times.db"]
 
 

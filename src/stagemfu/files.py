@@ -149,7 +149,16 @@ def replacing(path: Path) -> Iterator[BinaryIO]:
                 os.fsync(out.fileno())
 
 
-def write_output(path: Path, data: str | bytes) -> None:
-    """Write ``data`` (text as UTF-8) to ``path`` whole or not at all (see :func:`replacing`)."""
+def write_output(path: Path, data: str | bytes | Iterable[bytes]) -> None:
+    """Write ``data`` to ``path`` whole or not at all (see :func:`replacing`).
+
+    ``data`` is text (written as UTF-8), bytes, or chunks of bytes written as they come: a
+    document too large to hold as one string (:mod:`stagemfu.report.render.json_stream`). An
+    exception while the chunks are made leaves ``path`` as it was, like a failed write.
+    """
     with replacing(path) as out:
-        out.write(data.encode("utf-8") if isinstance(data, str) else data)
+        if isinstance(data, (str, bytes)):
+            out.write(data.encode("utf-8") if isinstance(data, str) else data)
+        else:
+            for chunk in data:
+                out.write(chunk)

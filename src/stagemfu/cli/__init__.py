@@ -282,7 +282,7 @@ def render(result: Any, fmt: str, output: Path | None, writers: dict[str, Callab
     """Write ``result`` in ``fmt`` to ``output`` (standard output when None).
 
     ``writers`` maps each format a command offers to its renderer: ``"table"``'s returns a rich
-    renderable, every other one the text to write.
+    renderable, every other one the text to write (or its UTF-8 chunks, see :func:`emit`).
     """
     write = writers[fmt]
     if fmt == "table":

@@ -76,8 +76,11 @@ def _label(option: str, path: Path) -> str:
     return f"{option} {path}" if option.startswith("-") else str(path)
 
 
-def emit(text: str, output: Path | None, *, option: str = "-o") -> None:
+def emit(text: str | Iterable[bytes], output: Path | None, *, option: str = "-o") -> None:
     """Write ``text`` to the file ``output`` (whole or not at all), or to standard output when None.
+
+    ``text`` may also be chunks of UTF-8 bytes, written as they come (a JSON document of a
+    million rows, :mod:`stagemfu.report.render.json_stream`); each chunk holds whole characters.
 
     Raises
     ------
@@ -85,7 +88,8 @@ def emit(text: str, output: Path | None, *, option: str = "-o") -> None:
         ``output`` is a file this command has read, or it cannot be written.
     """
     if output is None:
-        sys.stdout.write(text)
+        for piece in [text] if isinstance(text, str) else text:
+            sys.stdout.write(piece if isinstance(piece, str) else piece.decode("utf-8"))
         sys.stdout.flush()
         return
     _refuse_files_read(option, output)

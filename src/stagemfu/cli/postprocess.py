@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Literal
 
 import click
 
-from stagemfu.cli import FORMATS, check_files, format_option, json_text, launches_option, output_option, render
+from stagemfu.cli import FORMATS, check_files, format_option, launches_option, output_option, render
 from stagemfu.cli.outputs import files_read
 from stagemfu.cli.view_options import top_kernels_option, view_options
 from stagemfu.postprocess.many import DEFAULT_THRESHOLD, SPREAD_METRICS
@@ -240,6 +240,7 @@ def _show_one(
 ) -> None:
     from stagemfu.report.render import postprocess_data
     from stagemfu.report.render.csv import csv_text
+    from stagemfu.report.render.json_stream import json_chunks
 
     def views():  # they draw with rich: imported only for the formats that use them (start-up time)
         from stagemfu.report.render import postprocess_view
@@ -248,7 +249,7 @@ def _show_one(
 
     writers = {
         "table": lambda t: views().terminal_view(t, top=top, view=view),
-        "json": lambda t: json_text(postprocess_data.postprocess_document(t, top=top, instances=instances)),
+        "json": lambda t: json_chunks(postprocess_data.postprocess_document(t, top=top, instances=instances)),
         "csv": lambda t: csv_text(postprocess_data.table(t, table_name, top=top)),
         "md": lambda t: views().markdown_view(t, top=top, view=view),
     }
@@ -258,10 +259,11 @@ def _show_one(
 def _show_many(ct: CombinedTimes, *, fmt: str, table_name: str, top: int, view: TableView, output: Path | None) -> None:
     from stagemfu.report.render import postprocess_many
     from stagemfu.report.render.csv import csv_text
+    from stagemfu.report.render.json_stream import json_chunks
 
     writers = {
         "table": lambda c: postprocess_many.terminal_view(c, view=view),
-        "json": lambda c: json_text(postprocess_many.many_document(c, top=top)),
+        "json": lambda c: json_chunks(postprocess_many.many_document(c, top=top)),
         "csv": lambda c: csv_text(postprocess_many.many_table(c, table_name, top=top)),
         "md": lambda c: postprocess_many.markdown_view(c, view=view),
     }

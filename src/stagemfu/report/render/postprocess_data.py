@@ -26,14 +26,19 @@ def table(st: StageTimes, name: str, *, top: int | None = None) -> pl.DataFrame:
 
 
 def postprocess_document(st: StageTimes, *, top: int | None = None, instances: bool = False) -> dict:
-    """The ``stagemfu.postprocess/1`` JSON document; per-instance rows only when asked for."""
+    """The ``stagemfu.postprocess/1`` JSON document; per-instance rows only when asked for.
+
+    Metadata are plain values; each table is its polars frame, written as an array of row
+    objects by :func:`stagemfu.report.render.json_stream.json_chunks` (a trace of op ranges
+    holds a million rows: never turned into Python dicts).
+    """
     trace = st.trace
     return {
         "schema": schemas.POSTPROCESS,
         "trace": trace.metadata(),
         "within": st.within,
-        "gpus": trace.gpus.to_dicts(),
-        **{name: table(st, name, top=top).to_dicts() for name in TABLES if instances or name != "instances"},
+        "gpus": trace.gpus,
+        **{name: table(st, name, top=top) for name in TABLES if instances or name != "instances"},
         "unattributed": st.unattributed.to_dicts()[0],
         "totals": st.totals.to_dicts()[0],
         "notes": list(st.notes),

@@ -25,13 +25,14 @@ RANGE_TIMES = ("wall", "span", "busy", "kernel", "comm")  # the times the combin
 
 
 def many_document(ct: CombinedTimes, *, top: int | None = None) -> dict:
-    """The ``stagemfu.postprocess.many/1`` JSON document."""
+    """The ``stagemfu.postprocess.many/1`` JSON document, its tables as frames (written by
+    :func:`stagemfu.report.render.json_stream.json_chunks`)."""
     return {
         "schema": schemas.POSTPROCESS_MANY,
         "straggler_metric": ct.metric,
         "straggler_threshold": ct.threshold,
-        "combined": ct.combined.to_dicts(),
-        "stragglers": ct.stragglers.to_dicts(),
+        "combined": ct.combined,
+        "stragglers": ct.stragglers,
         "traces": [postprocess_data.postprocess_document(st, top=top) for st in ct.traces],
         "notes": list(ct.notes),
     }
