@@ -59,9 +59,9 @@ COMMANDS = {
     ),
     "postprocess": (
         "stagemfu.cli.postprocess:postprocess",
-        "Per-stage GPU times of an nsys trace, or of several traces compared.",
+        "Per-stage GPU times of an nsys or torch.profiler trace, or of several traces compared.",
     ),
-    "report": ("stagemfu.cli.report:report", "MFU and MBU per stage of an nsys trace."),
+    "report": ("stagemfu.cli.report:report", "MFU and MBU per stage of an nsys or torch.profiler trace."),
     "run": ("stagemfu.cli.collect:run", "Profile a built-in model's generate under nsys and report each stage's MFU."),
 }
 
@@ -238,11 +238,12 @@ def counter_names(counters: str | None) -> tuple[str, ...] | None:
 @click.group(cls=StagemfuGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="stagemfu")
 def cli() -> None:
-    """How well each stage of a model uses the GPU, from Nsight Systems traces.
+    """How well each stage of a model uses the GPU, from Nsight Systems or torch.profiler traces.
 
-    Stages are NVTX ranges. For every range stagemfu reports wall time (CPU time of the range),
-    span (first to last GPU operation it launched, = nsys "projected" time), busy (time the GPU
-    ran at least one of its operations) and kernel time (sum of kernel durations).
+    Stages are NVTX ranges (record_function ranges in torch.profiler traces). For every range
+    stagemfu reports wall time (CPU time of the range), span (first to last GPU operation it
+    launched, = nsys "projected" time), busy (time the GPU ran at least one of its operations)
+    and kernel time (sum of kernel durations).
 
     \b
     Environment:

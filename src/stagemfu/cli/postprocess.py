@@ -106,7 +106,8 @@ SCHEDULER_ADDRESS = re.compile(
     "on exports of tens of millions of kernels (the same numbers, and faster: 10.5M kernels took 4.5 s "
     "in 789 MiB on 16 cores, 7.3 s in 3.5 GiB at once). Several chunks are read and attributed at once "
     "where there are cores (6 from 16 cores). 0: all at once; auto: above 2M operations, chunks of 1M "
-    "divided by the chunks at once (500k up to 7 cores, 166k from 16).",
+    "divided by the chunks at once (500k up to 7 cores, 166k from 16). torch.profiler traces are held "
+    "in memory (about 80 bytes per operation).",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar (it appears on a terminal for loads over a second).")
 @format_option(
@@ -135,10 +136,12 @@ def postprocess(
     fmt: str,
     output: Path | None,
 ) -> None:
-    """Per-stage GPU times of an nsys trace, or of several traces compared.
+    """Per-stage GPU times of an nsys or torch.profiler trace, or of several traces compared.
 
     TRACE is an nsys SQLite export (also .xz/.gz/.bz2 compressed), or an .nsys-rep/.qdrep report,
-    exported first with the nsys found in $NSYS, on PATH or under /opt/nvidia/nsight-systems.
+    exported first with the nsys found in $NSYS, on PATH or under /opt/nvidia/nsight-systems; or
+    a torch.profiler (Kineto) Chrome-trace JSON (also compressed), whose record_function ranges
+    are the stages. The format is recognised from the content.
 
     Several TRACEs, a directory of traces or a glob pattern (one trace per rank, run or node):
     each trace's stage tables, a combined table (sums, and per-trace min/median/max) and the

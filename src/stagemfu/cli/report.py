@@ -59,8 +59,9 @@ def flops_options(fn: Callable) -> Callable:
         "--op-flops",
         is_flag=True,
         help="Count FLOPs from the op ranges torch.autograd.profiler.emit_nvtx(record_shapes=True) left in the "
-        "trace: each stage covers its instances holding op ranges, and work of other threads (backward) counts "
-        "for the main thread's open stages, as with --launches process.",
+        "trace (or the ops of a torch.profiler trace recorded with record_shapes=True): each stage covers its "
+        "instances holding op ranges, and work of other threads (backward) counts for the main thread's open "
+        "stages, as with --launches process.",
     )(fn)
     return click.option(
         "--flops",
@@ -130,13 +131,14 @@ def report(
     html_file: Path | None,
     output: Path | None,
 ) -> None:
-    """MFU and MBU per stage of an nsys trace.
+    """MFU and MBU per stage of an nsys or torch.profiler trace.
 
-    TRACE is an nsys SQLite export (also compressed) or report. FLOPs per stage come from
-    --flops FILE, from the op ranges of a trace recorded under emit_nvtx(record_shapes=True)
-    (--op-flops), from the flops.json stagemfu.count_flops left beside the trace, or from the
-    analyzer (--model, or the shapes.json `stagemfu run` left beside the trace); the first of
-    these is used and the others are shown beside it. Without TRACE: the embedded real trace
+    TRACE is an nsys SQLite export (also compressed) or report, or a torch.profiler (Kineto)
+    JSON trace. FLOPs per stage come from --flops FILE, from the op ranges of a trace recorded
+    under emit_nvtx(record_shapes=True) or torch.profiler(record_shapes=True) (--op-flops),
+    from the flops.json stagemfu.count_flops left beside the trace, or from the analyzer
+    (--model, or the shapes.json `stagemfu run` left beside the trace); the first of these is
+    used and the others are shown beside it. Without TRACE: the embedded real trace
     (DeepSeek-OCR-2 base, random weights, 8 new tokens, H100, nsys 2025.3.1).
 
     \b
