@@ -148,20 +148,28 @@ def test_events_without_correlation_or_calls_give_a_report_with_notes(tmp_path):
     assert any("carry no correlation id" in n for n in doc["notes"])
 
 
+HOSTILE = [
+    'a"b',
+    "back\\slash\\",
+    "brace { [ ] }",
+    '"traceEvents": [',
+    "<script>alert(1)</script>",
+    "new\nline",
+    "é ü ∑",
+]
+
+
+def hostile_names_trace(path: Path) -> Path:
+    """Each hostile name as a stage and as the kernel it launched."""
+    events = [annotation(n, 10.0 * i, 5.0) for i, n in enumerate(HOSTILE)]
+    events += [launch(i + 1, 10.0 * i + 1) for i in range(len(HOSTILE))]
+    events += [kernel(n, i + 1, 1000.0 + i, 1.0) for i, n in enumerate(HOSTILE)]
+    return write(path, events)
+
+
 def test_hostile_names_are_read_exactly_and_escaped_on_output(tmp_path):
-    names = [
-        'a"b',
-        "back\\slash",
-        "brace { [ ] }",
-        '"traceEvents": [',
-        "<script>alert(1)</script>",
-        "new\nline",
-        "é ü ∑",
-    ]
-    events = [annotation(n, 10.0 * i, 5.0) for i, n in enumerate(names)]
-    events += [launch(i + 1, 10.0 * i + 1) for i in range(len(names))]
-    events += [kernel(n, i + 1, 1000.0 + i, 1.0) for i, n in enumerate(names)]
-    path = write(tmp_path / "t.json", events)
+    names = HOSTILE
+    path = hostile_names_trace(tmp_path / "t.json")
     st = postprocess.load(path)
     assert sorted(st.ranges["name"].to_list()) == sorted(names)
     assert set(st.trace.names["name"]) == set(names)
@@ -215,11 +223,21 @@ def read_in_blocks(path: Path, block_bytes: int):
     return collector.trace(path, header)
 
 
-@pytest.mark.parametrize("block_bytes", [512, 4096, 65536])
+def same_trace(a, b) -> bool:
+    return a.ops.held.equals(b.ops.held) and a.ranges.equals(b.ranges) and a.names.equals(b.names)
+
+
+@pytest.mark.parametrize("block_bytes", [65536, 300_000])
 def test_block_boundaries_never_change_the_trace(block_bytes):
     whole, cut = postprocess.read(KINETO), read_in_blocks(KINETO, block_bytes)
-    assert cut.ops.held.equals(whole.ops.held) and cut.ranges.equals(whole.ranges)
-    assert cut.names.equals(whole.names) and cut.gpus.equals(whole.gpus)
+    assert same_trace(cut, whole) and cut.gpus.equals(whole.gpus)
+
+
+@HYPOTHESIS
+@given(block_bytes=st.integers(16, 3000))
+def test_block_boundaries_inside_escapes_braces_and_names_change_nothing(tmp_path, block_bytes):
+    path = hostile_names_trace(tmp_path / "t.json")
+    assert same_trace(read_in_blocks(path, block_bytes), postprocess.read(path))
 
 
 def test_an_event_larger_than_the_block_grows_the_buffer(tmp_path):

@@ -61,7 +61,8 @@ class Block:
     Attributes
     ----------
     ops
-        ``kind``, ``start``, ``end``, ``device``, ``stream``, ``correlation_id``, ``name``.
+        ``kind``, ``start``, ``end``, ``device``, ``stream``, ``correlation_id``, ``name`` (which
+        :class:`stagemfu.postprocess.kineto.build.Collector` replaces by a ``name_id``).
     calls
         ``start``, ``end``, ``pid``, ``tid``, ``correlation_id`` (calls without one are left out).
     ranges

@@ -180,7 +180,7 @@ class _Reader:
         holds the end of traceEvents, the bytes from its ``]`` on."""
         b = np.frombuffer(self.buf, dtype=np.uint8, count=self.have)
         pos, after, _ = _structure(b, depth=2)
-        closing = np.isin(b[pos], CLOSERS)
+        closing = _closing(b[pos])
         opens = pos[(after == 3) & ~closing]
         ends = pos[(after == 2) & closing]
         out = np.flatnonzero(after < 2)
@@ -191,10 +191,12 @@ class _Reader:
         if (b[opens] != ord("{")).any() or (b[ends] != ord("}")).any():
             raise TraceError(f"{self.path}: {NOT_KINETO}: traceEvents holds something other than objects; {HOW}")
         starts = opens[:n]
-        stop = close if close is not None else int(opens[n]) if len(opens) > n else int(ends[-1]) + 1 if n else 0
-        gaps = _gaps(b, starts, ends, stop, self.path)
+        # Handed on: up to the end of the last complete event, or to the array's end. The bytes
+        # between events are checked up to there, and up to an event begun but not complete.
+        done = int(ends[-1]) + 1 if n else 0
+        cut = close if close is not None else done
+        gaps = _gaps(b, starts, ends, cut if close is not None or len(opens) == n else int(opens[n]), self.path)
         texts = _texts(b, starts, ends, gaps) if n else None
-        cut = close if close is not None else int(ends[-1]) + 1 if n else 0
         del b
         tail = bytes(self.buf[cut : self.have]) if close is not None else None
         self.drop(cut)
@@ -217,8 +219,13 @@ def _structure(b: np.ndarray, *, depth: int) -> tuple[np.ndarray, np.ndarray, np
         mark |= b == c
     pos = np.flatnonzero(mark)
     pos = pos[(np.searchsorted(quotes, pos) & 1) == 0]
-    step = np.where(np.isin(b[pos], OPENERS), 1, -1)
+    step = np.where(_closing(b[pos]), -1, 1)
     return pos, depth + np.cumsum(step), quotes
+
+
+def _closing(chars: np.ndarray) -> np.ndarray:
+    """For braces and brackets, True for ``}`` and ``]``: they have bit 2 set, ``{`` and ``[`` do not."""
+    return (chars & 4) != 0
 
 
 def _escaped(quotes: np.ndarray, slashes: np.ndarray) -> np.ndarray:
