@@ -311,3 +311,12 @@ def test_random_gzip_members_never_raise_anything_but_trace_errors(tmp_path, dat
         read_kineto(path)
     except TraceError as err:
         assert "\n" not in str(err)
+
+
+def test_progress_counts_bytes_of_the_file_as_stored():
+    calls = []
+    header = scan_events(KINETO, lambda _: None, block_bytes=1 << 20, progress=lambda *a: calls.append(a))
+    assert header["schemaVersion"] == 1
+    assert [c[0] for c in calls] == [f"reading {KINETO.name}"] * len(calls) and len(calls) >= 5
+    done = [c[1] for c in calls]
+    assert done == sorted(done) and done[-1] <= calls[-1][2] == KINETO.stat().st_size
