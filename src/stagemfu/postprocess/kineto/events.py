@@ -91,38 +91,23 @@ def read_block(texts: pl.Series, *, op_ranges: bool = False) -> Block:
     op_ranges
         Also read the aten ops (``cpu_op``) as op ranges.
     """
-    frame = texts.to_frame("event").with_columns(role=_field("cat", CATEGORY).replace_strict(ROLES, default=None))
-    metadata = frame.filter(pl.col("role").is_null()).filter(
-        pl.col("event").str.contains('"process_name"', literal=True)
-        & pl.col("event").str.contains(r'"name"\s*:\s*"process_name"')
-    )
-    role = pl.col("role")
-    ops = _timed(frame.filter(role.is_in(OP_ROLES)), name=True).select(
-        role.cast(OP_KIND_TYPE).alias("kind"),
-        "start",
-        "end",
-        _integer("device").cast(pl.Int32, strict=False),
-        _integer("stream").cast(pl.Int32, strict=False),
-        _integer("correlation").alias("correlation_id"),
-        "name",
-    )
-    calls = _timed(frame.filter(role == "call")).select(
-        "start", "end", *_thread(), _integer("correlation").alias("correlation_id")
-    )
-    ranges = _timed(frame.filter(role == "range"), name=True).select("name", "start", "end", *_thread())
-    aten = _timed(frame.filter(role == "op") if op_ranges else frame.clear(), name=True).select(
-        _op_range_name(), "start", "end", *_thread()
-    )
-    processes = _unescaped(
-        metadata.select(_integer("pid"), _field_after(r'"args"\s*:\s*\{\s*"name"\s*:\s*', STRING).alias("name"))
-    )
+    frame = texts.to_frame("event").with_columns(role=ROLE)
+    role = frame["role"]
+    metadata = frame.filter(role.is_null()).filter(IS_PROCESS_NAME)
     return Block(
-        ops=ops,
-        calls=calls.filter(pl.col("correlation_id").is_not_null()),
-        ranges=ranges,
-        op_ranges=aten,
-        processes=processes.drop_nulls(),
+        ops=_unescaped(_timed(frame.filter(role.is_in(OP_ROLES)), OP_COLUMNS)),
+        calls=_timed(frame.filter(role == "call"), CALL_COLUMNS).filter(pl.col("correlation_id").is_not_null()),
+        ranges=_unescaped(_timed(frame.filter(role == "range"), RANGE_COLUMNS)),
+        op_ranges=_unescaped(_timed(frame.filter(role == "op") if op_ranges else frame.clear(), ATEN_COLUMNS)).select(
+            OP_RANGE_NAME, "start", "end", "pid", "tid"
+        ),
+        processes=_unescaped(metadata.select(PROCESS_COLUMNS)).drop_nulls(),
     )
+
+
+def _timed(frame: pl.DataFrame, columns: list[pl.Expr | str]) -> pl.DataFrame:
+    """``columns`` of ``frame``, which may use ``start`` (``ts``) and ``end`` (``ts`` + ``dur``) in ns."""
+    return frame.with_columns(**TIME_TEXTS).with_columns(**TIMES).with_columns(END).select(columns)
 
 
 def _field(key: str, value: str) -> pl.Expr:
@@ -138,21 +123,6 @@ def _integer(key: str) -> pl.Expr:
 def _field_after(before: str, value: str) -> pl.Expr:
     """The value (pattern ``value``) that follows the pattern ``before`` in each event, as text."""
     return pl.col("event").str.extract(before + value, 1)
-
-
-def _timed(frame: pl.DataFrame, *, name: bool = False) -> pl.DataFrame:
-    """``frame`` with ``start`` (``ts``) and ``end`` (``ts`` + ``dur``) in integer ns, and with ``name``
-    (escapes resolved) when asked."""
-    texts = {"_ts": _field("ts", NUMBER), "_dur": _field("dur", NUMBER)}
-    frame = frame.with_columns(**texts, **({"name": _field("name", STRING)} if name else {}))
-    frame = frame.with_columns(start=to_ns("_ts"), end=to_ns("_dur"))
-    frame = frame.with_columns(pl.col("end") + pl.col("start")).drop("_ts", "_dur")
-    return _unescaped(frame) if name else frame
-
-
-def _thread() -> tuple[pl.Expr, pl.Expr]:
-    """``pid`` and ``tid`` of a CPU event."""
-    return _integer("pid"), _integer("tid")
 
 
 def to_ns(column: str) -> pl.Expr:
@@ -178,24 +148,58 @@ def to_ns(column: str) -> pl.Expr:
 
 
 def _unescaped(frame: pl.DataFrame) -> pl.DataFrame:
-    """``frame`` with its ``name`` column (a JSON string's text between the quotes) unescaped."""
+    """``frame`` with its ``name`` column (a JSON string's text between the quotes) unescaped; a
+    string with a malformed escape is kept as written."""
+    escaped = frame["name"].str.contains("\\", literal=True)
+    if not escaped.any():  # the usual case: no name to decode
+        return frame
     quoted = pl.concat_str(pl.lit('"'), pl.col("name"), pl.lit('"'))
-    frame = frame.with_columns(_decode=pl.col("name").str.contains("\\", literal=True))
-    if not frame["_decode"].any():
-        return frame.drop("_decode")
-    frame = frame.with_columns(_decode=pl.col("_decode") & quoted.str.contains(VALID_STRING))
-    # json_decode parses every row it is given: rows without escapes give it an empty string.
-    decoded = pl.when(pl.col("_decode")).then(quoted).otherwise(pl.lit('""')).str.json_decode(pl.String)
-    return frame.with_columns(name=pl.when(pl.col("_decode")).then(decoded).otherwise(pl.col("name"))).drop("_decode")
+    decode = escaped & frame.select(quoted.str.contains(VALID_STRING)).to_series()
+    # json_decode parses every row it is given: only the valid strings with escapes, the others are null.
+    decoded = frame.select(pl.when(decode).then(quoted).str.json_decode(pl.String)).to_series()
+    return frame.with_columns(name=pl.when(decode).then(decoded).otherwise(pl.col("name")))
 
 
 def _op_range_name() -> pl.Expr:
     """An aten op's name as ``emit_nvtx`` names its range, so the op-FLOP registry reads it unchanged:
-    ``aten::mm, op_id = 7, sizes = [[4, 8], [8, 2]]`` (sizes as Kineto's ``Input Dims``, a list of
-    shapes given as one argument flattened in place, as emit_nvtx does; no sizes without
-    ``record_shapes``)."""
-    dims = _field("Input Dims", DIMS).str.replace_all(r",\s*", ", ").str.strip_chars()
+    ``aten::mm, op_id = 7, sizes = [[4, 8], [8, 2]]`` (from columns ``name``, ``op_id`` and ``dims``,
+    Kineto's ``Input Dims``: a list of shapes given as one argument is flattened in place, as
+    emit_nvtx does; no sizes without ``record_shapes``)."""
+    dims = pl.col("dims").str.replace_all(r",\s*", ", ").str.strip_chars()
     inner = dims.str.slice(1, dims.str.len_bytes() - 2).str.replace_all(TENSOR_LIST, "$1")
     sizes = pl.concat_str(pl.lit(", sizes = ["), inner, pl.lit("]"))
-    op_id = _field("External id", INTEGER).fill_null("0")
-    return pl.concat_str("name", pl.lit(", op_id = "), op_id, sizes.fill_null("")).alias("name")
+    return pl.concat_str("name", pl.lit(", op_id = "), pl.col("op_id").fill_null("0"), sizes.fill_null("")).alias(
+        "name"
+    )
+
+
+# The expressions each block runs, built once.
+ROLE = _field("cat", CATEGORY).replace_strict(ROLES, default=None)
+IS_PROCESS_NAME = pl.col("event").str.contains(r'"name"\s*:\s*"process_name"')
+TIME_TEXTS = {"_ts": _field("ts", NUMBER), "_dur": _field("dur", NUMBER)}
+TIMES = {"start": to_ns("_ts"), "end": to_ns("_dur")}
+END = pl.col("end") + pl.col("start")  # Kineto's end: ts + dur
+NAME = _field("name", STRING).alias("name")
+THREAD = [_integer("pid"), _integer("tid")]
+CORRELATION = _integer("correlation").alias("correlation_id")
+OP_COLUMNS = [
+    pl.col("role").cast(OP_KIND_TYPE).alias("kind"),
+    "start",
+    "end",
+    _integer("device").cast(pl.Int32, strict=False),
+    _integer("stream").cast(pl.Int32, strict=False),
+    CORRELATION,
+    NAME,
+]
+CALL_COLUMNS = ["start", "end", *THREAD, CORRELATION]
+RANGE_COLUMNS = [NAME, "start", "end", *THREAD]
+ATEN_COLUMNS = [
+    NAME,
+    "start",
+    "end",
+    *THREAD,
+    _field("External id", INTEGER).alias("op_id"),
+    _field("Input Dims", DIMS).alias("dims"),
+]
+OP_RANGE_NAME = _op_range_name()
+PROCESS_COLUMNS = [_integer("pid"), _field_after(r'"args"\s*:\s*\{\s*"name"\s*:\s*', STRING).alias("name")]

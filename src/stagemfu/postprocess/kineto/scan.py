@@ -34,10 +34,11 @@ from stagemfu.errors import TraceError
 from stagemfu.postprocess.formats import COMPRESSIONS, READ_ERRORS, unreadable
 from stagemfu.postprocess.trace import Progress
 
-BLOCK_BYTES = 4 << 20  # read at a time; the events of a block are handled together
+BLOCK_BYTES = 1 << 20  # read at a time; the events of a block are handled together
 MAX_EVENT_BYTES = 256 << 20  # a single event larger than this is refused (the buffer grows to hold one)
 MAX_HEADER_BYTES = 64 << 20  # the document outside traceEvents (a few KiB in a real trace)
 QUOTE, BACKSLASH = ord('"'), ord("\\")
+SEPARATOR = 0x1E  # put between the events of a block to split them apart
 BOM = b"\xef\xbb\xbf"
 OPENERS, CLOSERS = (ord("{"), ord("[")), (ord("}"), ord("]"))
 EVENTS_KEY = re.compile(rb'"traceEvents"\s*:\s*\[')
@@ -271,20 +272,16 @@ def _gaps(b: np.ndarray, starts: np.ndarray, ends: np.ndarray, stop: int, path: 
 
 
 def _texts(b: np.ndarray, starts: np.ndarray, ends: np.ndarray, gaps: np.ndarray) -> pl.Series:
-    """The events' texts as one string column, each from its ``{`` up to the next event (the commas
-    between them blanked); an event that is not UTF-8 is read with replacement characters."""
-    import pyarrow as pa  # here, not at the top: reading an nsys trace never loads it
+    """The events' texts as one string column, each from its ``{`` up to the next event.
 
+    The bytes between events are blanked, but for one before each event, which becomes a
+    record separator (0x1E: a control character that JSON text never holds raw) to split on.
+    Bytes that are not UTF-8 read as replacement characters.
+    """
     lo, hi = int(starts[0]), int(ends[-1]) + 1
     region = b[lo:hi].copy()
-    between = gaps[(gaps >= lo) & (gaps < hi)] - lo
-    region[between] = ord(" ")
-    offsets = (np.append(starts, hi) - lo).astype(np.int64)
-    try:
-        array = pa.LargeStringArray.from_buffers(len(starts), pa.py_buffer(offsets), pa.py_buffer(region))
-        array.validate(full=True)
-    except pa.ArrowInvalid:  # not UTF-8: each event decoded on its own (a damaged file only)
-        data = region.tobytes()
-        pieces = zip(offsets[:-1].tolist(), offsets[1:].tolist())
-        return pl.Series("event", [data[i:j].decode("utf-8", "replace") for i, j in pieces], dtype=pl.String)
-    return pl.Series("event", array)
+    region[gaps[(gaps >= lo) & (gaps < hi)] - lo] = ord(" ")
+    region[starts[1:] - lo - 1] = SEPARATOR
+    text = region.tobytes().decode("utf-8", "replace")
+    del region
+    return pl.Series("event", [text]).str.split(chr(SEPARATOR)).explode()
