@@ -34,7 +34,10 @@ from stagemfu.errors import TraceError
 from stagemfu.postprocess.formats import COMPRESSIONS, READ_ERRORS, unreadable
 from stagemfu.postprocess.trace import Progress
 
-BLOCK_BYTES = 1 << 20  # read at a time; the events of a block are handled together
+# Read at a time; the events of a block are handled together. A block's work arrays take several times
+# its size, most of the memory a trace of a few hundred MiB needs: 1 MiB keeps the peak at 150 MiB on
+# 114 MiB of JSON (200 MiB with 4 MiB blocks); a large trace takes twice as long (docs/benchmarks.md).
+BLOCK_BYTES = 1 << 20
 MAX_EVENT_BYTES = 256 << 20  # a single event larger than this is refused (the buffer grows to hold one)
 MAX_HEADER_BYTES = 64 << 20  # the document outside traceEvents (a few KiB in a real trace)
 QUOTE, BACKSLASH = ord('"'), ord("\\")
