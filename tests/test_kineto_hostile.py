@@ -320,3 +320,11 @@ def test_progress_counts_bytes_of_the_file_as_stored():
     assert [c[0] for c in calls] == [f"reading {KINETO.name}"] * len(calls) and len(calls) >= 5
     done = [c[1] for c in calls]
     assert done == sorted(done) and done[-1] <= calls[-1][2] == KINETO.stat().st_size
+
+
+def test_white_space_between_events_never_fills_the_buffer(tmp_path, monkeypatch):
+    """Only an event is carried from one block to the next: a flood of spaces is checked and dropped."""
+    monkeypatch.setattr("stagemfu.postprocess.kineto.scan.MAX_EVENT_BYTES", 1 << 16)
+    path = small_trace(tmp_path / "t.json")
+    path.write_text(path.read_text().replace('"traceEvents": [', '"traceEvents": [' + " " * 300_000, 1))
+    assert read_in_blocks(path, 4096).ranges["name"].to_list() == ["step"]

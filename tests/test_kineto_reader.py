@@ -207,3 +207,12 @@ def test_bench_inflates_a_kineto_trace_exactly(tmp_path):
     columns = ["instances", "wall_ns", "span_ns", "busy_ns", "kernel_ns", "gpu_ops", "kernels"]
     assert three.select("name", *(pl.col(c) // 3 for c in columns)).equals(one.select("name", *columns))
     assert three.select((pl.col(c) % 3 == 0).all() for c in columns).row(0) == (True,) * len(columns)
+
+
+def test_kinetos_memcpy_and_memset_names_are_copies():
+    """Kineto names them "Memcpy DtoD (Device -> Device)" and "Memset (Device)" (nsys: "[CUDA memcpy ...]")."""
+    st = postprocess.load(FIXTURES.parent / "corpus" / "hta_ddp_v100_ns_resolution.pt.trace.json.gz")
+    copies = st.kernels.filter(pl.col("kind") != "kernel")
+    assert set(copies["kernel"]) == {"Memcpy DtoD (Device -> Device)", "Memset (Device)"}
+    assert set(copies["category"]) == {"copy"}
+    assert "copy" not in set(st.kernels.filter(pl.col("kind") == "kernel")["category"])

@@ -195,11 +195,12 @@ class _Reader:
         if (b[opens] != ord("{")).any() or (b[ends] != ord("}")).any():
             raise TraceError(f"{self.path}: {NOT_KINETO}: traceEvents holds something other than objects; {HOW}")
         starts = opens[:n]
-        # Handed on: up to the end of the last complete event, or to the array's end. The bytes
-        # between events are checked up to there, and up to an event begun but not complete.
-        done = int(ends[-1]) + 1 if n else 0
-        cut = close if close is not None else done
-        gaps = _gaps(b, starts, ends, cut if close is not None or len(opens) == n else int(opens[n]), self.path)
+        # Handed on: up to the array's end; else up to an event begun but not complete; else all
+        # (white space and commas only after the last event). The bytes between events are checked
+        # up to there.
+        pending = int(opens[n]) if len(opens) > n else self.have
+        cut = close if close is not None else pending
+        gaps = _gaps(b, starts, ends, cut, self.path)
         texts = _texts(b, starts, ends, gaps) if n else None
         del b
         tail = bytes(self.buf[cut : self.have]) if close is not None else None
