@@ -372,6 +372,19 @@ def main() -> None:
         f = WORK / f"trunc{k}.sqlite"
         f.write_bytes(data[: rng.randrange(len(data))])
         run(f"E truncated #{k}", ["postprocess", str(f)], [f])
+    kineto = ROOT / "tests/fixtures/traces/llama_train.pt.trace.json.gz"
+    kdata = gzip.decompress(kineto.read_bytes())
+    for k in range(4 if quick else 20):
+        b = bytearray(kdata)
+        for _ in range(rng.choice([1, 8, 64, 512])):
+            b[rng.randrange(len(b))] = rng.randrange(256)
+        f = WORK / f"kdmg{k}.pt.trace.json"
+        f.write_bytes(bytes(b))
+        run(f"E damaged Kineto #{k}", ["postprocess", str(f), "--format", "json", "-o", str(WORK / "d.json")], [f])
+    for k in range(3 if quick else 10):
+        f = WORK / f"ktrunc{k}.pt.trace.json.gz"
+        f.write_bytes(kineto.read_bytes()[: rng.randrange(1, kineto.stat().st_size)])
+        run(f"E truncated Kineto gzip #{k}", ["postprocess", str(f)], [f], expect_ok=False)
     for label, blob in {
         "empty": b"",
         "text": b"hello world\n" * 100,
