@@ -491,3 +491,12 @@ def test_missing_category_file_raises(make_trace, tmp_path):
 
 def test_helpers_pack_ids_like_nsys():
     assert gpid(3) == gtid(3, 0) == 3 << 24
+
+
+def test_kernels_and_categories_of_equal_time_are_listed_by_name(make_trace, tmp_path):
+    """Ties in total time are ordered by name, so two runs write the same tables."""
+    trace = category_trace(make_trace, tmp_path)  # two kernels of 10 ns each: gemm and other
+    for _ in range(20):
+        st = postprocess.load(trace)
+        assert st.kernels["kernel"].to_list() == ["ampere_sgemm_128x64_nn", "my_special_op_kernel"]
+        assert st.categories["category"].to_list() == ["gemm", "other"]

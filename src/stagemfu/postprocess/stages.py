@@ -21,6 +21,9 @@ from stagemfu.postprocess.metrics import DEVICES, STATS, SUMMED, TOTALS
 from stagemfu.postprocess.trace import OPS_SCHEMA, Trace
 from stagemfu.postprocess.tree import RangeTree, range_tree
 
+KERNEL_COLUMNS = ("domain", "name", "kernel", "kind", "category", "count", "total_ns", "busy_share")
+CATEGORY_COLUMNS = ("domain", "name", "category", "count", "total_ns", "busy_share")
+
 
 @dataclass(frozen=True, repr=False)  # repr and Jupyter summary: stagemfu.notebook
 class StageTimes(Summarized):
@@ -146,7 +149,9 @@ def stage_times(
     )
     stage_of_rid = np.full(tree.ranges.height, -1, dtype=np.int64)
     stage_of_rid[stage_of["rid"].to_numpy()] = stage_of["stage"].to_numpy()
-    comm_ids = trace.names.filter(category_expr(rules) == COMMUNICATION).get_column("name_id")
+    # A category per distinct kernel name, once: the (stage, kernel) rows join it by id.
+    kernel_names = trace.names.select("name_id", pl.col("name").alias("kernel"), category=category_expr(rules))
+    comm_ids = kernel_names.filter(pl.col("category") == COMMUNICATION).get_column("name_id")
     att = attribute(
         trace,
         tree,
@@ -174,7 +179,14 @@ def stage_times(
             "rid",
         )
     )
-    kernels = _kernels(att, trace.names, stage_of, instances, rules)
+    stage_busy = (
+        instances.select("rid", "busy_ns")
+        .join(stage_of.select("rid", "stage"), on="rid")
+        .group_by("stage")
+        .agg(pl.col("busy_ns").sum().alias("_busy"))
+    )
+    stage_names = stage_of.select("stage", "domain", "name").unique("stage")
+    kernels = _kernels(att.names, kernel_names, stage_busy)
     return StageTimes(
         trace=trace,
         instances=instances.drop("rid"),
@@ -183,8 +195,8 @@ def stage_times(
         paths=_aggregate(instances, ["path"]),
         instance_stats=_instance_stats(instances),
         devices=_devices(att, stage_of),
-        kernels=kernels,
-        categories=_categories(kernels, instances),
+        kernels=_named(kernels, stage_names, KERNEL_COLUMNS),
+        categories=_named(_categories(kernels, stage_busy), stage_names, CATEGORY_COLUMNS),
         unattributed=att.unattributed.select(TOTALS),
         totals=att.totals.select(TOTALS),
         ops=_ops(trace.ops.held, att),
@@ -303,32 +315,35 @@ def _devices(att: Attribution, stage_of: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _kernels(
-    att: Attribution, names: pl.DataFrame, stage_of: pl.DataFrame, instances: pl.DataFrame, rules: list[tuple[str, str]]
-) -> pl.DataFrame:
-    stages = stage_of.select("stage", "domain", "name").unique("stage")
-    named = (
-        att.names.join(stages, on="stage", how="inner")
-        .join(names.rename({"name": "kernel"}), on="name_id", how="left")
-        .with_columns(category=category_expr(rules, "kernel"))
-    )
-    return (
-        _with_busy_share(named, instances)
-        .sort(["domain", "name", "total_ns", "kernel"], descending=[False, False, True, False])
-        .select("domain", "name", "kernel", "kind", "category", "count", "total_ns", "busy_share")
+def _kernels(names: pl.DataFrame, kernel_names: pl.DataFrame, stage_busy: pl.DataFrame) -> pl.DataFrame:
+    """Per (stage, kernel): kind, category, count, total and share of the stage's busy time.
+
+    Keyed by the stage's number, not its name: a trace of op ranges has a stage per operator call,
+    and every join and sort here stays on integers.
+    """
+    named = names.join(kernel_names, on="name_id", how="left")
+    return _with_busy_share(named, stage_busy).sort(
+        ["stage", "total_ns", "kernel", "kind"], descending=[False, True, False, False], maintain_order=True
     )
 
 
-def _categories(kernels: pl.DataFrame, instances: pl.DataFrame) -> pl.DataFrame:
-    totals = kernels.group_by("domain", "name", "category").agg(pl.col("count").sum(), pl.col("total_ns").sum())
-    return _with_busy_share(totals, instances).sort(["domain", "name", "total_ns"], descending=[False, False, True])
+def _categories(kernels: pl.DataFrame, stage_busy: pl.DataFrame) -> pl.DataFrame:
+    totals = kernels.group_by("stage", "category").agg(pl.col("count").sum(), pl.col("total_ns").sum())
+    return _with_busy_share(totals, stage_busy).sort(
+        ["stage", "total_ns", "category"], descending=[False, True, False], maintain_order=True
+    )
 
 
-def _with_busy_share(frame: pl.DataFrame, instances: pl.DataFrame) -> pl.DataFrame:
+def _with_busy_share(frame: pl.DataFrame, stage_busy: pl.DataFrame) -> pl.DataFrame:
     """Add ``busy_share``: each row's ``total_ns`` over its stage's busy time (null when not busy)."""
-    busy = instances.group_by("domain", "name").agg(pl.col("busy_ns").sum().alias("_busy"))
     return (
-        frame.join(busy, on=["domain", "name"], how="left")
+        frame.join(stage_busy, on="stage", how="left")
         .with_columns(busy_share=pl.when(pl.col("_busy") > 0).then(pl.col("total_ns") / pl.col("_busy")))
         .drop("_busy")
     )
+
+
+def _named(frame: pl.DataFrame, stage_names: pl.DataFrame, columns: tuple[str, ...]) -> pl.DataFrame:
+    """``frame``'s stage numbers as (domain, name), in its order: stages are numbered in (domain,
+    name) order, so a frame sorted by stage is sorted by name."""
+    return frame.join(stage_names, on="stage", how="left", maintain_order="left").select(columns)

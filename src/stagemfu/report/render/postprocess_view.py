@@ -104,8 +104,8 @@ def category_rows(st: StageTimes) -> pl.DataFrame:
         .pivot(on="category", index="range", values="pct", aggregate_function="sum")
         .fill_null(0.0)
     )
-    order = [r for r in stage_rows(st)["range"].to_list() if r in set(wide["range"].to_list())]
-    return wide.join(pl.DataFrame({"range": order}).with_row_index("_o"), on="range").sort("_o").drop("_o")
+    order = stage_rows(st).select("range").with_row_index("_o")  # the stage table's order, by a join
+    return wide.join(order, on="range").sort("_o", maintain_order=True).drop("_o")
 
 
 def kernel_rows(st: StageTimes, top: int) -> pl.DataFrame:

@@ -27,14 +27,13 @@ def _escape(char: str) -> str:
     return char.encode("unicode_escape").decode("ascii")
 
 
-def stage_label(domain: str, name: str) -> str:
-    """``name`` for the default domain, ``domain:name`` otherwise (nsys writes ``:name``)."""
-    return f"{domain}:{name}" if domain else name
-
-
 def stage_labels(frame: pl.DataFrame) -> pl.Series:
-    """:func:`stage_label` for each row of a frame with ``domain`` and ``name`` columns (Utf8 even when empty)."""
-    return pl.Series([stage_label(d, n) for d, n in zip(frame["domain"], frame["name"])], dtype=pl.Utf8)
+    """Each row's label, from a frame with ``domain`` and ``name`` columns: ``name`` for the default
+    domain, ``domain:name`` otherwise (nsys writes ``:name``). Utf8 even when empty; one expression,
+    as a trace of op ranges has a row per operator call."""
+    qualified = pl.concat_str([pl.col("domain"), pl.lit(":"), pl.col("name")])
+    label = pl.when(pl.col("domain").fill_null("") != "").then(qualified).otherwise(pl.col("name"))
+    return frame.select(label.cast(pl.Utf8).alias("range")).to_series()
 
 
 def number(value: float | int, column: str) -> str:
