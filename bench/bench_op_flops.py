@@ -10,10 +10,11 @@
    ranges in all. Timed: parsing and counting (``op_ranges`` + ``count_op_flops``), in a fresh
    process each, best of ``--repeat``, with that process's peak RSS. The FLOPs are checked
    against the template's hand count, so a fast wrong answer fails.
-2. Real: ``stagemfu report --op-flops`` and ``stagemfu postprocess``, as tables and as JSON,
-   end to end on a recorded trace (by default the Llama-3.2-1B-shape generate under emit_nvtx in
-   ``bench/traces``), each in a fresh process after one run that fills the export cache: wall
-   time and peak RSS.
+2. Real: ``stagemfu report --op-flops`` (table and JSON) and ``stagemfu postprocess`` in every
+   output format (table, Markdown, CSV, JSON, SQLite), end to end on a recorded trace (by default
+   the Llama-3.2-1B-shape generate under emit_nvtx in ``bench/traces``: a range per operator
+   call), each in a fresh process after one run that fills the export cache: wall time, CPU time
+   (user + system) and peak RSS. Standard output goes to a file, as ``-o`` would write it.
 
 Results are printed and written as JSON to ``--out``. Timings belong here, not in the tests.
 """
@@ -209,8 +210,9 @@ def count_child(n_ops: int) -> None:
     )
 
 
-def timed(argv: list[str]) -> dict:
-    """Run ``argv`` in a fresh process: wall seconds, that process's peak RSS (MiB) and its output."""
+def timed(argv: list[str], *, keep_output: bool = True) -> dict:
+    """Run ``argv`` in a fresh process: wall seconds, CPU seconds, that process's peak RSS (MiB)
+    and, with ``keep_output``, its standard output (a JSON document of op ranges is 340 MB)."""
     env = os.environ | {"PYTHONPATH": str(ROOT / "src")}
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
@@ -221,7 +223,13 @@ def timed(argv: list[str]) -> dict:
         err.seek(0)
         if os.waitstatus_to_exitcode(status) != 0:
             raise SystemExit(f"{' '.join(argv)} failed:\n{err.read().decode()[-2000:]}")
-        return {"wall_s": wall, "peak_rss_mib": usage.ru_maxrss / 1024, "stdout": out.read().decode()}
+        return {
+            "wall_s": wall,
+            "cpu_s": usage.ru_utime + usage.ru_stime,
+            "peak_rss_mib": usage.ru_maxrss / 1024,
+            "stdout_mb": os.fstat(out.fileno()).st_size / 1e6,
+            **({"stdout": out.read().decode()} if keep_output else {}),
+        }
 
 
 def main() -> None:
@@ -252,19 +260,26 @@ def main() -> None:
     )
     if args.trace.is_file():
         cli = [sys.executable, "-m", "stagemfu"]
+        trace = str(args.trace)
         real = {}
-        for label, argv in (
-            ("report --op-flops", [*cli, "report", str(args.trace), "--op-flops"]),
-            ("report --op-flops --format json", [*cli, "report", str(args.trace), "--op-flops", "--format", "json"]),
-            ("postprocess", [*cli, "postprocess", str(args.trace)]),
-            ("postprocess --format json", [*cli, "postprocess", str(args.trace), "--format", "json"]),
-        ):
-            timed(argv)  # the first run decompresses into the cache
-            run = real[label] = {k: v for k, v in timed(argv).items() if k != "stdout"}
-            print(
-                f"{args.trace.name}: stagemfu {label}: {run['wall_s']:.2f} s, peak RSS {run['peak_rss_mib']:,.0f} MiB"
-            )
-        result["real"] = {"trace": args.trace.name, **real}
+        with tempfile.TemporaryDirectory() as scratch:
+            database = str(Path(scratch) / "times.db")
+            for label, argv in (
+                ("report --op-flops", [*cli, "report", trace, "--op-flops"]),
+                ("report --op-flops --format json", [*cli, "report", trace, "--op-flops", "--format", "json"]),
+                *[
+                    (f"postprocess --format {fmt}", [*cli, "postprocess", trace, "--format", fmt])
+                    for fmt in ("table", "md", "csv", "json")
+                ],
+                ("postprocess --format sqlite", [*cli, "postprocess", trace, "--format", "sqlite", "-o", database]),
+            ):
+                timed(argv, keep_output=False)  # the first run decompresses into the cache
+                run = real[label] = timed(argv, keep_output=False)
+                print(
+                    f"{args.trace.name}: stagemfu {label}: {run['wall_s']:.2f} s (CPU {run['cpu_s']:.2f} s), "
+                    f"peak RSS {run['peak_rss_mib']:,.0f} MiB"
+                )
+        result["real"] = {"trace": args.trace.name, "load_average": os.getloadavg(), **real}
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")
