@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import lzma
 import os
 import shutil
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -322,3 +324,21 @@ def test_closed_pipe_exits_quietly(trace):
     finally:
         os.close(write_end)
     assert done.returncode == 141 and done.stderr == ""
+
+
+def test_files_whose_names_are_not_utf8_are_read_and_written_in_every_format(trace, tmp_path):
+    """Python holds a name's byte 0xff as a lone surrogate; JSON and SQLite text escape it (\\udcff)."""
+    odd = tmp_path / os.fsdecode(b"run-\xff.sqlite")
+    shutil.copy(trace, odd)
+    outputs = {
+        fmt: tmp_path / os.fsdecode(b"out-\xff." + fmt.encode()) for fmt in ("table", "md", "csv", "json", "sqlite")
+    }
+    for fmt, out in outputs.items():
+        result = invoke("postprocess", odd, "--format", fmt, "-o", out)
+        assert result.exit_code == 0, (fmt, result.output[-500:])
+    assert json.loads(outputs["json"].read_text(encoding="utf-8"))["trace"]["path"] == str(odd)
+    stdout = invoke("postprocess", odd, "--format", "json").stdout
+    assert json.loads(stdout)["trace"]["path"] == str(odd)
+    with sqlite3.connect(outputs["sqlite"]) as db:
+        trace_meta = json.loads(db.execute("select value from stagemfu where key = 'trace'").fetchone()[0])
+    assert trace_meta["path"] == str(odd)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import secrets
 import stat
+import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -49,6 +50,16 @@ def input_problem(path: str | os.PathLike[str]) -> str | None:
         return "is a directory"
     kind = next((name for test, name in _KINDS if test(info.st_mode)), "not a regular file")
     return f"is {kind}, not a regular file; save the data to a file and pass that"
+
+
+def sqlite_uri(path: str | os.PathLike[str], query: str = "") -> str:
+    """``path`` as an SQLite ``file:`` URI, followed by ``?query`` when given.
+
+    The name's bytes are percent-encoded, so any file name opens, also one that is not UTF-8
+    (which Python holds with lone surrogates, and which ``str.encode`` refuses).
+    """
+    uri = f"file:{urllib.parse.quote(os.fsencode(Path(path).resolve()))}"
+    return f"{uri}?{query}" if query else uri
 
 
 def file_identity(path: str | os.PathLike[str]) -> tuple[int, int] | None:

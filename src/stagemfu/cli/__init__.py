@@ -275,8 +275,13 @@ def print_rich(renderable: Any, output: Path | None) -> None:
 
 
 def json_text(document: object) -> str:
-    """A JSON document as every command writes it: indented, non-ASCII kept, one final newline."""
-    return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+    """A JSON document as every command writes it: indented, non-ASCII kept, one final newline.
+
+    A lone surrogate (a byte of a file name that is not UTF-8, as Python decodes it) is written as
+    its JSON escape (``\\udcff``): the text encodes as UTF-8 and parses back to the same string.
+    """
+    text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def render(result: Any, fmt: str, output: Path | None, writers: dict[str, Callable[[Any], Any]]) -> None:

@@ -15,14 +15,13 @@ import importlib
 import lzma
 import shutil
 import sqlite3
-import urllib.parse
 import zlib
 from pathlib import Path
 from typing import BinaryIO
 
 from stagemfu.collect.nsys import export_report, find_nsys
 from stagemfu.errors import ExportError, TraceError
-from stagemfu.files import input_problem
+from stagemfu.files import input_problem, sqlite_uri
 from stagemfu.postprocess import cache
 from stagemfu.postprocess.reader import SQLITE_MAGIC, not_an_export
 
@@ -187,9 +186,8 @@ def check_export(path: Path, source: Path, *, made_by: str) -> None:
     except OSError as err:
         raise ExportError(f"{source}: {made_by} wrote nothing readable ({err.strerror})") from err
     if problem is None:
-        uri = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro&immutable=1"
         try:
-            with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+            with contextlib.closing(sqlite3.connect(sqlite_uri(path, "mode=ro&immutable=1"), uri=True)) as db:
                 tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         except sqlite3.Error as err:
             problem = f"is a damaged SQLite file ({err})"

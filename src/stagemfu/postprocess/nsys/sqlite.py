@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-import urllib.parse
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 import polars as pl
 
 from stagemfu.errors import TraceError
+from stagemfu.files import sqlite_uri
 from stagemfu.postprocess.concurrency import CHUNK_WORKERS, CPUS
 
 FETCH_BATCH_ROWS = 1 << 18
@@ -35,7 +35,7 @@ MIN_SLICE_ROWS = 1 << 16
 
 def uri(path: Path) -> str:
     """The export's SQLite URI: immutable=1 means no locks and no journal, so nothing is ever written."""
-    return f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro&immutable=1"
+    return sqlite_uri(path, "mode=ro&immutable=1")
 
 
 def connect(path: Path) -> contextlib.closing[sqlite3.Connection]:

@@ -14,8 +14,10 @@ Everything else (the metadata, lists and mappings without frames) is written as
 byte for byte as :func:`stagemfu.cli.json_text` writes it, and a document with frames parses to
 exactly what ``frame.to_dicts()`` in its place would give (``tests/test_json_stream.py``). Text
 is escaped by the JSON writers (quotes, backslashes, control characters), so hostile names stay
-data. A float JSON cannot hold (NaN, an infinity) is written as null, where ``json.dumps``
-would write ``NaN``, which no JSON parser but Python's accepts.
+data; a lone surrogate (a byte of a file name that is not UTF-8, as Python decodes it) is written
+as its JSON escape (``\\udcff``), so the output is UTF-8 and parses back to the same string. A
+float JSON cannot hold (NaN, an infinity) is written as null, where ``json.dumps`` would write
+``NaN``, which no JSON parser but Python's accepts.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ def _value(value: Any, level: int) -> Iterator[bytes]:
         yield from _container("[", "]", [("", v) for v in value], level)
     else:
         text = json.dumps(value, indent=len(INDENT), ensure_ascii=False)
-        yield text.replace("\n", "\n" + INDENT * level).encode("utf-8")
+        yield _utf8(text.replace("\n", "\n" + INDENT * level))
 
 
 def _container(opening: str, closing: str, items: list[tuple[str, Any]], level: int) -> Iterator[bytes]:
@@ -59,7 +61,7 @@ def _container(opening: str, closing: str, items: list[tuple[str, Any]], level: 
         return
     inner = "\n" + INDENT * (level + 1)
     for i, (key, item) in enumerate(items):
-        yield ((opening if i == 0 else ",") + inner + key).encode("utf-8")
+        yield _utf8((opening if i == 0 else ",") + inner + key)
         yield from _value(item, level + 1)
     yield ("\n" + INDENT * level + closing).encode("utf-8")
 
@@ -80,6 +82,11 @@ def _rows(frame: pl.DataFrame, level: int) -> Iterator[bytes]:
         rows = buffer.getvalue().removesuffix(b"\n").replace(b"\n", b"," + between)
         yield (b"[" if i == 0 else b",") + between + rows
     yield ("\n" + INDENT * level + "]").encode("utf-8")
+
+
+def _utf8(text: str) -> bytes:
+    """JSON text as UTF-8; a lone surrogate, which only a string can hold, as its JSON escape."""
+    return text.encode("utf-8", "backslashreplace")
 
 
 def _holds_frame(value: Any) -> bool:

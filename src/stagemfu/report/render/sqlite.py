@@ -25,12 +25,11 @@ import sqlite3
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import polars as pl
 
 from stagemfu.errors import StagemfuError
-from stagemfu.files import refuse_overwriting, replacing_path
+from stagemfu.files import refuse_overwriting, replacing_path, sqlite_uri
 
 META_TABLE = "stagemfu"
 
@@ -89,7 +88,7 @@ def _append_rows(path: Path, frames: Mapping[str, pl.DataFrame]) -> None:
     import adbc_driver_sqlite
 
     with contextlib.ExitStack() as stack:
-        db = stack.enter_context(contextlib.closing(adbc_driver_sqlite.connect(f"file:{quote(str(path))}")))
+        db = stack.enter_context(contextlib.closing(adbc_driver_sqlite.connect(sqlite_uri(path))))
         conn = stack.enter_context(contextlib.closing(adbc_driver_manager.AdbcConnection(db)))
         conn.set_autocommit(False)
         for name, frame in frames.items():
@@ -109,4 +108,7 @@ def _sql_type(dtype: pl.DataType) -> type:
 
 
 def _json_cell(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    """Text as it is, anything else as JSON; a lone surrogate (a byte of a file name that is not
+    UTF-8, as Python decodes it) as its escape ``\\udcff``, which SQLite's UTF-8 text can hold."""
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
