@@ -287,7 +287,7 @@ def main() -> None:
         "work": work,
         "base": base,
         "base_totals": totals_by_range(base),
-        "base_kernels": int(postprocess.read(base).ops.filter(kind="kernel").height),
+        "base_kernels": int(postprocess.read(base).ops.held.filter(kind="kernel").height),
         "nsys": nsys,
     }
     results_path = args.out / "results.json"
