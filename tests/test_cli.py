@@ -60,7 +60,11 @@ def test_version_prints_the_package_version():
 
 
 def _commands(group: click.Group, prefix: tuple[str, ...] = ()):
-    for name, command in group.commands.items():
+    """Every command below ``group``, loading the lazily registered ones (``group.commands`` holds
+    only those some earlier test happened to load)."""
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
         yield (*prefix, name), command
         if isinstance(command, click.Group):
             yield from _commands(command, (*prefix, name))
